@@ -1,0 +1,114 @@
+import { formatDuration, parseDuration } from "./core/duration.js";
+import { ErrorCodes, KpRotorError } from "./errors.js";
+
+/** Everything the service reads from its environment, validated once at start. */
+export interface Config {
+  databaseUrl: string;
+  redisUrl: string;
+  port: number;
+  host: string;
+  apiToken: string | undefined;
+  /** Rotation deadline after a rotation (libxmtp: 30 days). */
+  rotationIntervalMs: number;
+  /** Rotation deadline after a welcome consumed the key package (libxmtp: 5 s). */
+  welcomeRotationDelayMs: number;
+  /** How long a superseded key package is kept before deletion (libxmtp: 1 day). */
+  deletionGraceMs: number;
+  queuePrefix: string;
+  workerConcurrency: number;
+  /** How often a worker runs the backstop query for overdue identities; 0 disables it. */
+  watchdogIntervalMs: number;
+  logLevel: string;
+}
+
+const DEFAULTS = {
+  DATABASE_URL: "postgres://postgres@127.0.0.1:5432/postgres",
+  REDIS_URL: "redis://127.0.0.1:6379",
+  PORT: "3000",
+  HOST: "0.0.0.0",
+  ROTATION_INTERVAL: "30d",
+  WELCOME_ROTATION_DELAY: "5s",
+  DELETION_GRACE: "1d",
+  QUEUE_PREFIX: "kp-rotor",
+  WORKER_CONCURRENCY: "16",
+  WATCHDOG_INTERVAL: "10m",
+  LOG_LEVEL: "info",
+} as const;
+
+const QUEUE_PREFIX = /^[A-Za-z0-9._-]{1,64}$/;
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/**
+ * Reads and validates the configuration. Every bad value is reported, each with what was wrong
+ * and what was expected, in one error, so an operator fixes them all in one go.
+ */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const problems: string[] = [];
+  const read = (name: keyof typeof DEFAULTS): string => {
+    const value = env[name];
+    return value === undefined || value === "" ? DEFAULTS[name] : value;
+  };
+  const duration = (name: keyof typeof DEFAULTS, min: number): number => {
+    const raw = read(name);
+    const ms = parseDuration(raw);
+    if (ms === undefined || ms < min) {
+      problems.push(
+        `${name}=${JSON.stringify(raw)}: expected milliseconds or a number with ms, s, m, h or d (e.g. 500ms, 5s, 30d), at least ${formatDuration(min)}`,
+      );
+      return 0;
+    }
+    return ms;
+  };
+  const integer = (name: keyof typeof DEFAULTS, min: number, max: number): number => {
+    const raw = read(name);
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || value < min || value > max) {
+      problems.push(`${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`);
+      return min;
+    }
+    return value;
+  };
+  const url = (name: "DATABASE_URL" | "REDIS_URL", protocols: string[]): string => {
+    const raw = read(name);
+    try {
+      const parsed = new URL(raw);
+      if (!protocols.includes(parsed.protocol)) throw new Error();
+    } catch {
+      problems.push(`${name}: expected a ${protocols.join(" or ")}// URL`);
+    }
+    return raw;
+  };
+
+  const config: Config = {
+    databaseUrl: url("DATABASE_URL", ["postgres:", "postgresql:"]),
+    redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
+    port: integer("PORT", 0, 65535),
+    host: read("HOST"),
+    apiToken: env.API_TOKEN === "" ? undefined : env.API_TOKEN,
+    rotationIntervalMs: duration("ROTATION_INTERVAL", 1),
+    welcomeRotationDelayMs: duration("WELCOME_ROTATION_DELAY", 0),
+    deletionGraceMs: duration("DELETION_GRACE", 0),
+    queuePrefix: read("QUEUE_PREFIX"),
+    workerConcurrency: integer("WORKER_CONCURRENCY", 1, 1000),
+    watchdogIntervalMs: duration("WATCHDOG_INTERVAL", 0),
+    logLevel: read("LOG_LEVEL"),
+  };
+  if (!QUEUE_PREFIX.test(config.queuePrefix)) {
+    problems.push(
+      `QUEUE_PREFIX=${JSON.stringify(config.queuePrefix)}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -`,
+    );
+  }
+  if (config.apiToken !== undefined && config.apiToken.length < 16) {
+    problems.push("API_TOKEN: expected at least 16 characters");
+  }
+  if (!LOG_LEVELS.includes(config.logLevel)) {
+    problems.push(`LOG_LEVEL=${JSON.stringify(config.logLevel)}: expected one of ${LOG_LEVELS.join(", ")}`);
+  }
+  if (problems.length > 0) {
+    throw new KpRotorError(
+      ErrorCodes.invalidConfig,
+      `invalid configuration:\n  - ${problems.join("\n  - ")}`,
+    );
+  }
+  return config;
+}

@@ -1,0 +1,120 @@
+/**
+ * The timer decisions, free of I/O. Every function takes the current time as a parameter so the
+ * unit tests (and the model test) drive it with an explicit clock. Times are epoch milliseconds.
+ * The reasoning behind each rule is in DESIGN.md.
+ */
+
+/** The three intervals of the protocol (libxmtp's production values are 30 d, 5 s and 1 d). */
+export interface Timing {
+  rotationIntervalMs: number;
+  welcomeRotationDelayMs: number;
+  deletionGraceMs: number;
+}
+
+/** The identity as the rotation wake-up sees it under the row lock; undefined when there is no row. */
+export interface RotationState {
+  rotationDeadline: number | null;
+  deregistered: boolean;
+}
+
+export type RotationDecision =
+  | { kind: "gone" }
+  | { kind: "not-due"; deadline: number }
+  | { kind: "rotate" };
+
+/** What a rotation wake-up does: rotate only when the stored deadline has passed. */
+export function decideRotation(state: RotationState | undefined, now: number): RotationDecision {
+  if (state === undefined || state.deregistered || state.rotationDeadline === null) {
+    return { kind: "gone" };
+  }
+  if (state.rotationDeadline > now) return { kind: "not-due", deadline: state.rotationDeadline };
+  return { kind: "rotate" };
+}
+
+/** The deadlines a successful rotation at `now` writes. */
+export function afterRotation(
+  now: number,
+  timing: Timing,
+): { rotationDeadline: number; supersededDeleteAt: number } {
+  return {
+    rotationDeadline: now + timing.rotationIntervalMs,
+    supersededDeleteAt: now + timing.deletionGraceMs,
+  };
+}
+
+/**
+ * A welcome (or an explicit rotate request, with delay 0) pulls the deadline in; the earliest
+ * deadline wins, so a welcome never pushes a sooner deadline later and a burst of welcomes
+ * collapses into the first one's deadline.
+ */
+export function pullIn(
+  current: number,
+  now: number,
+  delayMs: number,
+): { deadline: number; changed: boolean } {
+  const candidate = now + delayMs;
+  return candidate < current
+    ? { deadline: candidate, changed: true }
+    : { deadline: current, changed: false };
+}
+
+/** The deletion deadline of an identity: the earliest delete_at among its superseded packages. */
+export function deletionDeadline(deleteAts: readonly number[]): number | null {
+  let earliest: number | null = null;
+  for (const at of deleteAts) if (earliest === null || at < earliest) earliest = at;
+  return earliest;
+}
+
+/** Retry delay after the n-th consecutive failure (n >= 1): 2 s, x1.5 each time, at most 60 s. */
+export const BACKOFF = { initialMs: 2_000, factor: 1.5, maxMs: 60_000 } as const;
+export function backoffMs(failures: number): number {
+  const n = Math.max(1, failures);
+  return Math.min(BACKOFF.maxMs, Math.round(BACKOFF.initialMs * BACKOFF.factor ** (n - 1)));
+}
+
+/** A wake-up job as read from the queue. */
+export type JobView =
+  | { state: "missing" }
+  | { state: "delayed"; fireAt: number }
+  | { state: "waiting" | "active" }
+  | { state: "finished" };
+
+export type ArmAction =
+  | { kind: "none" }
+  | { kind: "add"; fireAt: number }
+  | { kind: "reschedule"; fireAt: number }
+  | { kind: "replace"; fireAt: number }
+  | { kind: "remove" };
+
+/**
+ * How to make a wake-up match its deadline (`desired`, or null for "no wake-up wanted").
+ * Called only while holding the identity's row lock, so the answer cannot be overtaken by another
+ * arm of the same identity.
+ *
+ * - an active job is left alone: its own processor re-arms it under the same lock when done;
+ * - a waiting job fires as soon as a worker is free, which is never later than a deadline;
+ * - a delayed job is moved to exactly the deadline, except that an overdue deadline keeps a
+ *   retry that fires within the maximum backoff (so re-arming does not defeat the backoff);
+ * - a finished job (completed or failed) blocks its id and is replaced.
+ */
+export function planArm(desired: number | null, job: JobView, now: number): ArmAction {
+  if (desired === null) {
+    if (job.state === "missing" || job.state === "active") return { kind: "none" };
+    return { kind: "remove" };
+  }
+  switch (job.state) {
+    case "missing":
+      return { kind: "add", fireAt: desired };
+    case "finished":
+      return { kind: "replace", fireAt: desired };
+    case "waiting":
+    case "active":
+      return { kind: "none" };
+    case "delayed": {
+      if (job.fireAt === desired) return { kind: "none" };
+      const overdue = desired <= now;
+      if (overdue && job.fireAt <= now + BACKOFF.maxMs) return { kind: "none" };
+      return { kind: "reschedule", fireAt: desired };
+    }
+  }
+}

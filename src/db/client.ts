@@ -1,0 +1,44 @@
+import { fileURLToPath } from "node:url";
+import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
+import { migrate } from "drizzle-orm/postgres-js/migrator";
+import postgres from "postgres";
+import * as schema from "./schema.js";
+
+export type Db = PostgresJsDatabase<typeof schema>;
+/** A transaction handle; repository functions that must run under a row lock take one. */
+export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
+
+export interface Database {
+  db: Db;
+  /** The raw driver, for health checks and the few statements drizzle cannot express. */
+  sql: postgres.Sql;
+  close(): Promise<void>;
+}
+
+export const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../drizzle", import.meta.url));
+
+/** Opens a connection pool. Timestamps come back as JavaScript Dates in UTC. */
+export function createDatabase(url: string, options: { max?: number } = {}): Database {
+  const sql = postgres(url, {
+    max: options.max ?? 10,
+    onnotice: () => {},
+    connection: { application_name: "kp-rotor" },
+  });
+  const db = drizzle(sql, { schema });
+  return { db, sql, close: () => sql.end({ timeout: 5 }) };
+}
+
+/**
+ * Applies the committed migrations in drizzle/. Several processes may start at once (one per
+ * pod), so the run is serialised with a session advisory lock on a reserved connection.
+ */
+export async function runMigrations(database: Database): Promise<void> {
+  const reserved = await database.sql.reserve();
+  try {
+    await reserved`select pg_advisory_lock(hashtext('kp-rotor:migrate'))`;
+    await migrate(drizzle(reserved, { schema }), { migrationsFolder: MIGRATIONS_FOLDER });
+  } finally {
+    await reserved`select pg_advisory_unlock(hashtext('kp-rotor:migrate'))`.catch(() => {});
+    reserved.release();
+  }
+}

@@ -1,0 +1,24 @@
+/**
+ * One base error with a machine-readable code. The API maps codes to HTTP statuses in one place
+ * (api/plugins/errors.ts); anything that is not a KpRotorError is an internal error whose details
+ * never reach a client.
+ */
+export class KpRotorError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "KpRotorError";
+  }
+}
+
+export const ErrorCodes = {
+  invalidConfig: "INVALID_CONFIG",
+  invalidIdentityId: "INVALID_IDENTITY_ID",
+  invalidRequest: "INVALID_REQUEST",
+  notFound: "IDENTITY_NOT_FOUND",
+  unavailable: "DEPENDENCY_UNAVAILABLE",
+} as const;
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
