@@ -30,13 +30,14 @@ export function createDatabase(url: string, options: { max?: number } = {}): Dat
 
 /**
  * Applies the committed migrations in drizzle/. Several processes may start at once (one per
- * pod), so the run is serialised with a session advisory lock on a reserved connection.
+ * pod), so runs are serialised by a session advisory lock held on a reserved connection while
+ * the migrator works on the pool.
  */
 export async function runMigrations(database: Database): Promise<void> {
   const reserved = await database.sql.reserve();
   try {
     await reserved`select pg_advisory_lock(hashtext('kp-rotor:migrate'))`;
-    await migrate(drizzle(reserved, { schema }), { migrationsFolder: MIGRATIONS_FOLDER });
+    await migrate(database.db, { migrationsFolder: MIGRATIONS_FOLDER });
   } finally {
     await reserved`select pg_advisory_unlock(hashtext('kp-rotor:migrate'))`.catch(() => {});
     reserved.release();

@@ -142,6 +142,21 @@ export async function setRotationDeadline(tx: Tx, id: string, deadline: number):
     .where(eq(identities.id, id));
 }
 
+/** Moves many rotation deadlines in one statement (welcome batches). */
+export async function setRotationDeadlines(
+  tx: Tx,
+  changes: readonly { identityId: string; rotationDeadline: number }[],
+): Promise<void> {
+  if (changes.length === 0) return;
+  const rows = JSON.stringify(
+    changes.map((c) => ({ id: c.identityId, deadline: new Date(c.rotationDeadline).toISOString() })),
+  );
+  await tx.execute(sql`
+    update ${identities} set rotation_deadline = v.deadline
+    from jsonb_to_recordset(${rows}::jsonb) as v(id text, deadline timestamptz)
+    where ${identities.id} = v.id`);
+}
+
 /**
  * Records a rotation: the generation must still be the one the caller read (fencing), the
  * current key package is superseded with its delete_at, the new one becomes current.
@@ -247,6 +262,25 @@ export async function tombstone(tx: Tx, id: string, now: number): Promise<void> 
     .where(eq(identities.id, id));
 }
 
+/** How many identities are live (reconcile's progress total). */
+export async function countLive(db: Db): Promise<number> {
+  const [row] = await db
+    .select({ n: sql<number>`count(*)::int` })
+    .from(identities)
+    .where(isNull(identities.deregisteredAt));
+  return row?.n ?? 0;
+}
+
+/** Which of `ids` are live identities. */
+export async function liveAmong(db: Db, ids: readonly string[]): Promise<Set<string>> {
+  if (ids.length === 0) return new Set();
+  const rows = await db
+    .select({ id: identities.id })
+    .from(identities)
+    .where(and(inArray(identities.id, [...ids]), isNull(identities.deregisteredAt)));
+  return new Set(rows.map((r) => r.id));
+}
+
 /** Live identities whose deadline passed before `before`, most overdue first (watchdog). */
 export async function overdueIdentities(db: Db, before: number, limit: number): Promise<string[]> {
   const rows = await db
@@ -272,9 +306,20 @@ export async function getStatus(db: Db, id: string): Promise<IdentityStatus | un
     .from(identities)
     .where(and(eq(identities.id, id), isNull(identities.deregisteredAt)));
   if (identity === undefined) return undefined;
-  const { privateKey: _omit, ...publicColumns } = keyPackages._.columns;
   const packages = await db
-    .select(publicColumns)
+    .select({
+      id: keyPackages.id,
+      identityId: keyPackages.identityId,
+      generation: keyPackages.generation,
+      ref: keyPackages.ref,
+      ciphersuite: keyPackages.ciphersuite,
+      keyPackage: keyPackages.keyPackage,
+      notBefore: keyPackages.notBefore,
+      notAfter: keyPackages.notAfter,
+      createdAt: keyPackages.createdAt,
+      isCurrent: keyPackages.isCurrent,
+      deleteAt: keyPackages.deleteAt,
+    })
     .from(keyPackages)
     .where(eq(keyPackages.identityId, id))
     .orderBy(asc(keyPackages.generation));

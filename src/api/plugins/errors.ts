@@ -1,0 +1,66 @@
+import type { FastifyError, FastifyInstance } from "fastify";
+import { ErrorCodes, KpRotorError } from "../../errors.js";
+
+const STATUS: Record<string, number> = {
+  [ErrorCodes.invalidIdentityId]: 400,
+  [ErrorCodes.invalidRequest]: 400,
+  [ErrorCodes.notFound]: 404,
+  [ErrorCodes.unavailable]: 503,
+};
+
+/** Errors from the drivers that mean "Postgres or Redis is not answering", not "we are broken". */
+const UNAVAILABLE =
+  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|CONNECT_TIMEOUT|Connection is closed|MaxRetriesPerRequest|Command timed out|Stream isn't writeable|the database system is (starting up|shutting down)|terminating connection/;
+
+function isUnavailable(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (UNAVAILABLE.test(e.message) || (typeof code === "string" && UNAVAILABLE.test(code))) {
+      return true;
+    }
+    // Postgres admin shutdown / cannot connect now.
+    if (code === "57P01" || code === "57P03") return true;
+    e = e.cause;
+  }
+  return false;
+}
+
+/**
+ * The one place errors become HTTP answers: what the client did wrong is said plainly (4xx);
+ * a dependency that is down is 503 with Retry-After; anything else is a 500 whose details stay
+ * in the log.
+ */
+export function registerErrorHandler(app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError | KpRotorError | Error, request, reply) => {
+    if (err instanceof KpRotorError && STATUS[err.code] !== undefined) {
+      const status = STATUS[err.code] as number;
+      if (status === 503) reply.header("retry-after", "5");
+      return reply.status(status).send({ error: err.code, message: err.message });
+    }
+    const fastifyErr = err as FastifyError;
+    if (fastifyErr.validation) {
+      return reply.status(400).send({ error: ErrorCodes.invalidRequest, message: err.message });
+    }
+    if (
+      typeof fastifyErr.statusCode === "number" &&
+      fastifyErr.statusCode >= 400 &&
+      fastifyErr.statusCode < 500
+    ) {
+      return reply
+        .status(fastifyErr.statusCode)
+        .send({ error: fastifyErr.code ?? "BAD_REQUEST", message: err.message });
+    }
+    if (isUnavailable(err)) {
+      request.log.warn({ err }, "dependency unavailable");
+      reply.header("retry-after", "5");
+      return reply
+        .status(503)
+        .send({ error: ErrorCodes.unavailable, message: "Postgres or Redis is unavailable; retry later" });
+    }
+    request.log.error({ err }, "internal error");
+    return reply.status(500).send({ error: "INTERNAL", message: "internal error" });
+  });
+  app.setNotFoundHandler((request, reply) =>
+    reply.status(404).send({ error: "ROUTE_NOT_FOUND", message: `no route ${request.method} ${request.url}` }),
+  );
+}

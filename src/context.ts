@@ -1,0 +1,87 @@
+import type { Redis } from "ioredis";
+import type { Config } from "./config.js";
+import { createDatabase, type Database, runMigrations } from "./db/client.js";
+import { createKeyPackageFactory } from "./keys/key-package.js";
+import type { Logger } from "./logger.js";
+import { createRedis, createTimers } from "./queue/timers.js";
+import type { Rotor } from "./services/rotor.js";
+
+/** The process-wide resources behind a Rotor, opened in order and closed in reverse. */
+export interface Context {
+  config: Config;
+  rotor: Rotor;
+  database: Database;
+  redis: Redis;
+  /** Postgres and Redis both answer. */
+  checkReady(): Promise<{ postgres: boolean; redis: boolean }>;
+  close(): Promise<void>;
+}
+
+export interface ContextOptions {
+  migrate?: boolean;
+  clock?: () => number;
+}
+
+export async function createContext(
+  config: Config,
+  log: Logger,
+  options: ContextOptions = {},
+): Promise<Context> {
+  const database = createDatabase(config.databaseUrl);
+  const closers: (() => Promise<unknown>)[] = [() => database.close()];
+  const close = async () => {
+    for (const closer of closers.splice(0).reverse()) {
+      await closer().catch((err) => log.warn({ err }, "error while closing"));
+    }
+  };
+  try {
+    if (options.migrate) await runMigrations(database);
+    const redis = createRedis(config.redisUrl);
+    closers.push(async () => redis.quit());
+    redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
+    const timers = createTimers(redis, config.queuePrefix);
+    closers.push(() => timers.close());
+    const keys = await createKeyPackageFactory();
+    const rotor: Rotor = {
+      db: database.db,
+      timers,
+      keys,
+      timing: {
+        rotationIntervalMs: config.rotationIntervalMs,
+        welcomeRotationDelayMs: config.welcomeRotationDelayMs,
+        deletionGraceMs: config.deletionGraceMs,
+      },
+      clock: options.clock ?? Date.now,
+      log,
+    };
+    return {
+      config,
+      rotor,
+      database,
+      redis,
+      async checkReady() {
+        const [postgres, redisOk] = await Promise.all([
+          withTimeout(database.sql`select 1`.then(() => true), 2_000),
+          withTimeout(redis.ping().then((r) => r === "PONG"), 2_000),
+        ]);
+        return { postgres, redis: redisOk };
+      },
+      close,
+    };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+async function withTimeout(check: Promise<boolean>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([check.catch(() => false), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

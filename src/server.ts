@@ -1,0 +1,35 @@
+import type { FastifyInstance } from "fastify";
+import { buildApp } from "./api/app.js";
+import type { Context } from "./context.js";
+
+export interface RunningApi {
+  app: FastifyInstance;
+  address: string;
+  /** Readiness goes false first, then the server stops accepting and drains. */
+  close(): Promise<void>;
+}
+
+/** Builds the API on a context and listens on the configured host and port. */
+export async function startApi(ctx: Context): Promise<RunningApi> {
+  let accepting = true;
+  const app = await buildApp({
+    rotor: ctx.rotor,
+    apiToken: ctx.config.apiToken,
+    checkReady: () => ctx.checkReady(),
+    isAccepting: () => accepting,
+    logger: ctx.rotor.log.child({ component: "api" }),
+  });
+  const address = await app.listen({ port: ctx.config.port, host: ctx.config.host });
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    address,
+    close() {
+      closing ??= (async () => {
+        accepting = false;
+        await app.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,93 @@
+import { randomUUID } from "node:crypto";
+import { hostname } from "node:os";
+import closeWithGrace from "close-with-grace";
+import { loadConfig } from "./config.js";
+import { type Context, createContext } from "./context.js";
+import { createLogger } from "./logger.js";
+import { createRedis, type TimerKind } from "./queue/timers.js";
+import {
+  DEFAULT_WORKER_SETTINGS,
+  type RunningWorker,
+  startWorker,
+  type WakeHandler,
+} from "./queue/workers.js";
+import type { Rotor } from "./services/rotor.js";
+import { reconcileOnce, runWatchdog } from "./services/watchdog.service.js";
+import { BACKOFF } from "./core/timers.js";
+
+export type HandlerFactories = Partial<Record<TimerKind, (rotor: Rotor) => WakeHandler>>;
+
+export interface WorkerRuntime {
+  workers: RunningWorker[];
+  /** Resolves when the start-up reconcile has finished (or was left to another process). */
+  startupReconcile: Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the BullMQ workers for the given processors, the start-up reconcile (one process at a
+ * time, in the background: reconcile is safe while workers run) and the watchdog timer.
+ */
+export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): WorkerRuntime {
+  const { rotor, config } = ctx;
+  const log = rotor.log.child({ component: "worker" });
+  const owner = `${hostname()}:${process.pid}:${randomUUID()}`;
+  const connection = createRedis(config.redisUrl, "worker");
+  connection.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
+  const settings = { ...DEFAULT_WORKER_SETTINGS, concurrency: config.workerConcurrency };
+  const workers = Object.entries(handlers).map(([kind, factory]) =>
+    startWorker(connection, config.queuePrefix, kind as TimerKind, factory(rotor), settings, log),
+  );
+  const startupReconcile = reconcileOnce(rotor, owner, "worker start")
+    .then(() => undefined)
+    .catch((err) => log.error({ err }, "start-up reconcile failed; the watchdog will retry"));
+
+  let watchdog: NodeJS.Timeout | undefined;
+  if (config.watchdogIntervalMs > 0) {
+    const overdueGraceMs =
+      settings.lockDurationMs + settings.stalledIntervalMs + BACKOFF.maxMs + 60_000;
+    let running = false;
+    watchdog = setInterval(() => {
+      if (running) return;
+      running = true;
+      runWatchdog(rotor, { overdueGraceMs, owner })
+        .then((report) => {
+          if (report.reconciled || report.rearmed > 0) log.warn(report, "watchdog repaired wake-ups");
+        })
+        .catch((err) => log.error({ err }, "watchdog failed"))
+        .finally(() => {
+          running = false;
+        });
+    }, config.watchdogIntervalMs);
+  }
+
+  let closing: Promise<void> | undefined;
+  return {
+    workers,
+    startupReconcile,
+    close() {
+      closing ??= (async () => {
+        clearInterval(watchdog);
+        await Promise.all(workers.map((w) => w.close(settings.lockDurationMs)));
+        await startupReconcile;
+        await connection.quit().catch(() => {});
+      })();
+      return closing;
+    },
+  };
+}
+
+/** A worker process: config, context, workers; SIGTERM stops taking jobs and finishes active ones. */
+export async function runWorkerProcess(handlers: HandlerFactories): Promise<void> {
+  const config = loadConfig();
+  const log = createLogger(config.logLevel);
+  const ctx = await createContext(config, log, { migrate: true });
+  const runtime = startWorkerRuntime(ctx, handlers);
+  log.info({ queues: Object.keys(handlers), concurrency: config.workerConcurrency }, "worker started");
+  closeWithGrace({ delay: DEFAULT_WORKER_SETTINGS.lockDurationMs + 5_000 }, async ({ signal, err }) => {
+    if (err) log.error({ err }, "worker crashed");
+    log.info({ signal }, "worker stopping");
+    await runtime.close();
+    await ctx.close();
+  });
+}
