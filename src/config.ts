@@ -16,6 +16,10 @@ export interface Config {
   deletionGraceMs: number;
   queuePrefix: string;
   workerConcurrency: number;
+  /** How long a worker's claim on a running wake-up lasts without renewal (BullMQ lockDuration). */
+  workerLockDurationMs: number;
+  /** How often workers look for wake-ups whose claim lapsed, i.e. whose worker died. */
+  workerStalledIntervalMs: number;
   /** How often a worker runs the backstop query for overdue identities; 0 disables it. */
   watchdogIntervalMs: number;
   logLevel: string;
@@ -31,10 +35,13 @@ const DEFAULTS = {
   DELETION_GRACE: "1d",
   QUEUE_PREFIX: "kp-rotor",
   WORKER_CONCURRENCY: "16",
+  WORKER_LOCK_DURATION: "30s",
+  WORKER_STALLED_INTERVAL: "30s",
   WATCHDOG_INTERVAL: "10m",
   LOG_LEVEL: "info",
 } as const;
 
+const MAX_TIMER_MS = 24 * 86_400_000;
 const QUEUE_PREFIX = /^[A-Za-z0-9._-]{1,64}$/;
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
@@ -90,6 +97,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     deletionGraceMs: duration("DELETION_GRACE", 0),
     queuePrefix: read("QUEUE_PREFIX"),
     workerConcurrency: integer("WORKER_CONCURRENCY", 1, 1000),
+    workerLockDurationMs: duration("WORKER_LOCK_DURATION", 500),
+    workerStalledIntervalMs: duration("WORKER_STALLED_INTERVAL", 500),
     watchdogIntervalMs: duration("WATCHDOG_INTERVAL", 0),
     logLevel: read("LOG_LEVEL"),
   };
@@ -97,6 +106,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     problems.push(
       `QUEUE_PREFIX=${JSON.stringify(config.queuePrefix)}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -`,
     );
+  }
+  for (const [name, ms] of [
+    ["WATCHDOG_INTERVAL", config.watchdogIntervalMs],
+    ["WORKER_LOCK_DURATION", config.workerLockDurationMs],
+    ["WORKER_STALLED_INTERVAL", config.workerStalledIntervalMs],
+  ] as const) {
+    // These feed setTimeout/setInterval, which fire at once beyond 2^31-1 ms (about 24.8 days).
+    if (ms > MAX_TIMER_MS) problems.push(`${name}: at most ${formatDuration(MAX_TIMER_MS)}`);
   }
   if (config.apiToken !== undefined && config.apiToken.length < 16) {
     problems.push("API_TOKEN: expected at least 16 characters");

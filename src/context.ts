@@ -4,6 +4,7 @@ import { createDatabase, type Database, runMigrations } from "./db/client.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
 import type { Logger } from "./logger.js";
 import { createRedis, createTimers } from "./queue/timers.js";
+import { RotorEvents } from "./services/events.js";
 import type { Rotor } from "./services/rotor.js";
 
 /** The process-wide resources behind a Rotor, opened in order and closed in reverse. */
@@ -53,6 +54,7 @@ export async function createContext(
       },
       clock: options.clock ?? Date.now,
       log,
+      events: new RotorEvents(),
     };
     return {
       config,

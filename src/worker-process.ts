@@ -6,7 +6,6 @@ import { type Context, createContext } from "./context.js";
 import { createLogger } from "./logger.js";
 import { createRedis, type TimerKind } from "./queue/timers.js";
 import {
-  DEFAULT_WORKER_SETTINGS,
   type RunningWorker,
   startWorker,
   type WakeHandler,
@@ -34,7 +33,11 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
   const owner = `${hostname()}:${process.pid}:${randomUUID()}`;
   const connection = createRedis(config.redisUrl, "worker");
   connection.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
-  const settings = { ...DEFAULT_WORKER_SETTINGS, concurrency: config.workerConcurrency };
+  const settings = {
+    concurrency: config.workerConcurrency,
+    lockDurationMs: config.workerLockDurationMs,
+    stalledIntervalMs: config.workerStalledIntervalMs,
+  };
   const workers = Object.entries(handlers).map(([kind, factory]) =>
     startWorker(connection, config.queuePrefix, kind as TimerKind, factory(rotor), settings, log),
   );
@@ -84,7 +87,7 @@ export async function runWorkerProcess(handlers: HandlerFactories): Promise<void
   const ctx = await createContext(config, log, { migrate: true });
   const runtime = startWorkerRuntime(ctx, handlers);
   log.info({ queues: Object.keys(handlers), concurrency: config.workerConcurrency }, "worker started");
-  closeWithGrace({ delay: DEFAULT_WORKER_SETTINGS.lockDurationMs + 5_000 }, async ({ signal, err }) => {
+  closeWithGrace({ delay: config.workerLockDurationMs + 5_000 }, async ({ signal, err }) => {
     if (err) log.error({ err }, "worker crashed");
     log.info({ signal }, "worker stopping");
     await runtime.close();

@@ -19,8 +19,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger | undefined,
     bodyLimit: 256 * 1024,
-    // Errors say which field is wrong; all of them, not just the first.
-    ajv: { customOptions: { allErrors: true } },
+    // Identity ids are up to 128 characters; the router's default limit is 100.
+    routerOptions: { maxParamLength: 256 },
+    // Errors say which field is wrong, all of them; a string is never taken for an array of one.
+    ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false } },
   });
   registerErrorHandler(app);
   registerAuth(app, deps.apiToken);

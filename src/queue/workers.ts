@@ -13,11 +13,6 @@ export interface WorkerSettings {
   stalledIntervalMs: number;
 }
 
-export const DEFAULT_WORKER_SETTINGS: Omit<WorkerSettings, "concurrency"> = {
-  lockDurationMs: 30_000,
-  stalledIntervalMs: 30_000,
-};
-
 /** Where a finished job is parked before it is removed, in case the removal is lost. */
 const PARK_MS = 365 * 86_400_000;
 

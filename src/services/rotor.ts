@@ -3,6 +3,7 @@ import type { Db } from "../db/client.js";
 import type { KeyPackageFactory } from "../keys/key-package.js";
 import type { Logger } from "../logger.js";
 import type { Timers } from "../queue/timers.js";
+import type { RotorEvents } from "./events.js";
 
 /**
  * What every service function needs: the store, the wake-up queues, the key-package factory,
@@ -17,6 +18,7 @@ export interface Rotor {
   /** The one source of "now" (epoch ms). Postgres' clock is never used for deadlines. */
   clock: () => number;
   log: Logger;
+  events: RotorEvents;
 }
 
 /**

@@ -18,9 +18,12 @@ export async function handleRotationWake(
   wake: ActiveWakeup,
 ): Promise<RotationOutcome> {
   const id = wake.identityId;
+  let at = 0;
+  let dueDeadline: number | undefined;
   const outcome = await rotor.db.transaction(async (tx): Promise<RotationOutcome> => {
     const identity = await repo.lockOrTombstone(tx, id);
     const now = rotor.clock();
+    at = now;
     const decision = decideRotation(identity, now);
     if (decision.kind === "gone") {
       await wake.finish();
@@ -30,6 +33,7 @@ export async function handleRotationWake(
       await wake.rearm(decision.deadline);
       return "not-due";
     }
+    dueDeadline = identity.rotationDeadline ?? undefined;
     if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
       throw new Error("live identity without a signature key");
     }
@@ -70,6 +74,7 @@ export async function handleRotationWake(
       await rotor.timers.arm("deletion", id, await repo.nextDeleteAt(tx, id), now);
     });
   }
+  rotor.events.emit("rotation", { identityId: id, outcome, at, deadline: dueDeadline });
   return outcome;
 }
 
@@ -78,6 +83,7 @@ export async function handleDeletionWake(
   wake: ActiveWakeup,
 ): Promise<DeletionOutcome> {
   const id = wake.identityId;
+  const at = rotor.clock();
   const deleted = await rotor.db.transaction(async (tx) => {
     const identity = await repo.lockOrTombstone(tx, id);
     if (identity.deregistered) {
@@ -87,13 +93,15 @@ export async function handleDeletionWake(
     return repo.deleteDueKeyPackages(tx, id, rotor.clock());
   });
   if (deleted === "gone") return deleted;
-  return rotor.db.transaction(async (tx) => {
+  const next = await rotor.db.transaction(async (tx) => {
     const identity = await repo.lockIdentity(tx, id);
     const next = identity?.deregistered === false ? await repo.nextDeleteAt(tx, id) : null;
     if (next === null) await wake.finish();
     else await wake.rearm(next);
-    return { deleted, next };
+    return next;
   });
+  rotor.events.emit("deletion", { identityId: id, deleted, at });
+  return { deleted, next };
 }
 
 /**
@@ -115,6 +123,7 @@ export async function handleWakeFailure(
     { identityId: wake.identityId, jobId: wake.jobId, kind, failures, retryInMs: delay, err: message },
     "wake-up failed; retrying after backoff",
   );
+  rotor.events.emit("wake-failed", { identityId: wake.identityId, kind, failures, error: message });
   await wake.retryLater(rotor.clock() + delay, failures);
   if (kind === "rotation") {
     await repo.recordRotationFailure(rotor.db, wake.identityId, rotor.clock(), message).catch(() => {
