@@ -1,0 +1,205 @@
+import { afterEach, describe, expect, it } from "vitest";
+import type { Context } from "../../src/context.js";
+import * as identities from "../../src/services/identities.service.js";
+import { startWorkerRuntime, type WorkerRuntime } from "../../src/worker-process.js";
+import { ALL_HANDLERS } from "../../workers/index.js";
+import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
+
+type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };
+type DeletionEvent = { identityId: string; deleted: number; at: number };
+
+let env: TestEnv | undefined;
+const runtimes: WorkerRuntime[] = [];
+
+afterEach(async () => {
+  for (const runtime of runtimes.splice(0)) await runtime.close();
+  await env?.cleanup();
+  env = undefined;
+});
+
+async function setup(vars: Record<string, string>) {
+  env = await createTestEnv({ WORKER_LOCK_DURATION: "2s", WORKER_STALLED_INTERVAL: "1s", ...vars });
+  return env;
+}
+
+function startWorkers(ctx: Context): WorkerRuntime {
+  const runtime = startWorkerRuntime(ctx, ALL_HANDLERS);
+  runtimes.push(runtime);
+  return runtime;
+}
+
+const rotated = (ctx: Context, id: string) =>
+  nextEvent<RotationEvent>(ctx.rotor.events, "rotation", (e) => e.identityId === id && e.outcome === "rotated");
+
+async function keyPackageRows(ctx: Context, id: string) {
+  return ctx.database.sql<{ generation: number; is_current: boolean; delete_at: number | null }[]>`
+    select generation, is_current, (extract(epoch from delete_at) * 1000)::float8 as delete_at
+    from key_packages where identity_id = ${id} order by generation`;
+}
+
+describe("rotation and deletion wake-ups", () => {
+  it("rotate at the deadline, supersede the old key package and delete it after the grace", async () => {
+    const { ctx } = await setup({ ROTATION_INTERVAL: "1500ms", DELETION_GRACE: "700ms" });
+    startWorkers(ctx);
+    const registered = await identities.register(ctx.rotor, "alice");
+    const rotation = await rotated(ctx, "alice");
+    expect(rotation.deadline).toBe(registered.rotationDeadline);
+    expect(rotation.at).toBeGreaterThanOrEqual(registered.rotationDeadline);
+
+    const rows = await keyPackageRows(ctx, "alice");
+    expect(rows.map((r) => [r.generation, r.is_current])).toEqual([
+      [1, false],
+      [2, true],
+    ]);
+    expect(rows[0]?.delete_at).toBe(rotation.at + 700);
+
+    const deletion = await nextEvent<DeletionEvent>(ctx.rotor.events, "deletion", (e) => e.deleted > 0);
+    expect(deletion.at).toBeGreaterThanOrEqual(rotation.at + 700);
+    const after = await keyPackageRows(ctx, "alice");
+    expect(after.find((r) => r.generation === 1)).toBeUndefined();
+    expect(after.filter((r) => r.is_current)).toHaveLength(1);
+  });
+
+  it("a welcome pulls the rotation in to now + WELCOME_ROTATION_DELAY", async () => {
+    const { ctx } = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "300ms" });
+    startWorkers(ctx);
+    await identities.register(ctx.rotor, "bob");
+    const pending = rotated(ctx, "bob");
+    const welcomed = await identities.welcome(ctx.rotor, "bob");
+    const rotation = await pending;
+    expect(rotation.deadline).toBe(welcomed.rotationDeadline);
+    expect(rotation.at).toBeGreaterThanOrEqual(welcomed.rotationDeadline);
+    const status = await identities.status(ctx.rotor, "bob");
+    expect(status.generation).toBe(2);
+    expect(status.nextRotationAt?.getTime()).toBe(rotation.at + 30 * 86_400_000);
+    expect(status.wakeups.rotation).toEqual({ state: "delayed", fireAt: rotation.at + 30 * 86_400_000 });
+  });
+
+  it("1,000 concurrent welcomes to one identity, two workers: exactly one rotation", async () => {
+    // The burst must end before the pulled-in deadline, or later welcomes rightly pull in the
+    // rotation after it: 5 s, libxmtp's value, leaves room on a slow machine.
+    const { ctx } = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "5s" });
+    const other = await env!.sibling();
+    startWorkers(ctx);
+    startWorkers(other);
+    await identities.register(ctx.rotor, "carol");
+    const outcomes: string[] = [];
+    for (const c of [ctx, other]) {
+      c.rotor.events.on("rotation", (e) => {
+        if (e.identityId === "carol") outcomes.push(e.outcome);
+      });
+    }
+    const pending = rotated(ctx, "carol").catch(() => rotated(other, "carol"));
+    const results = await Promise.all(
+      Array.from({ length: 1000 }, (_, i) => identities.welcome((i % 2 ? ctx : other).rotor, "carol")),
+    );
+    const deadlines = new Set(results.map((r) => r.rotationDeadline));
+    expect(Date.now()).toBeLessThan([...deadlines][0] as number);
+    expect(deadlines.size).toBe(1);
+    expect(results.filter((r) => r.changed)).toHaveLength(1);
+    await Promise.race([pending, rotated(other, "carol")]);
+    const rows = await keyPackageRows(ctx, "carol");
+    expect(rows.map((r) => r.generation)).toEqual([1, 2]);
+    expect(outcomes.filter((o) => o === "rotated")).toHaveLength(1);
+  });
+
+  it("a welcome that arrives while the rotation job is active is not lost", async () => {
+    const { ctx } = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "200ms" });
+    const worker = await env!.sibling();
+    // Hold the rotation inside key generation, i.e. inside its transaction, with the job active.
+    const generate = worker.rotor.keys.generate.bind(worker.rotor.keys);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let entered!: () => void;
+    const inside = new Promise<void>((resolve) => {
+      entered = resolve;
+    });
+    let calls = 0;
+    worker.rotor.keys = {
+      ...worker.rotor.keys,
+      generate: async (input) => {
+        if (calls++ === 0) {
+          entered();
+          await gate;
+        }
+        return generate(input);
+      },
+    };
+    startWorkers(worker);
+    await identities.register(ctx.rotor, "dave");
+    const first = rotated(worker, "dave");
+    const soon = await identities.rotateSoon(ctx.rotor, "dave");
+    const second = nextEvent<RotationEvent>(
+      worker.rotor.events,
+      "rotation",
+      (e) => e.outcome === "rotated" && e.deadline !== soon.rotationDeadline,
+    );
+    await inside;
+    const [view] = await ctx.rotor.timers.view("rotation", ["dave"]);
+    expect(view).toEqual({ state: "active" });
+
+    // The welcome queues behind the rotation's row lock; the rotation's re-arm queues behind it,
+    // so the welcome finds the job still active and leaves the re-arm to the rotation.
+    const armed: string[] = [];
+    const arm = ctx.rotor.timers.arm;
+    ctx.rotor.timers.arm = async (...args) => {
+      const action = await arm(...args);
+      armed.push(action.kind);
+      return action;
+    };
+    const welcomed = identities.welcome(ctx.rotor, "dave");
+    await waitForLockWaiters(ctx, 1);
+    release();
+    await first;
+    const pulled = await welcomed;
+    expect(pulled.changed).toBe(true);
+    expect(armed).toEqual(["none"]);
+    const rotation = await second;
+    expect(rotation.deadline).toBe(pulled.rotationDeadline);
+    expect(rotation.at).toBeGreaterThanOrEqual(pulled.rotationDeadline);
+    expect(rotation.at - pulled.rotationDeadline).toBeLessThan(5_000);
+    expect((await keyPackageRows(ctx, "dave")).map((r) => r.generation)).toEqual([1, 2, 3]);
+  });
+
+  it.each(["30d", "60d", "90d"])(
+    "a %s deadline is armed exactly, and neither fires early nor overflows a timer",
+    async (interval) => {
+      const warnings: string[] = [];
+      const onWarning = (w: Error) => warnings.push(w.name);
+      process.on("warning", onWarning);
+      try {
+        const { ctx } = await setup({ ROTATION_INTERVAL: interval });
+        const registered = await identities.register(ctx.rotor, "erin");
+        const runtime = startWorkers(ctx);
+        await runtime.startupReconcile;
+        // Let the worker go through its blocking fetch a few times.
+        const wakes: RotationEvent[] = [];
+        ctx.rotor.events.on("rotation", (e) => wakes.push(e));
+        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        const [view] = await ctx.rotor.timers.view("rotation", ["erin"]);
+        expect(view).toEqual({ state: "delayed", fireAt: registered.rotationDeadline });
+        const days = Number(interval.slice(0, -1));
+        expect(registered.rotationDeadline - Date.now()).toBeGreaterThan((days - 0.01) * 86_400_000);
+        expect(wakes).toEqual([]);
+        expect(warnings).not.toContain("TimeoutOverflowWarning");
+        expect((await identities.status(ctx.rotor, "erin")).generation).toBe(1);
+      } finally {
+        process.off("warning", onWarning);
+      }
+    },
+  );
+});
+
+/** Waits until `n` backends wait for a row lock in the test database (the welcome is queued). */
+async function waitForLockWaiters(ctx: Context, n: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const [row] = await ctx.database.sql<{ n: number }[]>`
+      select count(*)::int as n from pg_stat_activity
+      where datname = current_database() and wait_event_type = 'Lock'`;
+    if ((row?.n ?? 0) >= n) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error("the welcome never queued behind the row lock");
+}

@@ -1,0 +1,207 @@
+import { describe, expect, it } from "vitest";
+import { type Config, loadConfig } from "../../src/config.js";
+import { KpRotorError } from "../../src/errors.js";
+
+const DAY = 86_400_000;
+const TOKEN = "0123456789abcdef";
+
+/** Runs loadConfig expecting it to throw; returns the KpRotorError. */
+function configError(env: Record<string, string | undefined>): KpRotorError {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(KpRotorError);
+    return error as KpRotorError;
+  }
+  throw new Error(`loadConfig accepted ${JSON.stringify(env)}`);
+}
+
+/** The bullet lines of the error message. */
+const problems = (error: KpRotorError) =>
+  error.message.split("\n").filter((line) => line.startsWith("  - "));
+
+describe("loadConfig defaults", () => {
+  const expected: Config = {
+    databaseUrl: "postgres://postgres@127.0.0.1:5432/postgres",
+    redisUrl: "redis://127.0.0.1:6379",
+    port: 3000,
+    host: "0.0.0.0",
+    apiToken: undefined,
+    rotationIntervalMs: 2_592_000_000,
+    welcomeRotationDelayMs: 5_000,
+    deletionGraceMs: DAY,
+    queuePrefix: "kp-rotor",
+    workerConcurrency: 16,
+    workerLockDurationMs: 30_000,
+    workerStalledIntervalMs: 30_000,
+    watchdogIntervalMs: 600_000,
+    logLevel: "info",
+  };
+
+  it("uses every default for an empty environment", () => {
+    expect(loadConfig({})).toEqual(expected);
+  });
+
+  it("treats empty strings as unset", () => {
+    expect(
+      loadConfig({
+        DATABASE_URL: "",
+        PORT: "",
+        ROTATION_INTERVAL: "",
+        API_TOKEN: "",
+        LOG_LEVEL: "",
+      }),
+    ).toEqual(expected);
+  });
+});
+
+describe("loadConfig overrides", () => {
+  it.each<[Record<string, string>, Partial<Config>]>([
+    [
+      { DATABASE_URL: "postgresql://u:p@db:5433/kp" },
+      { databaseUrl: "postgresql://u:p@db:5433/kp" },
+    ],
+    [{ REDIS_URL: "rediss://cache:6380/2" }, { redisUrl: "rediss://cache:6380/2" }],
+    [{ PORT: "0" }, { port: 0 }],
+    [{ PORT: "65535" }, { port: 65535 }],
+    [{ HOST: "127.0.0.1" }, { host: "127.0.0.1" }],
+    [{ API_TOKEN: TOKEN }, { apiToken: TOKEN }],
+    [{ ROTATION_INTERVAL: "90d" }, { rotationIntervalMs: 90 * DAY }],
+    [{ ROTATION_INTERVAL: "1" }, { rotationIntervalMs: 1 }],
+    [{ WELCOME_ROTATION_DELAY: "0" }, { welcomeRotationDelayMs: 0 }],
+    [{ WELCOME_ROTATION_DELAY: "250ms" }, { welcomeRotationDelayMs: 250 }],
+    [{ DELETION_GRACE: "2h" }, { deletionGraceMs: 7_200_000 }],
+    [{ QUEUE_PREFIX: "kp.test_1-a" }, { queuePrefix: "kp.test_1-a" }],
+    [{ WORKER_CONCURRENCY: "1000" }, { workerConcurrency: 1000 }],
+    [{ WORKER_LOCK_DURATION: "500ms" }, { workerLockDurationMs: 500 }],
+    [{ WORKER_STALLED_INTERVAL: "24d" }, { workerStalledIntervalMs: 24 * DAY }],
+    [{ WATCHDOG_INTERVAL: "0" }, { watchdogIntervalMs: 0 }],
+    [{ WATCHDOG_INTERVAL: "24d" }, { watchdogIntervalMs: 24 * DAY }],
+    [{ LOG_LEVEL: "silent" }, { logLevel: "silent" }],
+  ])("%j", (env, expected) => {
+    expect(loadConfig(env)).toMatchObject(expected);
+  });
+});
+
+describe("loadConfig rejects", () => {
+  it.each<[string, Record<string, string>, string]>([
+    [
+      "non-postgres DATABASE_URL",
+      { DATABASE_URL: "mysql://x/y" },
+      "DATABASE_URL: expected a postgres: or postgresql:// URL",
+    ],
+    [
+      "unparseable DATABASE_URL",
+      { DATABASE_URL: "not a url" },
+      "DATABASE_URL: expected a postgres: or postgresql:// URL",
+    ],
+    [
+      "http REDIS_URL",
+      { REDIS_URL: "http://cache" },
+      "REDIS_URL: expected a redis: or rediss:// URL",
+    ],
+    [
+      "PORT above range",
+      { PORT: "65536" },
+      'PORT="65536": expected a whole number from 0 to 65535',
+    ],
+    ["negative PORT", { PORT: "-1" }, 'PORT="-1": expected a whole number from 0 to 65535'],
+    ["PORT with exponent", { PORT: "3e3" }, 'PORT="3e3": expected a whole number from 0 to 65535'],
+    [
+      "zero concurrency",
+      { WORKER_CONCURRENCY: "0" },
+      'WORKER_CONCURRENCY="0": expected a whole number from 1 to 1000',
+    ],
+    [
+      "zero rotation interval",
+      { ROTATION_INTERVAL: "0" },
+      'ROTATION_INTERVAL="0": expected milliseconds',
+    ],
+    [
+      "fractional grace",
+      { DELETION_GRACE: "1.5d" },
+      'DELETION_GRACE="1.5d": expected milliseconds',
+    ],
+    [
+      "lock below 500 ms",
+      { WORKER_LOCK_DURATION: "499" },
+      'WORKER_LOCK_DURATION="499": expected milliseconds',
+    ],
+    ["watchdog beyond 24 d", { WATCHDOG_INTERVAL: "25d" }, "WATCHDOG_INTERVAL: at most 24d"],
+    [
+      "watchdog 24 d + 1 ms",
+      { WATCHDOG_INTERVAL: `${24 * DAY + 1}` },
+      "WATCHDOG_INTERVAL: at most 24d",
+    ],
+    ["lock beyond 24 d", { WORKER_LOCK_DURATION: "30d" }, "WORKER_LOCK_DURATION: at most 24d"],
+    [
+      "stalled beyond 24 d",
+      { WORKER_STALLED_INTERVAL: "577h" },
+      "WORKER_STALLED_INTERVAL: at most 24d",
+    ],
+    [
+      "short API_TOKEN",
+      { API_TOKEN: TOKEN.slice(1) },
+      "API_TOKEN: expected at least 16 characters",
+    ],
+    [
+      "bad QUEUE_PREFIX",
+      { QUEUE_PREFIX: "kp:rotor" },
+      'QUEUE_PREFIX="kp:rotor": expected 1 to 64 characters',
+    ],
+    ["long QUEUE_PREFIX", { QUEUE_PREFIX: "q".repeat(65) }, "QUEUE_PREFIX="],
+    [
+      "unknown LOG_LEVEL",
+      { LOG_LEVEL: "verbose" },
+      'LOG_LEVEL="verbose": expected one of fatal, error',
+    ],
+  ])("%s", (_name, env, fragment) => {
+    const error = configError(env);
+    expect(error.code).toBe("INVALID_CONFIG");
+    expect(error.name).toBe("KpRotorError");
+    const lines = problems(error);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(fragment);
+  });
+
+  it("reports every bad variable in one error", () => {
+    const error = configError({
+      DATABASE_URL: "http://db",
+      REDIS_URL: "nope",
+      PORT: "http",
+      ROTATION_INTERVAL: "5 s",
+      WELCOME_ROTATION_DELAY: "-1",
+      DELETION_GRACE: "1.5d",
+      WORKER_CONCURRENCY: "1001",
+      WATCHDOG_INTERVAL: "90d",
+      WORKER_LOCK_DURATION: "25d",
+      API_TOKEN: "short",
+      QUEUE_PREFIX: "a b",
+      LOG_LEVEL: "loud",
+    });
+    expect(error.code).toBe("INVALID_CONFIG");
+    expect(error.message.startsWith("invalid configuration:\n")).toBe(true);
+    const names = problems(error).map((line) => /^ {2}- ([A-Z_]+)/.exec(line)?.[1]);
+    expect(names.sort()).toEqual(
+      [
+        "API_TOKEN",
+        "DATABASE_URL",
+        "DELETION_GRACE",
+        "LOG_LEVEL",
+        "PORT",
+        "QUEUE_PREFIX",
+        "REDIS_URL",
+        "ROTATION_INTERVAL",
+        "WATCHDOG_INTERVAL",
+        "WELCOME_ROTATION_DELAY",
+        "WORKER_CONCURRENCY",
+        "WORKER_LOCK_DURATION",
+      ].sort(),
+    );
+  });
+
+  it("does not echo a bad DATABASE_URL (it may hold a password)", () => {
+    const error = configError({ DATABASE_URL: "mysql://user:s3cret@db/kp" });
+    expect(error.message).not.toContain("s3cret");
+  });
+});
