@@ -70,7 +70,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const raw = read(name);
     const value = Number(raw);
     if (!/^\d+$/.test(raw) || value < min || value > max) {
-      problems.push(`${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`);
+      problems.push(
+        `${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`,
+      );
       return min;
     }
     return value;
@@ -81,7 +83,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       const parsed = new URL(raw);
       if (!protocols.includes(parsed.protocol)) throw new Error();
     } catch {
-      problems.push(`${name}: expected a ${protocols.join(" or ")}// URL`);
+      problems.push(`${name}: expected a ${protocols.map((p) => `${p}//`).join(" or ")} URL`);
     }
     return raw;
   };
@@ -119,7 +121,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     problems.push("API_TOKEN: expected at least 16 characters");
   }
   if (!LOG_LEVELS.includes(config.logLevel)) {
-    problems.push(`LOG_LEVEL=${JSON.stringify(config.logLevel)}: expected one of ${LOG_LEVELS.join(", ")}`);
+    problems.push(
+      `LOG_LEVEL=${JSON.stringify(config.logLevel)}: expected one of ${LOG_LEVELS.join(", ")}`,
+    );
   }
   if (problems.length > 0) {
     throw new KpRotorError(

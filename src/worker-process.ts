@@ -5,11 +5,7 @@ import { loadConfig } from "./config.js";
 import { type Context, createContext } from "./context.js";
 import { createLogger } from "./logger.js";
 import { createRedis, type TimerKind } from "./queue/timers.js";
-import {
-  type RunningWorker,
-  startWorker,
-  type WakeHandler,
-} from "./queue/workers.js";
+import { type RunningWorker, startWorker, type WakeHandler } from "./queue/workers.js";
 import type { Rotor } from "./services/rotor.js";
 import { reconcileOnce, runWatchdog } from "./services/watchdog.service.js";
 import { BACKOFF } from "./core/timers.js";
@@ -55,7 +51,8 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
       running = true;
       runWatchdog(rotor, { overdueGraceMs, owner })
         .then((report) => {
-          if (report.reconciled || report.rearmed > 0) log.warn(report, "watchdog repaired wake-ups");
+          if (report.reconciled || report.rearmed > 0)
+            log.warn(report, "watchdog repaired wake-ups");
         })
         .catch((err) => log.error({ err }, "watchdog failed"))
         .finally(() => {
@@ -86,7 +83,10 @@ export async function runWorkerProcess(handlers: HandlerFactories): Promise<void
   const log = createLogger(config.logLevel);
   const ctx = await createContext(config, log, { migrate: true });
   const runtime = startWorkerRuntime(ctx, handlers);
-  log.info({ queues: Object.keys(handlers), concurrency: config.workerConcurrency }, "worker started");
+  log.info(
+    { queues: Object.keys(handlers), concurrency: config.workerConcurrency },
+    "worker started",
+  );
   closeWithGrace({ delay: config.workerLockDurationMs + 5_000 }, async ({ signal, err }) => {
     if (err) log.error({ err }, "worker crashed");
     log.info({ signal }, "worker stopping");

@@ -18,8 +18,14 @@ const COMMANDS: Record<string, { usage: string; summary: string }> = {
   worker: { usage: "worker", summary: "run the rotation and deletion workers" },
   migrate: { usage: "migrate", summary: "apply the database migrations in drizzle/" },
   reconcile: { usage: "reconcile [--quiet]", summary: "rebuild every wake-up from Postgres" },
-  status: { usage: "status <identityId>", summary: "print an identity's deadlines and key packages" },
-  rotate: { usage: "rotate <identityId>", summary: "rotate an identity's key package as soon as possible" },
+  status: {
+    usage: "status <identityId>",
+    summary: "print an identity's deadlines and key packages",
+  },
+  rotate: {
+    usage: "rotate <identityId>",
+    summary: "rotate an identity's key package as soon as possible",
+  },
 };
 
 const HELP = `kp-rotor: durable MLS key-package rotation timers
@@ -112,14 +118,20 @@ async function oneShot(
   try {
     if (command === "reconcile") {
       const bar = quiet ? undefined : progressBar("reconcile");
-      const report = await reconcile(ctx.rotor, { onProgress: (done, total) => bar?.update(done, total) });
+      const report = await reconcile(ctx.rotor, {
+        onProgress: (done, total) => bar?.update(done, total),
+      });
       bar?.stop();
       console.log(JSON.stringify(report, null, 2));
     } else if (command === "status") {
-      console.log(JSON.stringify(await identities.status(ctx.rotor, identityId as string), null, 2));
+      console.log(
+        JSON.stringify(await identities.status(ctx.rotor, identityId as string), null, 2),
+      );
     } else if (command === "rotate") {
       const result = await identities.rotateSoon(ctx.rotor, identityId as string);
-      console.log(`rotation of ${result.identityId} due at ${new Date(result.rotationDeadline).toISOString()}`);
+      console.log(
+        `rotation of ${result.identityId} due at ${new Date(result.rotationDeadline).toISOString()}`,
+      );
     }
     return 0;
   } finally {

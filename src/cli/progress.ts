@@ -15,7 +15,10 @@ export function progressBar(label: string) {
     };
   }
   const bar = new cliProgress.SingleBar(
-    { format: `${label} [{bar}] {percentage}% {value}/{total} identities, eta {eta_formatted}`, stream: process.stderr },
+    {
+      format: `${label} [{bar}] {percentage}% {value}/{total} identities, eta {eta_formatted}`,
+      stream: process.stderr,
+    },
     cliProgress.Presets.shades_classic,
   );
   let started = false;

@@ -6,7 +6,8 @@ const IDENTITY_ID = new RegExp(IDENTITY_ID_PATTERN);
 export function identityIdProblem(value: unknown): string | undefined {
   if (typeof value !== "string") return "identity id must be a string";
   if (value.length === 0) return "identity id must not be empty";
-  if (value.length > 128) return `identity id is ${value.length} characters long; at most 128 are allowed`;
+  if (value.length > 128)
+    return `identity id is ${value.length} characters long; at most 128 are allowed`;
   if (!IDENTITY_ID.test(value)) {
     return "identity id may contain only letters A-Z a-z, digits 0-9, '.', '_' and '-'";
   }

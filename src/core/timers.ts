@@ -68,7 +68,8 @@ export function deletionDeadline(deleteAts: readonly number[]): number | null {
 /** Retry delay after the n-th consecutive failure (n >= 1): 2 s, x1.5 each time, at most 60 s. */
 export const BACKOFF = { initialMs: 2_000, factor: 1.5, maxMs: 60_000 } as const;
 export function backoffMs(failures: number): number {
-  const n = Math.max(1, failures);
+  // The count comes back from job data; anything odd counts as a first failure.
+  const n = Number.isSafeInteger(failures) ? Math.max(1, failures) : 1;
   return Math.min(BACKOFF.maxMs, Math.round(BACKOFF.initialMs * BACKOFF.factor ** (n - 1)));
 }
 

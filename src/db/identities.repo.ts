@@ -149,7 +149,10 @@ export async function setRotationDeadlines(
 ): Promise<void> {
   if (changes.length === 0) return;
   const rows = JSON.stringify(
-    changes.map((c) => ({ id: c.identityId, deadline: new Date(c.rotationDeadline).toISOString() })),
+    changes.map((c) => ({
+      id: c.identityId,
+      deadline: new Date(c.rotationDeadline).toISOString(),
+    })),
   );
   await tx.execute(sql`
     update ${identities} set rotation_deadline = v.deadline

@@ -18,7 +18,8 @@ const bytea = customType<{ data: Uint8Array; driverData: Buffer }>({
   fromDriver: (value) => new Uint8Array(value),
 });
 
-const instant = (name: string) => timestamp(name, { withTimezone: true, precision: 3, mode: "date" });
+const instant = (name: string) =>
+  timestamp(name, { withTimezone: true, precision: 3, mode: "date" });
 
 /**
  * One row per identity (MLS installation). The row is the source of truth for the rotation
@@ -78,9 +79,7 @@ export const keyPackages = pgTable(
   },
   (t) => [
     uniqueIndex("key_packages_generation_uq").on(t.identityId, t.generation),
-    uniqueIndex("key_packages_current_uq")
-      .on(t.identityId)
-      .where(sql`${t.isCurrent}`),
+    uniqueIndex("key_packages_current_uq").on(t.identityId).where(sql`${t.isCurrent}`),
     index("key_packages_delete_at_idx")
       .on(t.identityId, t.deleteAt)
       .where(sql`${t.deleteAt} is not null`),

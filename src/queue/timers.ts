@@ -11,7 +11,10 @@ export const TIMER_KINDS = ["rotation", "deletion"] as const;
 export type TimerKind = (typeof TIMER_KINDS)[number];
 
 /** The queue names, and the job name shown in Bull Board. */
-export const QUEUE_NAMES: Record<TimerKind, string> = { rotation: "rotation", deletion: "deletion" };
+export const QUEUE_NAMES: Record<TimerKind, string> = {
+  rotation: "rotation",
+  deletion: "deletion",
+};
 const JOB_NAMES: Record<TimerKind, string> = { rotation: "rotate", deletion: "delete" };
 
 /** What a wake-up job carries; `failures` counts consecutive failed attempts for the backoff. */
@@ -106,7 +109,9 @@ export function createTimers(redis: Redis, prefix: string): Timers {
       case "delayed": {
         // Moved to delayed between our two reads: read its score again.
         const score = await redis.zscore(queues[kind].toKey("delayed"), jobIdFor(identityId));
-        return score === null ? { state: "waiting" } : { state: "delayed", fireAt: fireAtOf(score) };
+        return score === null
+          ? { state: "waiting" }
+          : { state: "delayed", fireAt: fireAtOf(score) };
       }
       default:
         return { state: "waiting" };

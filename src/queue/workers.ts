@@ -45,7 +45,10 @@ export function startWorker(
         await handler(toActiveWakeup(job, token));
       } catch (err) {
         // The job stays active; when its lock lapses the stall check runs it again.
-        log.error({ err, kind, jobId: job.id }, "wake-up handler failed; the job will stall and rerun");
+        log.error(
+          { err, kind, jobId: job.id },
+          "wake-up handler failed; the job will stall and rerun",
+        );
       }
       throw new DelayedError();
     },

@@ -7,7 +7,9 @@ import { EventEmitter } from "node:events";
 export interface RotorEventMap {
   rotation: [{ identityId: string; outcome: string; at: number; deadline?: number }];
   deletion: [{ identityId: string; deleted: number; at: number }];
-  "wake-failed": [{ identityId: string; kind: "rotation" | "deletion"; failures: number; error: string }];
+  "wake-failed": [
+    { identityId: string; kind: "rotation" | "deletion"; failures: number; error: string },
+  ];
 }
 
 export class RotorEvents extends EventEmitter<RotorEventMap> {}

@@ -105,7 +105,11 @@ export async function pullInMany(
     for (const identity of locked) {
       if (identity.deregistered || identity.rotationDeadline === null) continue;
       const next = pullIn(identity.rotationDeadline, now, delayMs);
-      results.push({ identityId: identity.id, rotationDeadline: next.deadline, changed: next.changed });
+      results.push({
+        identityId: identity.id,
+        rotationDeadline: next.deadline,
+        changed: next.changed,
+      });
     }
     const changed = results.filter((r) => r.changed);
     await repo.setRotationDeadlines(tx, changed);

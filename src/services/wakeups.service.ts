@@ -120,15 +120,24 @@ export async function handleWakeFailure(
   const delay = backoffMs(failures);
   const message = error instanceof Error ? error.message : String(error);
   rotor.log.warn(
-    { identityId: wake.identityId, jobId: wake.jobId, kind, failures, retryInMs: delay, err: message },
+    {
+      identityId: wake.identityId,
+      jobId: wake.jobId,
+      kind,
+      failures,
+      retryInMs: delay,
+      err: message,
+    },
     "wake-up failed; retrying after backoff",
   );
   rotor.events.emit("wake-failed", { identityId: wake.identityId, kind, failures, error: message });
   await wake.retryLater(rotor.clock() + delay, failures);
   if (kind === "rotation") {
-    await repo.recordRotationFailure(rotor.db, wake.identityId, rotor.clock(), message).catch(() => {
-      // Postgres is likely the reason we are here; the job's own counter still drives the backoff.
-    });
+    await repo
+      .recordRotationFailure(rotor.db, wake.identityId, rotor.clock(), message)
+      .catch(() => {
+        // Postgres is likely the reason we are here; the job's own counter still drives the backoff.
+      });
   }
   return delay;
 }

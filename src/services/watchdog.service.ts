@@ -28,16 +28,28 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
     reconciled = await reconcileOnce(rotor, options.owner, "Redis has no reconcile mark");
   }
   const now = rotor.clock();
-  const overdue = await repo.overdueIdentities(rotor.db, now - options.overdueGraceMs, options.limit ?? 100);
+  const overdue = await repo.overdueIdentities(
+    rotor.db,
+    now - options.overdueGraceMs,
+    options.limit ?? 100,
+  );
   let rearmed = 0;
   for (const id of overdue) {
     await rotor.db.transaction(async (tx) => {
       const identity = await repo.lockIdentity(tx, id);
       if (identity === undefined || identity.deregistered) return;
-      const action = await rotor.timers.arm("rotation", id, identity.rotationDeadline, rotor.clock());
+      const action = await rotor.timers.arm(
+        "rotation",
+        id,
+        identity.rotationDeadline,
+        rotor.clock(),
+      );
       if (action.kind !== "none") {
         rearmed++;
-        rotor.log.warn({ component: "watchdog", identityId: id, action }, "re-armed an overdue identity");
+        rotor.log.warn(
+          { component: "watchdog", identityId: id, action },
+          "re-armed an overdue identity",
+        );
       }
     });
   }

@@ -14,7 +14,11 @@ export const REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 export const randomName = (prefix: string) => `${prefix}_${randomBytes(5).toString("hex")}`;
 
 /** A fresh database for one test file; dropped by `drop()` (kept when KEEP_TEST_DB is set). */
-export async function createTestDatabase(): Promise<{ url: string; name: string; drop(): Promise<void> }> {
+export async function createTestDatabase(): Promise<{
+  url: string;
+  name: string;
+  drop(): Promise<void>;
+}> {
   const name = randomName("kp_test");
   const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {} });
   await admin.unsafe(`create database ${name}`);
@@ -92,7 +96,10 @@ export async function createTestEnv(env: Record<string, string> = {}): Promise<T
 
 /** Resolves with the first event matching `predicate`, or rejects after `timeoutMs`. */
 export function nextEvent<T>(
-  emitter: { on(name: string, fn: (arg: T) => void): unknown; off(name: string, fn: (arg: T) => void): unknown },
+  emitter: {
+    on(name: string, fn: (arg: T) => void): unknown;
+    off(name: string, fn: (arg: T) => void): unknown;
+  },
   name: string,
   predicate: (arg: T) => boolean = () => true,
   timeoutMs = 20_000,
@@ -118,7 +125,9 @@ export async function freePort(): Promise<number> {
     const server = createServer();
     server.listen(0, "127.0.0.1", () => {
       const address = server.address();
-      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject()));
+      server.close(() =>
+        typeof address === "object" && address ? resolve(address.port) : reject(),
+      );
     });
   });
 }
@@ -132,7 +141,11 @@ export async function startRedisServer(): Promise<{ url: string; stop(): Promise
     { stdio: "ignore" },
   );
   const url = `redis://127.0.0.1:${port}`;
-  const probe = new Redis(url, { lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: null });
+  const probe = new Redis(url, {
+    lazyConnect: true,
+    retryStrategy: () => 50,
+    maxRetriesPerRequest: null,
+  });
   await probe.connect().catch(() => {});
   await probe.ping();
   await probe.quit();

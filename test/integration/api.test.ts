@@ -36,7 +36,11 @@ describe("identities API", () => {
 
     const again = await call("PUT", "/v1/identities/alice");
     expect(again.statusCode).toBe(200);
-    expect(again.json()).toMatchObject({ created: false, generation: 1, nextRotationAt: body.nextRotationAt });
+    expect(again.json()).toMatchObject({
+      created: false,
+      generation: 1,
+      nextRotationAt: body.nextRotationAt,
+    });
 
     const status = (await call("GET", "/v1/identities/alice")).json();
     expect(status.keyPackages).toHaveLength(1);
@@ -56,7 +60,10 @@ describe("identities API", () => {
     expect(first.json().pulledIn).toBe(true);
 
     const second = await call("POST", "/v1/identities/bob/welcome");
-    expect(second.json()).toMatchObject({ nextRotationAt: first.json().nextRotationAt, pulledIn: false });
+    expect(second.json()).toMatchObject({
+      nextRotationAt: first.json().nextRotationAt,
+      pulledIn: false,
+    });
     const status = (await call("GET", "/v1/identities/bob")).json();
     expect(Date.parse(status.nextRotationAt)).toBe(deadline);
     expect(status.wakeups.rotation).toEqual({ state: "delayed", fireAt: deadline });
@@ -72,10 +79,15 @@ describe("identities API", () => {
   it("takes welcome batches and reports unknown identities apart", async () => {
     await call("PUT", "/v1/identities/dave");
     await call("PUT", "/v1/identities/erin");
-    const res = await call("POST", "/v1/welcomes", { identityIds: ["dave", "erin", "dave", "nobody"] });
+    const res = await call("POST", "/v1/welcomes", {
+      identityIds: ["dave", "erin", "dave", "nobody"],
+    });
     expect(res.statusCode).toBe(202);
     const body = res.json();
-    expect(body.accepted.map((a: { identityId: string }) => a.identityId).sort()).toEqual(["dave", "erin"]);
+    expect(body.accepted.map((a: { identityId: string }) => a.identityId).sort()).toEqual([
+      "dave",
+      "erin",
+    ]);
     expect(body.notFound).toEqual(["nobody"]);
     for (const id of ["dave", "erin"]) {
       const status = (await call("GET", `/v1/identities/${id}`)).json();
@@ -92,7 +104,8 @@ describe("identities API", () => {
     expect((await call("DELETE", "/v1/identities/frank")).statusCode).toBe(404);
     const [rotation] = await env.ctx.rotor.timers.view("rotation", ["frank"]);
     expect(rotation).toEqual({ state: "missing" });
-    const rows = await env.ctx.database.sql`select count(*)::int as n from key_packages where identity_id = 'frank'`;
+    const rows = await env.ctx.database
+      .sql`select count(*)::int as n from key_packages where identity_id = 'frank'`;
     expect(rows[0]?.n).toBe(0);
     // Registering again starts a new life with a new key package.
     const again = await call("PUT", "/v1/identities/frank");
@@ -120,7 +133,10 @@ describe("bad input", () => {
     [{ identityIds: "alice" }, /must be array/],
     [{ identityIds: [1] }, /must be string/],
     [{ identityIds: ["ok"], extra: true }, /must NOT have additional properties/],
-    [{ identityIds: Array.from({ length: 1001 }, (_, i) => `id-${i}`) }, /must NOT have more than 1000 items/],
+    [
+      { identityIds: Array.from({ length: 1001 }, (_, i) => `id-${i}`) },
+      /must NOT have more than 1000 items/,
+    ],
   ])("a bad batch body is a 400 that says why (%#)", async (payload, message) => {
     const res = await call("POST", "/v1/welcomes", payload);
     expect(res.statusCode).toBe(400);
@@ -138,7 +154,10 @@ describe("bad input", () => {
   it("unknown identities are 404", async () => {
     const res = await call("POST", "/v1/identities/ghost/welcome");
     expect(res.statusCode).toBe(404);
-    expect(res.json()).toEqual({ error: "IDENTITY_NOT_FOUND", message: 'identity "ghost" is not registered' });
+    expect(res.json()).toEqual({
+      error: "IDENTITY_NOT_FOUND",
+      message: 'identity "ghost" is not registered',
+    });
   });
 
   it("malformed JSON is a 400", async () => {

@@ -29,7 +29,11 @@ function startWorkers(ctx: Context): WorkerRuntime {
 }
 
 const rotated = (ctx: Context, id: string) =>
-  nextEvent<RotationEvent>(ctx.rotor.events, "rotation", (e) => e.identityId === id && e.outcome === "rotated");
+  nextEvent<RotationEvent>(
+    ctx.rotor.events,
+    "rotation",
+    (e) => e.identityId === id && e.outcome === "rotated",
+  );
 
 async function keyPackageRows(ctx: Context, id: string) {
   return ctx.database.sql<{ generation: number; is_current: boolean; delete_at: number | null }[]>`
@@ -53,7 +57,11 @@ describe("rotation and deletion wake-ups", () => {
     ]);
     expect(rows[0]?.delete_at).toBe(rotation.at + 700);
 
-    const deletion = await nextEvent<DeletionEvent>(ctx.rotor.events, "deletion", (e) => e.deleted > 0);
+    const deletion = await nextEvent<DeletionEvent>(
+      ctx.rotor.events,
+      "deletion",
+      (e) => e.deleted > 0,
+    );
     expect(deletion.at).toBeGreaterThanOrEqual(rotation.at + 700);
     const after = await keyPackageRows(ctx, "alice");
     expect(after.find((r) => r.generation === 1)).toBeUndefined();
@@ -72,14 +80,18 @@ describe("rotation and deletion wake-ups", () => {
     const status = await identities.status(ctx.rotor, "bob");
     expect(status.generation).toBe(2);
     expect(status.nextRotationAt?.getTime()).toBe(rotation.at + 30 * 86_400_000);
-    expect(status.wakeups.rotation).toEqual({ state: "delayed", fireAt: rotation.at + 30 * 86_400_000 });
+    expect(status.wakeups.rotation).toEqual({
+      state: "delayed",
+      fireAt: rotation.at + 30 * 86_400_000,
+    });
   });
 
   it("1,000 concurrent welcomes to one identity, two workers: exactly one rotation", async () => {
     // The burst must end before the pulled-in deadline, or later welcomes rightly pull in the
     // rotation after it: 5 s, libxmtp's value, leaves room on a slow machine.
-    const { ctx } = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "5s" });
-    const other = await env!.sibling();
+    const test = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "5s" });
+    const { ctx } = test;
+    const other = await test.sibling();
     startWorkers(ctx);
     startWorkers(other);
     await identities.register(ctx.rotor, "carol");
@@ -91,7 +103,9 @@ describe("rotation and deletion wake-ups", () => {
     }
     const pending = rotated(ctx, "carol").catch(() => rotated(other, "carol"));
     const results = await Promise.all(
-      Array.from({ length: 1000 }, (_, i) => identities.welcome((i % 2 ? ctx : other).rotor, "carol")),
+      Array.from({ length: 1000 }, (_, i) =>
+        identities.welcome((i % 2 ? ctx : other).rotor, "carol"),
+      ),
     );
     const deadlines = new Set(results.map((r) => r.rotationDeadline));
     expect(Date.now()).toBeLessThan([...deadlines][0] as number);
@@ -104,8 +118,9 @@ describe("rotation and deletion wake-ups", () => {
   });
 
   it("a welcome that arrives while the rotation job is active is not lost", async () => {
-    const { ctx } = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "200ms" });
-    const worker = await env!.sibling();
+    const test = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "200ms" });
+    const { ctx } = test;
+    const worker = await test.sibling();
     // Hold the rotation inside key generation, i.e. inside its transaction, with the job active.
     const generate = worker.rotor.keys.generate.bind(worker.rotor.keys);
     let release!: () => void;
@@ -181,7 +196,9 @@ describe("rotation and deletion wake-ups", () => {
         const [view] = await ctx.rotor.timers.view("rotation", ["erin"]);
         expect(view).toEqual({ state: "delayed", fireAt: registered.rotationDeadline });
         const days = Number(interval.slice(0, -1));
-        expect(registered.rotationDeadline - Date.now()).toBeGreaterThan((days - 0.01) * 86_400_000);
+        expect(registered.rotationDeadline - Date.now()).toBeGreaterThan(
+          (days - 0.01) * 86_400_000,
+        );
         expect(wakes).toEqual([]);
         expect(warnings).not.toContain("TimeoutOverflowWarning");
         expect((await identities.status(ctx.rotor, "erin")).generation).toBe(1);

@@ -88,17 +88,17 @@ describe("loadConfig rejects", () => {
     [
       "non-postgres DATABASE_URL",
       { DATABASE_URL: "mysql://x/y" },
-      "DATABASE_URL: expected a postgres: or postgresql:// URL",
+      "DATABASE_URL: expected a postgres:// or postgresql:// URL",
     ],
     [
       "unparseable DATABASE_URL",
       { DATABASE_URL: "not a url" },
-      "DATABASE_URL: expected a postgres: or postgresql:// URL",
+      "DATABASE_URL: expected a postgres:// or postgresql:// URL",
     ],
     [
       "http REDIS_URL",
       { REDIS_URL: "http://cache" },
-      "REDIS_URL: expected a redis: or rediss:// URL",
+      "REDIS_URL: expected a redis:// or rediss:// URL",
     ],
     [
       "PORT above range",

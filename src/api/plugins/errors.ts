@@ -55,12 +55,17 @@ export function registerErrorHandler(app: FastifyInstance): void {
       reply.header("retry-after", "5");
       return reply
         .status(503)
-        .send({ error: ErrorCodes.unavailable, message: "Postgres or Redis is unavailable; retry later" });
+        .send({
+          error: ErrorCodes.unavailable,
+          message: "Postgres or Redis is unavailable; retry later",
+        });
     }
     request.log.error({ err }, "internal error");
     return reply.status(500).send({ error: "INTERNAL", message: "internal error" });
   });
   app.setNotFoundHandler((request, reply) =>
-    reply.status(404).send({ error: "ROUTE_NOT_FOUND", message: `no route ${request.method} ${request.url}` }),
+    reply
+      .status(404)
+      .send({ error: "ROUTE_NOT_FOUND", message: `no route ${request.method} ${request.url}` }),
   );
 }
