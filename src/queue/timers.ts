@@ -128,6 +128,34 @@ export function createTimers(redis: Redis, prefix: string): Timers {
     );
   }
 
+  /**
+   * Moves a delayed job to `fireAt`. BullMQ's changeDelay takes a delay and adds it to its own
+   * Date.now(), read after an await, so under load the fire time can land a few ms late. We read
+   * the score back (we hold the row lock, nobody else moves it) and correct with a growing margin
+   * until it is not later than `fireAt`: a wake-up may come a little early (it then re-arms to
+   * the deadline), never late.
+   */
+  async function reschedule(kind: TimerKind, identityId: string, fireAt: number): Promise<void> {
+    const queue = queues[kind];
+    const jobId = jobIdFor(identityId);
+    const job = await queue.getJob(jobId);
+    if (job === undefined) return add(kind, identityId, fireAt);
+    for (let margin = 0; ; margin = Math.max(2, margin * 4)) {
+      const delay = Math.max(0, fireAt - Date.now() - margin);
+      try {
+        await job.changeDelay(delay);
+      } catch (err) {
+        // It left the delayed set (promoted, so it runs now and reads Postgres under the lock
+        // we hold) or vanished (then it must be added again).
+        if (!isNotDelayed(err)) throw err;
+        if (!(await queue.getJob(jobId))) await add(kind, identityId, fireAt);
+        return;
+      }
+      const score = await redis.zscore(queue.toKey("delayed"), jobId);
+      if (score === null || fireAtOf(score) <= fireAt || delay === 0) return;
+    }
+  }
+
   async function apply(kind: TimerKind, identityId: string, action: ArmAction): Promise<void> {
     const queue = queues[kind];
     const jobId = jobIdFor(identityId);
@@ -136,19 +164,8 @@ export function createTimers(redis: Redis, prefix: string): Timers {
         return;
       case "add":
         return add(kind, identityId, action.fireAt);
-      case "reschedule": {
-        const job = await queue.getJob(jobId);
-        if (job === undefined) return add(kind, identityId, action.fireAt);
-        try {
-          await job.changeDelay(Math.max(0, action.fireAt - Date.now()));
-        } catch (err) {
-          // It left the delayed set (promoted, so it runs now and reads Postgres under the lock
-          // we hold) or vanished (then it must be added again).
-          if (!isNotDelayed(err)) throw err;
-          if (!(await queue.getJob(jobId))) await add(kind, identityId, action.fireAt);
-        }
-        return;
-      }
+      case "reschedule":
+        return reschedule(kind, identityId, action.fireAt);
       case "replace":
         await queue.remove(jobId);
         return add(kind, identityId, action.fireAt);
