@@ -17,9 +17,9 @@ describe("docker-compose.yml", () => {
 
   it("keeps Redis data and never evicts a wake-up", () => {
     const args: string[] = compose.services.redis.command;
-    const after = (flag: string) => args[args.indexOf(flag) + 1];
-    expect(after("--appendonly")).toBe("yes");
-    expect(after("--maxmemory-policy")).toBe("noeviction");
+    const argAfter = (flag: string) => args[args.indexOf(flag) + 1];
+    expect(argAfter("--appendonly")).toBe("yes");
+    expect(argAfter("--maxmemory-policy")).toBe("noeviction");
     expect(compose.services.redis.volumes).toEqual(["redis-data:/data"]);
   });
 
