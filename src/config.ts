@@ -1,5 +1,6 @@
 import { formatDuration, parseDuration } from "./core/duration.js";
 import { ErrorCodes, KpRotorError } from "./errors.js";
+import { type KeysConfig, loadKeysConfig } from "./keys/keys-config.js";
 
 /** Everything the service reads from its environment, validated once at start. */
 export interface Config {
@@ -23,6 +24,17 @@ export interface Config {
   /** How often a worker runs the backstop query for overdue identities; 0 disables it. */
   watchdogIntervalMs: number;
   logLevel: string;
+  /** Port of a worker process's Prometheus endpoint (GET /metrics); 0: none. */
+  metricsPort: number;
+  /** HTTP basic-auth credentials for Bull Board (/admin/queues), for people in a browser. */
+  boardUser: string | undefined;
+  boardPassword: string | undefined;
+  /** Bull Board shows the queues but offers no action (retry, remove, promote, clean). */
+  boardReadOnly: boolean;
+  /** The OpenAPI document and its UI (/docs) are served without credentials. */
+  docsPublic: boolean;
+  /** Ciphersuite, key-encryption keys and the publisher (src/keys/keys-config.ts). */
+  keys: KeysConfig;
 }
 
 const DEFAULTS = {
@@ -39,6 +51,9 @@ const DEFAULTS = {
   WORKER_STALLED_INTERVAL: "30s",
   WATCHDOG_INTERVAL: "10m",
   LOG_LEVEL: "info",
+  METRICS_PORT: "9464",
+  BOARD_READ_ONLY: "false",
+  DOCS_PUBLIC: "false",
 } as const;
 
 const MAX_TIMER_MS = 24 * 86_400_000;
@@ -77,6 +92,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
     return value;
   };
+  const flag = (name: "BOARD_READ_ONLY" | "DOCS_PUBLIC"): boolean => {
+    const raw = read(name);
+    if (raw !== "true" && raw !== "false") {
+      problems.push(`${name}=${JSON.stringify(raw)}: expected true or false`);
+    }
+    return raw === "true";
+  };
   const url = (name: "DATABASE_URL" | "REDIS_URL", protocols: string[]): string => {
     const raw = read(name);
     try {
@@ -89,6 +111,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   };
 
   const config: Config = {
+    keys: loadKeysConfig(env, problems),
     databaseUrl: url("DATABASE_URL", ["postgres:", "postgresql:"]),
     redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
     port: integer("PORT", 0, 65535),
@@ -103,6 +126,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     workerStalledIntervalMs: duration("WORKER_STALLED_INTERVAL", 500),
     watchdogIntervalMs: duration("WATCHDOG_INTERVAL", 0),
     logLevel: read("LOG_LEVEL"),
+    metricsPort: integer("METRICS_PORT", 0, 65535),
+    boardUser: env.BOARD_USER === "" ? undefined : env.BOARD_USER,
+    boardPassword: env.BOARD_PASSWORD === "" ? undefined : env.BOARD_PASSWORD,
+    boardReadOnly: flag("BOARD_READ_ONLY"),
+    docsPublic: flag("DOCS_PUBLIC"),
   };
   if (!QUEUE_PREFIX.test(config.queuePrefix)) {
     problems.push(
@@ -119,6 +147,16 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   if (config.apiToken !== undefined && config.apiToken.length < 16) {
     problems.push("API_TOKEN: expected at least 16 characters");
+  }
+  if ((config.boardUser === undefined) !== (config.boardPassword === undefined)) {
+    problems.push("BOARD_USER and BOARD_PASSWORD: expected both or neither");
+  }
+  if (config.boardUser?.includes(":")) {
+    // HTTP basic auth separates user and password with the first ':'.
+    problems.push("BOARD_USER: expected no ':'");
+  }
+  if (config.boardPassword !== undefined && config.boardPassword.length < 12) {
+    problems.push("BOARD_PASSWORD: expected at least 12 characters");
   }
   if (!LOG_LEVELS.includes(config.logLevel)) {
     problems.push(

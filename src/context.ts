@@ -1,7 +1,9 @@
 import type { Redis } from "ioredis";
 import type { Config } from "./config.js";
 import { createDatabase, type Database, runMigrations } from "./db/client.js";
+import { createKeyring } from "./keys/encryption.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
+import { createDirectoryPublisher, createWebhookPublisher } from "./keys/publisher.js";
 import type { Logger } from "./logger.js";
 import { createRedis, createTimers } from "./queue/timers.js";
 import { RotorEvents } from "./services/events.js";
@@ -42,11 +44,23 @@ export async function createContext(
     redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
     const timers = createTimers(redis, config.queuePrefix);
     closers.push(() => timers.close());
-    const keys = await createKeyPackageFactory();
+    const keys = await createKeyPackageFactory(config.keys.ciphersuite);
+    const keyring = createKeyring(config.keys.encryptionKey, config.keys.previousEncryptionKey);
+    if (config.keys.insecureDevKey) {
+      log.warn(
+        "KP_ROTOR_INSECURE_DEV_KEY: private keys are sealed with a PUBLIC development key; anyone with the database can read them. Set KEY_ENCRYPTION_KEY for any real use.",
+      );
+    }
+    const publisher =
+      config.keys.publisher.kind === "webhook"
+        ? createWebhookPublisher(config.keys.publisher)
+        : createDirectoryPublisher();
     const rotor: Rotor = {
       db: database.db,
       timers,
       keys,
+      keyring,
+      publisher,
       timing: {
         rotationIntervalMs: config.rotationIntervalMs,
         welcomeRotationDelayMs: config.welcomeRotationDelayMs,

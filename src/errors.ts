@@ -20,5 +20,7 @@ export const ErrorCodes = {
   invalidRequest: "INVALID_REQUEST",
   notFound: "IDENTITY_NOT_FOUND",
   unavailable: "DEPENDENCY_UNAVAILABLE",
+  keyMaterial: "KEY_MATERIAL_UNREADABLE",
+  publishFailed: "PUBLISH_FAILED",
 } as const;
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -18,6 +18,12 @@ export async function startApi(ctx: Context): Promise<RunningApi> {
     checkReady: () => ctx.checkReady(),
     isAccepting: () => accepting,
     logger: ctx.rotor.log.child({ component: "api" }),
+    board: {
+      user: ctx.config.boardUser,
+      password: ctx.config.boardPassword,
+      readOnly: ctx.config.boardReadOnly,
+    },
+    docsPublic: ctx.config.docsPublic,
   });
   const address = await app.listen({ port: ctx.config.port, host: ctx.config.host });
   let closing: Promise<void> | undefined;

@@ -4,6 +4,8 @@ import closeWithGrace from "close-with-grace";
 import { loadConfig } from "./config.js";
 import { type Context, createContext } from "./context.js";
 import { createLogger } from "./logger.js";
+import { metricsFor } from "./metrics/metrics.js";
+import { type MetricsServer, startMetricsServer } from "./metrics/server.js";
 import { createRedis, type TimerKind } from "./queue/timers.js";
 import { type RunningWorker, startWorker, type WakeHandler } from "./queue/workers.js";
 import type { Rotor } from "./services/rotor.js";
@@ -77,11 +79,35 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
   };
 }
 
+/**
+ * Serves the process's Prometheus metrics on METRICS_PORT (GET /metrics); undefined when
+ * METRICS_PORT=0. Start it before the workers, so it is closed after them and a scrape still
+ * sees the drain.
+ */
+export async function startWorkerMetrics(ctx: Context): Promise<MetricsServer | undefined> {
+  const { config, rotor } = ctx;
+  if (config.metricsPort === 0) return undefined;
+  const server = await startMetricsServer(metricsFor(rotor), {
+    port: config.metricsPort,
+    host: config.host,
+    log: rotor.log,
+  });
+  rotor.log.info({ component: "worker", port: server.port }, "metrics on GET /metrics");
+  return server;
+}
+
 /** A worker process: config, context, workers; SIGTERM stops taking jobs and finishes active ones. */
 export async function runWorkerProcess(handlers: HandlerFactories): Promise<void> {
   const config = loadConfig();
   const log = createLogger(config.logLevel);
   const ctx = await createContext(config, log, { migrate: true });
+  let metrics: MetricsServer | undefined;
+  try {
+    metrics = await startWorkerMetrics(ctx);
+  } catch (err) {
+    await ctx.close();
+    throw err;
+  }
   const runtime = startWorkerRuntime(ctx, handlers);
   log.info(
     { queues: Object.keys(handlers), concurrency: config.workerConcurrency },
@@ -90,7 +116,9 @@ export async function runWorkerProcess(handlers: HandlerFactories): Promise<void
   closeWithGrace({ delay: config.workerLockDurationMs + 5_000 }, async ({ signal, err }) => {
     if (err) log.error({ err }, "worker crashed");
     log.info({ signal }, "worker stopping");
+    // Reverse order of start: workers drain, then the metrics endpoint, then the connections.
     await runtime.close();
+    await metrics?.close();
     await ctx.close();
   });
 }

@@ -1,9 +1,13 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "../logger.js";
+import { type Metrics, metricsFor } from "../metrics/metrics.js";
 import type { Rotor } from "../services/rotor.js";
-import { registerAuth } from "./plugins/auth.js";
+import { BOARD_PREFIX, registerAuth } from "./plugins/auth.js";
+import { registerBoard } from "./plugins/board.js";
+import { registerDocsUi, registerOpenApi } from "./plugins/docs.js";
 import { registerErrorHandler } from "./plugins/errors.js";
 import { identityRoutes } from "./routes/identities.js";
+import { operationRoutes } from "./routes/operations.js";
 
 export interface AppDeps {
   rotor: Rotor;
@@ -12,6 +16,15 @@ export interface AppDeps {
   /** False once shutdown has begun, so readiness fails before connections close. */
   isAccepting?: () => boolean;
   logger?: Logger;
+  /** The process's metrics; by default those of the rotor (shared with a worker in-process). */
+  metrics?: Metrics;
+  /**
+   * Bull Board at /admin/queues: HTTP basic credentials (BOARD_USER/BOARD_PASSWORD) and
+   * read-only mode. The board is mounted only if these or an API token protect it.
+   */
+  board?: { user?: string | undefined; password?: string | undefined; readOnly?: boolean };
+  /** Serve /docs without credentials (DOCS_PUBLIC). */
+  docsPublic?: boolean;
 }
 
 /** Builds the API as a Fastify instance; never listens (src/server.ts does). */
@@ -24,16 +37,39 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Errors say which field is wrong, all of them; a string is never taken for an array of one.
     ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false } },
   });
-  registerErrorHandler(app);
-  registerAuth(app, deps.apiToken);
+  const metrics = deps.metrics ?? metricsFor(deps.rotor);
+  const { user, password } = deps.board ?? {};
+  const basic =
+    user !== undefined && password !== undefined ? { user, password } : undefined;
 
-  app.get("/healthz", async () => ({ status: "ok" }));
-  app.get("/readyz", async (_request, reply) => {
-    const checks = await deps.checkReady();
-    const accepting = deps.isAccepting?.() ?? true;
-    const ready = accepting && checks.postgres && checks.redis;
-    return reply.status(ready ? 200 : 503).send({ ready, accepting, ...checks });
+  registerErrorHandler(app);
+  registerAuth(app, { token: deps.apiToken, basic, docsPublic: deps.docsPublic ?? false });
+  await registerOpenApi(app, { bearer: deps.apiToken !== undefined });
+
+  operationRoutes(app, {
+    checkReady: deps.checkReady,
+    isAccepting: deps.isAccepting,
+    metrics,
   });
-  identityRoutes(app, deps.rotor);
+  identityRoutes(app, {
+    rotor: deps.rotor,
+    onWelcomes: (count) => metrics.welcomesAccepted(count),
+  });
+  await registerDocsUi(app);
+
+  if (deps.apiToken === undefined && basic === undefined) {
+    app.log.warn(
+      `Bull Board not mounted at ${BOARD_PREFIX}: set API_TOKEN or BOARD_USER and BOARD_PASSWORD`,
+    );
+  } else {
+    await registerBoard(app, {
+      queues: deps.rotor.timers.queues,
+      readOnly: deps.board?.readOnly ?? false,
+    });
+    app.log.info(
+      { basicAuth: basic !== undefined, bearer: deps.apiToken !== undefined },
+      `Bull Board at ${BOARD_PREFIX}`,
+    );
+  }
   return app;
 }

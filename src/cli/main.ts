@@ -1,68 +1,122 @@
-import { parseArgs } from "node:util";
+import { type ParseArgsConfig, parseArgs } from "node:util";
 import closeWithGrace from "close-with-grace";
 import { type Config, loadConfig } from "../config.js";
 import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
 import { KpRotorError } from "../errors.js";
-import { createLogger } from "../logger.js";
+import { createLogger, type Logger } from "../logger.js";
+import type { MetricsServer } from "../metrics/server.js";
 import { startApi } from "../server.js";
 import * as identities from "../services/identities.service.js";
 import { reconcile } from "../services/reconcile.service.js";
-import { startWorkerRuntime } from "../worker-process.js";
+import { startWorkerMetrics, startWorkerRuntime } from "../worker-process.js";
 import { ALL_HANDLERS } from "../../workers/index.js";
+import { BENCHMARKS, benchmarkUsage, isBenchmark, runBenchmarks } from "./bench.js";
 import { progressBar } from "./progress.js";
 
-const COMMANDS: Record<string, { usage: string; summary: string }> = {
-  start: { usage: "start", summary: "migrate, then run the API and a worker in one process" },
-  api: { usage: "api", summary: "run the HTTP API" },
-  worker: { usage: "worker", summary: "run the rotation and deletion workers" },
+interface CommandSpec {
+  usage: string;
+  summary: string;
+  /** More lines for `kp-rotor <command> --help`. */
+  details?: string;
+  /** Options besides --help. */
+  options?: NonNullable<ParseArgsConfig["options"]>;
+}
+
+const COMMANDS: Record<string, CommandSpec> = {
+  start: {
+    usage: "start",
+    summary: "migrate, then run the API and a worker in one process",
+    details: "Metrics on METRICS_PORT (GET /metrics). SIGTERM/SIGINT stop it gracefully.",
+  },
+  api: {
+    usage: "api",
+    summary: "run the HTTP API",
+    details: "Listens on HOST:PORT; metrics on METRICS_PORT (GET /metrics).",
+  },
+  worker: {
+    usage: "worker",
+    summary: "run the rotation and deletion workers",
+    details:
+      "Metrics on METRICS_PORT (GET /metrics). On SIGTERM it takes no new wake-ups and waits for\nthe active ones, at most WORKER_LOCK_DURATION.",
+  },
   migrate: { usage: "migrate", summary: "apply the database migrations in drizzle/" },
-  reconcile: { usage: "reconcile [--quiet]", summary: "rebuild every wake-up from Postgres" },
+  reconcile: {
+    usage: "reconcile [--quiet]",
+    summary: "rebuild every wake-up from Postgres",
+    details:
+      "Prints a JSON summary of the repairs on stdout, progress on stderr.\n\noptions:\n  -q, --quiet   no progress, only the summary",
+    options: { quiet: { type: "boolean", short: "q" } },
+  },
   status: {
     usage: "status <identityId>",
     summary: "print an identity's deadlines and key packages",
+    details: "Prints JSON: deadlines from Postgres, wake-ups as they stand in Redis.",
   },
   rotate: {
     usage: "rotate <identityId>",
     summary: "rotate an identity's key package as soon as possible",
+    details: "Pulls the rotation deadline in to now and prints it; a worker does the rotation.",
+  },
+  bench: {
+    usage: "bench [idle-cost|lateness] [options]",
+    summary: "run the benchmarks in bench/ (all of them without a name)",
   },
 };
 
 const HELP = `kp-rotor: durable MLS key-package rotation timers
 
 usage: kp-rotor <command> [options]
+       kp-rotor <command> --help
 
 commands:
 ${Object.values(COMMANDS)
-  .map((c) => `  ${c.usage.padEnd(22)} ${c.summary}`)
+  .map((c) => `  ${c.usage.padEnd(38)} ${c.summary}`)
   .join("\n")}
 
-Configuration comes from the environment (DATABASE_URL, REDIS_URL, PORT, API_TOKEN,
-ROTATION_INTERVAL, WELCOME_ROTATION_DELAY, DELETION_GRACE, QUEUE_PREFIX, WORKER_CONCURRENCY,
-WATCHDOG_INTERVAL, LOG_LEVEL); see README.md.`;
+Configuration comes from the environment (DATABASE_URL, REDIS_URL, KEY_ENCRYPTION_KEY, PORT,
+METRICS_PORT, API_TOKEN, WORKER_LOCK_DURATION and more); see README.md, "Configuration".
+Exit status: 0 on success, 1 on an error, 2 on a usage error.`;
 
+/** A mistake in the command line: exit status 2. */
 class UsageError extends Error {}
 
-async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+function commandHelp(name: string, spec: CommandSpec): string {
+  if (name === "bench") {
+    return `usage: kp-rotor ${spec.usage}\n\n${spec.summary}. Options are passed to the named benchmark:\n\n${BENCHMARKS.map(benchmarkUsage).join("\n\n")}`;
+  }
+  return `usage: kp-rotor ${spec.usage}\n\n${spec.summary}.${spec.details ? `\n${spec.details}` : ""}`;
+}
+
+async function main(command: string | undefined, rest: string[]): Promise<number> {
+  if (command === undefined) {
+    console.error(HELP);
+    return 2;
+  }
+  if (command === "--help" || command === "-h") {
     console.log(HELP);
-    return command === undefined ? 2 : 0;
+    return 0;
+  }
+  if (command === "help") {
+    const [topic] = rest;
+    const spec = topic === undefined ? undefined : COMMANDS[topic];
+    if (topic !== undefined && spec === undefined) throw unknownCommand(topic);
+    console.log(topic && spec ? commandHelp(topic, spec) : HELP);
+    return 0;
   }
   const spec = COMMANDS[command];
-  if (spec === undefined) throw new UsageError(`unknown command "${command}"; see kp-rotor --help`);
-  const { values, positionals } = parseArgs({
-    args: rest,
-    allowPositionals: true,
-    options: { help: { type: "boolean", short: "h" }, quiet: { type: "boolean", short: "q" } },
-  });
+  if (spec === undefined) throw unknownCommand(command);
+  if (command === "bench") return bench(spec, rest);
+
+  const { values, positionals } = parseCommandLine(command, spec, rest);
   if (values.help) {
-    console.log(`usage: kp-rotor ${spec.usage}\n\n${spec.summary}`);
+    console.log(commandHelp(command, spec));
     return 0;
   }
   const expected = spec.usage.includes("<identityId>") ? 1 : 0;
   if (positionals.length !== expected) {
-    throw new UsageError(`usage: kp-rotor ${spec.usage}`);
+    const takes = expected === 1 ? "one argument, <identityId>" : "no arguments";
+    throw new UsageError(`${command} takes ${takes}; see kp-rotor ${command} --help`);
   }
   const config = loadConfig();
   switch (command) {
@@ -73,8 +127,52 @@ async function main(argv: string[]): Promise<number> {
     case "worker":
       return serve(config, command);
     default:
-      return oneShot(config, command, positionals[0], values.quiet === true);
+      // Only reconcile declares --quiet; parseArgs has refused it elsewhere.
+      return oneShot(
+        config,
+        command,
+        positionals[0],
+        (values as { quiet?: boolean }).quiet === true,
+      );
   }
+}
+
+const unknownCommand = (name: string) =>
+  new UsageError(
+    name.startsWith("-")
+      ? `unknown option ${name}; see kp-rotor --help`
+      : `unknown command "${name}"; see kp-rotor --help`,
+  );
+
+/** parseArgs, with its several-sentence errors cut to one line that points at the help. */
+function parseCommandLine(command: string, spec: CommandSpec, args: string[]) {
+  try {
+    return parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: { help: { type: "boolean", short: "h" }, ...spec.options },
+    });
+  } catch (err) {
+    const first = (err instanceof Error ? err.message : String(err)).split(/\.\s/)[0] ?? "";
+    const message = first.charAt(0).toLowerCase() + first.slice(1);
+    throw new UsageError(`${message}; see kp-rotor ${command} --help`);
+  }
+}
+
+async function bench(spec: CommandSpec, args: string[]): Promise<number> {
+  const [first, ...rest] = args;
+  if (first === "--help" || first === "-h") {
+    console.log(commandHelp("bench", spec));
+    return 0;
+  }
+  if (first === undefined) return runBenchmarks(BENCHMARKS, []);
+  if (isBenchmark(first)) return runBenchmarks([first], rest);
+  throw new UsageError(
+    first.startsWith("-")
+      ? `options go to one benchmark: kp-rotor bench <${BENCHMARKS.join("|")}> ${first}`
+      : `unknown benchmark "${first}"; expected ${BENCHMARKS.join(" or ")}`,
+  );
 }
 
 async function migrate(config: Config): Promise<number> {
@@ -93,18 +191,43 @@ async function serve(config: Config, command: "start" | "api" | "worker"): Promi
   const log = createLogger(config.logLevel);
   const ctx = await createContext(config, log, { migrate: command !== "api" });
   const stops: (() => Promise<void>)[] = [() => ctx.close()];
+  const metrics = await startMetrics(ctx, log).catch(async (err) => {
+    await ctx.close();
+    throw err;
+  });
+  if (metrics) stops.push(() => metrics.close());
   if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
   if (command !== "worker") {
     const api = await startApi(ctx);
     stops.push(api.close);
     log.info({ address: api.address }, "api listening");
   }
-  closeWithGrace({ delay: 40_000 }, async ({ signal, err }) => {
+  // Workers wait up to WORKER_LOCK_DURATION for active wake-ups; 10 s more for the rest. The
+  // Kubernetes worker pods' terminationGracePeriodSeconds (deploy/k8s) is above this.
+  const delay = command === "api" ? 20_000 : config.workerLockDurationMs + 10_000;
+  closeWithGrace({ delay }, async ({ signal, err }) => {
     if (err) log.error({ err }, "fatal error");
     log.info({ signal }, "shutting down");
     for (const stop of stops.reverse()) await stop();
   });
   return new Promise<number>(() => {});
+}
+
+/**
+ * The process's GET /metrics on METRICS_PORT. A port already taken (a second process on one
+ * machine with the default port) costs the metrics, not the process: it is logged as an error.
+ */
+async function startMetrics(ctx: Context, log: Logger): Promise<MetricsServer | undefined> {
+  try {
+    return await startWorkerMetrics(ctx);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
+    log.error(
+      { port: ctx.config.metricsPort },
+      "METRICS_PORT is in use: this process serves no metrics (set METRICS_PORT to a free port, or 0)",
+    );
+    return undefined;
+  }
 }
 
 async function oneShot(
@@ -139,16 +262,32 @@ async function oneShot(
   }
 }
 
-main(process.argv.slice(2)).then(
+/**
+ * One line for an operator: the message of a KpRotorError as written (a configuration error
+ * lists each problem on a line of its own), the first line of anything else. Connection errors
+ * arrive as AggregateErrors with an empty message (one error per address tried).
+ */
+function describeError(err: unknown): string {
+  if (err instanceof KpRotorError) return err.message;
+  if (err instanceof AggregateError && err.errors.length > 0) {
+    return [...new Set(err.errors.map(describeError))].join("; ");
+  }
+  if (err instanceof Error) {
+    const text = err.message || (err as NodeJS.ErrnoException).code || err.name;
+    return text.split("\n")[0] ?? text;
+  }
+  return String(err);
+}
+
+const [command, ...rest] = process.argv.slice(2);
+main(command, rest).then(
   (code) => {
     process.exitCode = code;
   },
   (err: unknown) => {
-    const message =
-      err instanceof UsageError || err instanceof KpRotorError
-        ? err.message
-        : `error: ${err instanceof Error ? err.message : String(err)}`;
-    console.error(message);
-    process.exitCode = err instanceof UsageError ? 2 : 1;
+    const usage = err instanceof UsageError;
+    const where = usage || command === undefined ? "kp-rotor" : `kp-rotor ${command}`;
+    console.error(`${where}: ${usage ? err.message : describeError(err)}`);
+    process.exitCode = usage ? 2 : 1;
   },
 );

@@ -16,7 +16,9 @@ export interface NewKeyPackage {
 export interface LockedIdentity extends RotationState {
   id: string;
   generation: number;
+  credentialIdentity: Uint8Array | null;
   signaturePublicKey: Uint8Array | null;
+  /** Sealed; open with the keyring. */
   signaturePrivateKey: Uint8Array | null;
 }
 
@@ -28,6 +30,7 @@ function toLocked(row: IdentityRow): LockedIdentity {
     generation: row.generation,
     rotationDeadline: toMs(row.rotationDeadline),
     deregistered: row.deregisteredAt !== null,
+    credentialIdentity: row.credentialIdentity,
     signaturePublicKey: row.signaturePublicKey,
     signaturePrivateKey: row.signaturePrivateKey,
   };
@@ -86,23 +89,25 @@ export async function lockLivePage(
   return rows.map(toLocked);
 }
 
-/** Creates (or revives a tombstoned) identity with its first key package. */
+/**
+ * Creates (or revives a tombstoned) identity without a key package: its first rotation, due at
+ * `rotationDeadline`, generates and publishes one.
+ */
 export async function insertIdentity(
   tx: Tx,
   input: {
     id: string;
-    generation: number;
     rotationDeadline: number;
     now: number;
+    credentialIdentity: Uint8Array;
     signaturePublicKey: Uint8Array;
     signaturePrivateKey: Uint8Array;
-    keyPackage: NewKeyPackage;
   },
 ): Promise<void> {
   const values = {
-    generation: input.generation,
     rotationDeadline: new Date(input.rotationDeadline),
-    lastRotatedAt: new Date(input.now),
+    lastRotatedAt: null,
+    credentialIdentity: input.credentialIdentity,
     signaturePublicKey: input.signaturePublicKey,
     signaturePrivateKey: input.signaturePrivateKey,
     rotationFailures: 0,
@@ -114,24 +119,6 @@ export async function insertIdentity(
     .insert(identities)
     .values({ id: input.id, createdAt: new Date(input.now), ...values })
     .onConflictDoUpdate({ target: identities.id, set: values });
-  await insertKeyPackage(tx, input.id, input.generation, input.now, input.keyPackage);
-}
-
-async function insertKeyPackage(
-  tx: Tx,
-  identityId: string,
-  generation: number,
-  now: number,
-  kp: NewKeyPackage,
-): Promise<void> {
-  await tx.insert(keyPackages).values({
-    identityId,
-    generation,
-    ...kp,
-    createdAt: new Date(now),
-    isCurrent: true,
-    deleteAt: null,
-  });
 }
 
 /** Moves the rotation deadline (the caller holds the lock and decided the value). */
@@ -160,43 +147,6 @@ export async function setRotationDeadlines(
     where ${identities.id} = v.id`);
 }
 
-/**
- * Records a rotation: the generation must still be the one the caller read (fencing), the
- * current key package is superseded with its delete_at, the new one becomes current.
- * Returns false, writing nothing, when the generation moved on.
- */
-export async function recordRotation(
-  tx: Tx,
-  input: {
-    id: string;
-    expectedGeneration: number;
-    now: number;
-    rotationDeadline: number;
-    supersededDeleteAt: number;
-    keyPackage: NewKeyPackage;
-  },
-): Promise<boolean> {
-  const generation = input.expectedGeneration + 1;
-  const updated = await tx
-    .update(identities)
-    .set({
-      generation,
-      rotationDeadline: new Date(input.rotationDeadline),
-      lastRotatedAt: new Date(input.now),
-      rotationFailures: 0,
-      lastError: null,
-    })
-    .where(and(eq(identities.id, input.id), eq(identities.generation, input.expectedGeneration)))
-    .returning({ id: identities.id });
-  if (updated.length !== 1) return false;
-  await tx
-    .update(keyPackages)
-    .set({ isCurrent: false, deleteAt: new Date(input.supersededDeleteAt) })
-    .where(and(eq(keyPackages.identityId, input.id), eq(keyPackages.isCurrent, true)));
-  await insertKeyPackage(tx, input.id, generation, input.now, input.keyPackage);
-  return true;
-}
-
 /** Notes a failed rotation attempt for the status endpoint; the deadline stays due. */
 export async function recordRotationFailure(
   db: Db,
@@ -212,43 +162,6 @@ export async function recordRotationFailure(
       lastFailureAt: new Date(now),
     })
     .where(eq(identities.id, id));
-}
-
-/** Deletes the superseded key packages whose delete_at has passed; returns how many. */
-export async function deleteDueKeyPackages(tx: Tx, id: string, now: number): Promise<number> {
-  const deleted = await tx
-    .delete(keyPackages)
-    .where(
-      and(
-        eq(keyPackages.identityId, id),
-        isNotNull(keyPackages.deleteAt),
-        lte(keyPackages.deleteAt, new Date(now)),
-      ),
-    )
-    .returning({ id: keyPackages.id });
-  return deleted.length;
-}
-
-/** The identity's deletion deadline: the earliest delete_at of its superseded packages. */
-export async function nextDeleteAt(tx: Tx | Db, id: string): Promise<number | null> {
-  const [row] = await tx
-    .select({ at: min(keyPackages.deleteAt) })
-    .from(keyPackages)
-    .where(and(eq(keyPackages.identityId, id), isNotNull(keyPackages.deleteAt)));
-  return toMs(row?.at ?? null);
-}
-
-/** Deletion deadlines of many identities at once (reconcile). */
-export async function nextDeleteAts(tx: Tx, ids: readonly string[]): Promise<Map<string, number>> {
-  if (ids.length === 0) return new Map();
-  const rows = await tx
-    .select({ id: keyPackages.identityId, at: min(keyPackages.deleteAt) })
-    .from(keyPackages)
-    .where(and(inArray(keyPackages.identityId, [...ids]), isNotNull(keyPackages.deleteAt)))
-    .groupBy(keyPackages.identityId);
-  const result = new Map<string, number>();
-  for (const row of rows) if (row.at !== null) result.set(row.id, row.at.getTime());
-  return result;
 }
 
 /** Turns the identity into a tombstone: key material gone, no deadline. */
@@ -284,47 +197,47 @@ export async function liveAmong(db: Db, ids: readonly string[]): Promise<Set<str
   return new Set(rows.map((r) => r.id));
 }
 
-/** Live identities whose deadline passed before `before`, most overdue first (watchdog). */
-export async function overdueIdentities(db: Db, before: number, limit: number): Promise<string[]> {
+/**
+ * Live identities whose deadline passed before `before`, most overdue first, after the
+ * (deadline, id) cursor if given (watchdog, and reconcile's overdue-first pass).
+ */
+export async function overdueIdentities(
+  db: Db,
+  before: number,
+  limit: number,
+  after?: { deadline: number; id: string },
+): Promise<{ id: string; deadline: number }[]> {
   const rows = await db
-    .select({ id: identities.id })
+    .select({ id: identities.id, deadline: identities.rotationDeadline })
     .from(identities)
     .where(
-      and(isNull(identities.deregisteredAt), lte(identities.rotationDeadline, new Date(before))),
+      and(
+        isNull(identities.deregisteredAt),
+        lte(identities.rotationDeadline, new Date(before)),
+        after === undefined
+          ? undefined
+          : sql`(${identities.rotationDeadline}, ${identities.id}) > (${new Date(after.deadline).toISOString()}::timestamptz, ${after.id})`,
+      ),
     )
-    .orderBy(asc(identities.rotationDeadline))
+    .orderBy(asc(identities.rotationDeadline), asc(identities.id))
     .limit(limit);
-  return rows.map((r) => r.id);
+  return rows.map((r) => ({ id: r.id, deadline: r.deadline?.getTime() ?? 0 }));
 }
 
-export interface IdentityStatus {
-  identity: IdentityRow;
-  keyPackages: Omit<KeyPackageRow, "privateKey">[];
-}
-
-/** Everything the status endpoint shows; private key material is never selected. */
-export async function getStatus(db: Db, id: string): Promise<IdentityStatus | undefined> {
+/** The identity row for the status endpoint (no private key material). */
+export async function getIdentity(db: Db, id: string) {
   const [identity] = await db
-    .select()
+    .select({
+      id: identities.id,
+      generation: identities.generation,
+      rotationDeadline: identities.rotationDeadline,
+      lastRotatedAt: identities.lastRotatedAt,
+      rotationFailures: identities.rotationFailures,
+      lastError: identities.lastError,
+      lastFailureAt: identities.lastFailureAt,
+      createdAt: identities.createdAt,
+    })
     .from(identities)
     .where(and(eq(identities.id, id), isNull(identities.deregisteredAt)));
-  if (identity === undefined) return undefined;
-  const packages = await db
-    .select({
-      id: keyPackages.id,
-      identityId: keyPackages.identityId,
-      generation: keyPackages.generation,
-      ref: keyPackages.ref,
-      ciphersuite: keyPackages.ciphersuite,
-      keyPackage: keyPackages.keyPackage,
-      notBefore: keyPackages.notBefore,
-      notAfter: keyPackages.notAfter,
-      createdAt: keyPackages.createdAt,
-      isCurrent: keyPackages.isCurrent,
-      deleteAt: keyPackages.deleteAt,
-    })
-    .from(keyPackages)
-    .where(eq(keyPackages.identityId, id))
-    .orderBy(asc(keyPackages.generation));
-  return { identity, keyPackages: packages };
+  return identity;
 }

@@ -36,7 +36,10 @@ export const identities = pgTable(
     /** When the next rotation is due; null only on a tombstone. */
     rotationDeadline: instant("rotation_deadline"),
     lastRotatedAt: instant("last_rotated_at"),
+    /** The basic credential's identity bytes (defaults to the id in UTF-8). */
+    credentialIdentity: bytea("credential_identity"),
     signaturePublicKey: bytea("signature_public_key"),
+    /** Sealed with the key-encryption key (src/keys/encryption.ts). */
     signaturePrivateKey: bytea("signature_private_key"),
     rotationFailures: integer("rotation_failures").notNull().default(0),
     lastError: text("last_error"),
@@ -45,6 +48,7 @@ export const identities = pgTable(
     deregisteredAt: instant("deregistered_at"),
   },
   (t) => [
+    index("identities_failing_idx").on(t.lastFailureAt).where(sql`${t.rotationFailures} > 0`),
     index("identities_live_deadline_idx")
       .on(t.rotationDeadline)
       .where(sql`${t.deregisteredAt} is null`),
@@ -56,8 +60,12 @@ export const identities = pgTable(
 );
 
 /**
- * Key packages of an identity: exactly one current, the superseded ones waiting for delete_at.
- * The check constraint makes "neither current nor scheduled for deletion" unrepresentable.
+ * Key packages of an identity, in one of three states, which the check constraint makes the
+ * only representable ones:
+ *  - pending: generated and stored, not yet published (not current, no delete_at, no
+ *    published_at); at most one per identity, reused by every retry of the publish;
+ *  - current: published; exactly one per live identity once its first publish succeeded;
+ *  - superseded: waiting for delete_at.
  */
 export const keyPackages = pgTable(
   "key_packages",
@@ -70,22 +78,31 @@ export const keyPackages = pgTable(
     ref: text("ref").notNull(),
     ciphersuite: text("ciphersuite").notNull(),
     keyPackage: bytea("key_package").notNull(),
+    /** Sealed with the key-encryption key (src/keys/encryption.ts). */
     privateKey: bytea("private_key").notNull(),
     notBefore: instant("not_before").notNull(),
     notAfter: instant("not_after").notNull(),
     createdAt: instant("created_at").notNull(),
     isCurrent: boolean("is_current").notNull(),
+    publishedAt: instant("published_at"),
     deleteAt: instant("delete_at"),
   },
   (t) => [
     uniqueIndex("key_packages_generation_uq").on(t.identityId, t.generation),
     uniqueIndex("key_packages_current_uq").on(t.identityId).where(sql`${t.isCurrent}`),
+    uniqueIndex("key_packages_pending_uq")
+      .on(t.identityId)
+      .where(sql`not ${t.isCurrent} and ${t.deleteAt} is null`),
+    index("key_packages_current_created_idx").on(t.createdAt).where(sql`${t.isCurrent}`),
+    index("key_packages_current_not_after_idx").on(t.notAfter).where(sql`${t.isCurrent}`),
     index("key_packages_delete_at_idx")
       .on(t.identityId, t.deleteAt)
       .where(sql`${t.deleteAt} is not null`),
     check(
-      "key_packages_current_xor_delete_at",
-      sql`(${t.isCurrent} and ${t.deleteAt} is null) or (not ${t.isCurrent} and ${t.deleteAt} is not null)`,
+      "key_packages_state",
+      sql`(${t.isCurrent} and ${t.deleteAt} is null and ${t.publishedAt} is not null)
+        or (not ${t.isCurrent} and ${t.deleteAt} is not null)
+        or (not ${t.isCurrent} and ${t.deleteAt} is null and ${t.publishedAt} is null)`,
     ),
   ],
 );

@@ -1,6 +1,10 @@
 import { identityIdProblem } from "../core/identity-id.js";
 import { deletionDeadline, pullIn } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
+import * as kps from "../db/key-packages.repo.js";
+import { ed25519PublicKey } from "../keys/signature.js";
+import { prepareRotation, promoteRotation, publishPending } from "./rotation.service.js";
+import { rearmAfterRotation } from "./wakeups.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
 
@@ -18,16 +22,41 @@ export function assertIdentityId(id: unknown): asserts id is string {
 const notFound = (id: string) =>
   new KpRotorError(ErrorCodes.notFound, `identity ${JSON.stringify(id)} is not registered`);
 
+export interface RegisterInput {
+  /** The basic credential's identity bytes; defaults to the identity id in UTF-8. */
+  credentialIdentity?: Uint8Array;
+  /** An Ed25519 private key (32-byte seed) to sign with; generated when absent. */
+  signaturePrivateKey?: Uint8Array;
+}
+
 export interface RegisterResult {
   created: boolean;
   rotationDeadline: number;
   generation: number;
+  /** Set when the first key package could not be published yet (a worker keeps retrying). */
+  publishError?: string;
 }
 
-/** Registers an identity (idempotent): first key package and rotation deadline, or nothing new. */
-export async function register(rotor: Rotor, id: string): Promise<RegisterResult> {
+/**
+ * Registers an identity (idempotent). A new identity is stored with its signature key (sealed)
+ * and a first rotation deadline of now + WELCOME_ROTATION_DELAY, armed; then its first key
+ * package is generated, published and made current right away, in this request, which moves the
+ * deadline to now + ROTATION_INTERVAL. If publishing fails, the identity stays registered and
+ * the armed wake-up retries it like any failed rotation.
+ */
+export async function register(
+  rotor: Rotor,
+  id: string,
+  input: RegisterInput = {},
+): Promise<RegisterResult> {
   assertIdentityId(id);
-  return rotor.db.transaction(async (tx) => {
+  if (input.credentialIdentity !== undefined && input.credentialIdentity.length === 0) {
+    throw new KpRotorError(ErrorCodes.invalidRequest, "credentialIdentity must not be empty");
+  }
+  const signatureKeys = input.signaturePrivateKey
+    ? importSignatureKey(rotor, input.signaturePrivateKey)
+    : await rotor.keys.generateSignatureKeyPair();
+  const registered = await rotor.db.transaction(async (tx) => {
     const existing = await repo.lockOrTombstone(tx, id);
     const now = rotor.clock();
     if (!existing.deregistered && existing.rotationDeadline !== null) {
@@ -39,44 +68,66 @@ export async function register(rotor: Rotor, id: string): Promise<RegisterResult
         generation: existing.generation,
       };
     }
-    const signatureKeys = await rotor.keys.generateSignatureKeyPair();
-    const keyPackage = await generateFor(rotor, id, signatureKeys, now);
-    const generation = existing.generation + 1;
-    const rotationDeadline = now + rotor.timing.rotationIntervalMs;
+    const firstDeadline = now + rotor.timing.welcomeRotationDelayMs;
     await repo.insertIdentity(tx, {
       id,
-      generation,
-      rotationDeadline,
+      rotationDeadline: firstDeadline,
       now,
+      credentialIdentity: input.credentialIdentity ?? new TextEncoder().encode(id),
       signaturePublicKey: signatureKeys.publicKey,
-      signaturePrivateKey: signatureKeys.privateKey,
-      keyPackage,
+      signaturePrivateKey: rotor.keyring.seal(signatureKeys.privateKey, id, "signature-private"),
     });
     // Arming before commit is safe: if the commit fails, the wake-up finds no live identity.
-    await rotor.timers.arm("rotation", id, rotationDeadline, now);
-    return { created: true, rotationDeadline, generation };
+    await rotor.timers.arm("rotation", id, firstDeadline, now);
+    return { created: true, rotationDeadline: firstDeadline, generation: existing.generation };
   });
+  if (!registered.created) return registered;
+  try {
+    const rotated = await rotateInline(rotor, id);
+    return { ...registered, ...rotated };
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    await repo.recordRotationFailure(rotor.db, id, rotor.clock(), message).catch(() => {});
+    rotor.log.warn(
+      { identityId: id, err: message },
+      "first key package not published yet; the worker retries",
+    );
+    return { ...registered, publishError: message };
+  }
 }
 
-/** Generates the identity's next key package in the shape the repository stores. */
-export async function generateFor(
+function importSignatureKey(rotor: Rotor, privateKey: Uint8Array) {
+  if (!rotor.keys.ciphersuite.endsWith("_Ed25519")) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      `importing a signature key needs an Ed25519 ciphersuite; this service uses ${rotor.keys.ciphersuite}`,
+    );
+  }
+  return { privateKey, publicKey: ed25519PublicKey(privateKey) };
+}
+
+/** One rotation outside any worker (registration): prepare, publish, promote, re-arm. */
+async function rotateInline(
   rotor: Rotor,
   id: string,
-  signatureKeys: { publicKey: Uint8Array; privateKey: Uint8Array },
-  now: number,
-): Promise<repo.NewKeyPackage> {
-  const kp = await rotor.keys.generate({
-    identity: new TextEncoder().encode(id),
-    signatureKeys,
-    now,
-  });
+): Promise<{ rotationDeadline: number; generation: number }> {
+  const prepared = await rotor.db.transaction(async (tx) =>
+    prepareRotation(rotor, tx, await repo.lockOrTombstone(tx, id), rotor.clock(), {
+      firstPublish: true,
+    }),
+  );
+  if (prepared.kind === "publish") {
+    await publishPending(rotor, id, prepared.pending);
+    await promoteRotation(rotor, id, prepared.pending);
+    await rearmAfterRotation(rotor, id, (deadline) =>
+      rotor.timers.arm("rotation", id, deadline, rotor.clock()),
+    );
+  }
+  const identity = await repo.getIdentity(rotor.db, id);
+  if (identity === undefined) throw notFound(id);
   return {
-    ref: kp.ref,
-    ciphersuite: rotor.keys.ciphersuite,
-    keyPackage: kp.publicBytes,
-    privateKey: kp.privateBytes,
-    notBefore: kp.notBefore,
-    notAfter: kp.notAfter,
+    rotationDeadline: identity.rotationDeadline?.getTime() ?? rotor.clock(),
+    generation: identity.generation,
   };
 }
 
@@ -162,11 +213,11 @@ export async function deregister(rotor: Rotor, id: string): Promise<void> {
 /** What the status endpoint shows: deadlines from Postgres, wake-ups as they stand in Redis. */
 export async function status(rotor: Rotor, id: string) {
   assertIdentityId(id);
-  const found = await repo.getStatus(rotor.db, id);
-  if (found === undefined) throw notFound(id);
+  const identity = await repo.getIdentity(rotor.db, id);
+  if (identity === undefined) throw notFound(id);
+  const keyPackages = await kps.listPublic(rotor.db, id);
   const [rotationWake] = await rotor.timers.view("rotation", [id]);
   const [deletionWake] = await rotor.timers.view("deletion", [id]);
-  const { identity, keyPackages } = found;
   const deleteAts = keyPackages.flatMap((kp) => (kp.deleteAt ? [kp.deleteAt.getTime()] : []));
   return {
     identityId: identity.id,
@@ -179,17 +230,28 @@ export async function status(rotor: Rotor, id: string) {
     lastFailureAt: identity.lastFailureAt,
     createdAt: identity.createdAt,
     wakeups: { rotation: rotationWake, deletion: deletionWake },
-    keyPackages: keyPackages.map((kp) => ({
-      generation: kp.generation,
-      ref: kp.ref,
-      ciphersuite: kp.ciphersuite,
-      current: kp.isCurrent,
-      createdAt: kp.createdAt,
-      notBefore: kp.notBefore,
-      notAfter: kp.notAfter,
-      deleteAt: kp.deleteAt,
+    keyPackages: keyPackages.map(({ isCurrent, ...kp }) => ({
+      ...kp,
+      state: isCurrent ? "current" : kp.deleteAt ? "superseded" : "pending",
+      current: isCurrent,
     })),
   };
+}
+
+/** The identity's current published key package (public half). */
+export async function currentKeyPackage(rotor: Rotor, id: string) {
+  assertIdentityId(id);
+  const current = await kps.getCurrent(rotor.db, id);
+  if (current === undefined) {
+    const identity = await repo.getIdentity(rotor.db, id);
+    throw identity === undefined
+      ? notFound(id)
+      : new KpRotorError(
+          ErrorCodes.notFound,
+          `identity ${JSON.stringify(id)} has no published key package yet`,
+        );
+  }
+  return current;
 }
 
 const toDate = (ms: number | null) => (ms === null ? null : new Date(ms));

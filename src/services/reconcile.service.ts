@@ -1,5 +1,6 @@
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
+import * as kps from "../db/key-packages.repo.js";
 import { TIMER_KINDS, type TimerKind } from "../queue/timers.js";
 import type { Rotor } from "./rotor.js";
 
@@ -14,6 +15,8 @@ export type RepairCounts = Record<TimerKind, Record<Exclude<ArmAction["kind"], "
 
 export interface ReconcileReport {
   identities: number;
+  /** Identities already past their deadline, armed first (most overdue first). */
+  overdue: number;
   repairs: RepairCounts;
   orphansRemoved: number;
   durationMs: number;
@@ -41,6 +44,7 @@ export async function reconcile(
   await rotor.timers.markReconciled();
   const total = await repo.countLive(rotor.db);
   const repairs = emptyCounts();
+  const overdue = await armOverdueFirst(rotor, pageSize, repairs);
   let done = 0;
   let after: string | null = null;
   for (;;) {
@@ -48,7 +52,7 @@ export async function reconcile(
       const locked = await repo.lockLivePage(tx, after, pageSize);
       if (locked.length === 0) return 0;
       const ids = locked.map((i) => i.id);
-      const deleteAts = await repo.nextDeleteAts(tx, ids);
+      const deleteAts = await kps.nextDeleteAts(tx, ids);
       const [rotationViews, deletionViews] = await Promise.all([
         rotor.timers.view("rotation", ids),
         rotor.timers.view("deletion", ids),
@@ -76,9 +80,60 @@ export async function reconcile(
     options.onProgress?.(done, Math.max(total, done));
   }
   const orphansRemoved = await removeOrphans(rotor, pageSize);
-  const report = { identities: done, repairs, orphansRemoved, durationMs: Date.now() - started };
+  const report = {
+    identities: done,
+    overdue,
+    repairs,
+    orphansRemoved,
+    durationMs: Date.now() - started,
+  };
   rotor.log.info({ component: "reconcile", ...report }, "reconcile finished");
   return report;
+}
+
+/**
+ * Arms identities already past their deadline before anything else, most overdue first: their
+ * wake-ups are added due now, so BullMQ runs them in that order, ahead of the rest of the walk.
+ */
+async function armOverdueFirst(
+  rotor: Rotor,
+  pageSize: number,
+  repairs: RepairCounts,
+): Promise<number> {
+  let count = 0;
+  let after: { deadline: number; id: string } | undefined;
+  for (;;) {
+    const page = await repo.overdueIdentities(rotor.db, rotor.clock(), pageSize, after);
+    if (page.length === 0) return count;
+    await rotor.db.transaction(async (tx) => {
+      const locked = new Map(
+        (
+          await repo.lockIdentities(
+            tx,
+            page.map((p) => p.id),
+          )
+        ).map((i) => [i.id, i]),
+      );
+      const views = await rotor.timers.view(
+        "rotation",
+        page.map((p) => p.id),
+      );
+      const now = rotor.clock();
+      // One at a time, in deadline order, so the wake-ups queue in that order.
+      for (const [i, { id }] of page.entries()) {
+        const identity = locked.get(id);
+        if (identity === undefined || identity.deregistered) continue;
+        const action = planArm(identity.rotationDeadline, views[i] ?? { state: "missing" }, now);
+        if (action.kind === "none") continue;
+        repairs.rotation[action.kind]++;
+        await rotor.timers.apply("rotation", id, action);
+      }
+    });
+    count += page.length;
+    const last = page[page.length - 1];
+    if (last === undefined || page.length < pageSize) return count;
+    after = last;
+  }
 }
 
 /** Removes wake-ups whose identity is not live, each under that identity's lock. */

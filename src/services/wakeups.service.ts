@@ -1,5 +1,7 @@
-import { afterRotation, backoffMs, decideRotation } from "../core/timers.js";
+import { backoffMs, decideRotation } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
+import * as kps from "../db/key-packages.repo.js";
+import { prepareRotation, promoteRotation, publishPending } from "./rotation.service.js";
 import type { ActiveWakeup, Rotor } from "./rotor.js";
 
 /**
@@ -11,6 +13,7 @@ import type { ActiveWakeup, Rotor } from "./rotor.js";
  */
 
 export type RotationOutcome = "rotated" | "not-due" | "gone" | "fenced";
+
 export type DeletionOutcome = { deleted: number; next: number | null } | "gone";
 
 export async function handleRotationWake(
@@ -18,64 +21,47 @@ export async function handleRotationWake(
   wake: ActiveWakeup,
 ): Promise<RotationOutcome> {
   const id = wake.identityId;
-  let at = 0;
-  let dueDeadline: number | undefined;
-  const outcome = await rotor.db.transaction(async (tx): Promise<RotationOutcome> => {
+  const prepared = await rotor.db.transaction(async (tx) => {
     const identity = await repo.lockOrTombstone(tx, id);
-    const now = rotor.clock();
-    at = now;
-    const decision = decideRotation(identity, now);
-    if (decision.kind === "gone") {
-      await wake.finish();
-      return "gone";
-    }
-    if (decision.kind === "not-due") {
-      await wake.rearm(decision.deadline);
-      return "not-due";
-    }
-    dueDeadline = identity.rotationDeadline ?? undefined;
-    if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
-      throw new Error("live identity without a signature key");
-    }
-    const keyPackage = await rotor.keys.generate({
-      identity: new TextEncoder().encode(id),
-      signatureKeys: {
-        publicKey: identity.signaturePublicKey,
-        privateKey: identity.signaturePrivateKey,
-      },
-      now,
-    });
-    const next = afterRotation(now, rotor.timing);
-    const recorded = await repo.recordRotation(tx, {
-      id,
-      expectedGeneration: identity.generation,
-      now,
-      rotationDeadline: next.rotationDeadline,
-      supersededDeleteAt: next.supersededDeleteAt,
-      keyPackage: {
-        ref: keyPackage.ref,
-        ciphersuite: rotor.keys.ciphersuite,
-        keyPackage: keyPackage.publicBytes,
-        privateKey: keyPackage.privateBytes,
-        notBefore: keyPackage.notBefore,
-        notAfter: keyPackage.notAfter,
-      },
-    });
-    return recorded ? "rotated" : "fenced";
+    const step = await prepareRotation(rotor, tx, identity, rotor.clock());
+    // Nothing was written for these two: re-arm or finish in the same transaction.
+    if (step.kind === "gone") await wake.finish();
+    if (step.kind === "not-due") await wake.rearm(step.deadline);
+    return step;
   });
-  if (outcome === "rotated" || outcome === "fenced") {
-    await rotor.db.transaction(async (tx) => {
-      const identity = await repo.lockIdentity(tx, id);
-      const now = rotor.clock();
-      const decision = decideRotation(identity, now);
-      if (decision.kind === "gone") await wake.finish();
-      // Due again already (a zero interval in tests): fire at once rather than lose it.
-      else await wake.rearm(decision.kind === "not-due" ? decision.deadline : now);
-      await rotor.timers.arm("deletion", id, await repo.nextDeleteAt(tx, id), now);
-    });
+  if (prepared.kind !== "publish") {
+    rotor.events.emit("rotation", { identityId: id, outcome: prepared.kind, at: rotor.clock() });
+    return prepared.kind;
   }
-  rotor.events.emit("rotation", { identityId: id, outcome, at, deadline: dueDeadline });
+  await publishPending(rotor, id, prepared.pending);
+  const { outcome, at } = await promoteRotation(rotor, id, prepared.pending);
+  await rearmAfterRotation(rotor, id, (deadline) =>
+    deadline === null ? wake.finish() : wake.rearm(deadline),
+  );
+  rotor.events.emit("rotation", { identityId: id, outcome, at, deadline: prepared.dueDeadline });
   return outcome;
+}
+
+/**
+ * After a rotation committed: under the lock again, point the rotation wake-up at the committed
+ * deadline (through `rearmRotation`: the job's own re-arm, or a plain arm) and the deletion
+ * wake-up at the earliest delete_at.
+ */
+export async function rearmAfterRotation(
+  rotor: Rotor,
+  id: string,
+  rearmRotation: (deadline: number | null) => Promise<unknown>,
+): Promise<void> {
+  await rotor.db.transaction(async (tx) => {
+    const identity = await repo.lockIdentity(tx, id);
+    const now = rotor.clock();
+    const decision = decideRotation(identity, now);
+    // Due again already (a zero interval in tests): fire at once rather than lose it.
+    await rearmRotation(
+      decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
+    );
+    await rotor.timers.arm("deletion", id, await kps.nextDeleteAt(tx, id), now);
+  });
 }
 
 export async function handleDeletionWake(
@@ -90,12 +76,12 @@ export async function handleDeletionWake(
       await wake.finish();
       return "gone" as const;
     }
-    return repo.deleteDueKeyPackages(tx, id, rotor.clock());
+    return kps.deleteDueKeyPackages(tx, id, rotor.clock());
   });
   if (deleted === "gone") return deleted;
   const next = await rotor.db.transaction(async (tx) => {
     const identity = await repo.lockIdentity(tx, id);
-    const next = identity?.deregistered === false ? await repo.nextDeleteAt(tx, id) : null;
+    const next = identity?.deregistered === false ? await kps.nextDeleteAt(tx, id) : null;
     if (next === null) await wake.finish();
     else await wake.rearm(next);
     return next;

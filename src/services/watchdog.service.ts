@@ -34,7 +34,7 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
     options.limit ?? 100,
   );
   let rearmed = 0;
-  for (const id of overdue) {
+  for (const { id } of overdue) {
     await rotor.db.transaction(async (tx) => {
       const identity = await repo.lockIdentity(tx, id);
       if (identity === undefined || identity.deregistered) return;

@@ -70,6 +70,7 @@ export async function createTestEnv(env: Record<string, string> = {}): Promise<T
     QUEUE_PREFIX: randomName("kpt"),
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
     WATCHDOG_INTERVAL: "0",
+    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
     ...env,
   };
   const config = loadConfig(fullEnv);

@@ -121,42 +121,33 @@ describe("rotation and deletion wake-ups", () => {
     const test = await setup({ ROTATION_INTERVAL: "30d", WELCOME_ROTATION_DELAY: "200ms" });
     const { ctx } = test;
     const worker = await test.sibling();
-    // Hold the rotation inside key generation, i.e. inside its transaction, with the job active.
-    const generate = worker.rotor.keys.generate.bind(worker.rotor.keys);
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let entered!: () => void;
-    const inside = new Promise<void>((resolve) => {
-      entered = resolve;
-    });
-    let calls = 0;
-    worker.rotor.keys = {
-      ...worker.rotor.keys,
-      generate: async (input) => {
-        if (calls++ === 0) {
-          entered();
-          await gate;
-        }
-        return generate(input);
+    // Hold the worker's rotation in its publish step (no lock held, job active).
+    const gate = latch();
+    const publishing = latch();
+    const publish = worker.rotor.publisher.publish;
+    worker.rotor.publisher = {
+      ...worker.rotor.publisher,
+      publish: async (request) => {
+        publishing.open();
+        await gate.promise;
+        return publish(request);
       },
     };
     startWorkers(worker);
     await identities.register(ctx.rotor, "dave");
-    const first = rotated(worker, "dave");
     const soon = await identities.rotateSoon(ctx.rotor, "dave");
+    const first = rotated(worker, "dave");
     const second = nextEvent<RotationEvent>(
       worker.rotor.events,
       "rotation",
       (e) => e.outcome === "rotated" && e.deadline !== soon.rotationDeadline,
     );
-    await inside;
-    const [view] = await ctx.rotor.timers.view("rotation", ["dave"]);
-    expect(view).toEqual({ state: "active" });
+    await publishing.promise;
+    expect(await ctx.rotor.timers.view("rotation", ["dave"])).toEqual([{ state: "active" }]);
 
-    // The welcome queues behind the rotation's row lock; the rotation's re-arm queues behind it,
-    // so the welcome finds the job still active and leaves the re-arm to the rotation.
+    // Line up, behind a lock the test holds: first the rotation's promote, then the welcome.
+    // The promote commits the new deadline; the welcome pulls it in and finds the job still
+    // active, so it leaves the re-arm to the rotation, whose re-arm step queues behind it.
     const armed: string[] = [];
     const arm = ctx.rotor.timers.arm;
     ctx.rotor.timers.arm = async (...args) => {
@@ -164,9 +155,15 @@ describe("rotation and deletion wake-ups", () => {
       armed.push(action.kind);
       return action;
     };
-    const welcomed = identities.welcome(ctx.rotor, "dave");
+    const holder = await ctx.database.sql.reserve();
+    await holder`begin`;
+    await holder`select 1 from identities where id = 'dave' for update`;
+    gate.open();
     await waitForLockWaiters(ctx, 1);
-    release();
+    const welcomed = identities.welcome(ctx.rotor, "dave");
+    await waitForLockWaiters(ctx, 2);
+    await holder`commit`;
+    holder.release();
     await first;
     const pulled = await welcomed;
     expect(pulled.changed).toBe(true);
@@ -208,6 +205,14 @@ describe("rotation and deletion wake-ups", () => {
     },
   );
 });
+
+function latch() {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
 
 /** Waits until `n` backends wait for a row lock in the test database (the welcome is queued). */
 async function waitForLockWaiters(ctx: Context, n: number): Promise<void> {

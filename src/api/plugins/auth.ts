@@ -1,27 +1,80 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
 
 const digest = (value: string) => createHash("sha256").update(value).digest();
 
 /** Routes anyone may call: process and dependency health, for probes. */
 const PUBLIC = new Set(["/healthz", "/readyz"]);
+/** Pages a person opens in a browser: they also take HTTP basic auth (BOARD_USER/PASSWORD). */
+export const BOARD_PREFIX = "/admin/queues";
+export const DOCS_PREFIX = "/docs";
+
+export interface AuthOptions {
+  /** Bearer token for every route but the health checks (API_TOKEN). */
+  token: string | undefined;
+  /** HTTP basic credentials, accepted on the board and the docs only. */
+  basic: { user: string; password: string } | undefined;
+  /** Serve /docs without credentials (DOCS_PUBLIC). */
+  docsPublic: boolean;
+}
+
+type Area = "public" | "api" | "docs" | "board";
+
+const under = (path: string, prefix: string) => path === prefix || path.startsWith(`${prefix}/`);
 
 /**
- * Bearer-token auth on every route but the health checks. Tokens are compared as SHA-256 digests
- * with timingSafeEqual, so neither their content nor their length leaks through timing.
+ * Which rules apply, by the route that matched (its pattern, not the raw URL, so no spelling of
+ * a path can pass for another area). An unmatched URL (404) is treated as an API route.
  */
-export function registerAuth(app: FastifyInstance, token: string | undefined): void {
-  if (token === undefined) return;
-  const expected = digest(token);
+function areaOf(request: FastifyRequest, docsPublic: boolean): Area {
+  const route = request.routeOptions.url;
+  if (route === undefined) return "api";
+  if (PUBLIC.has(route)) return "public";
+  if (under(route, BOARD_PREFIX)) return "board";
+  if (under(route, DOCS_PREFIX)) return docsPublic ? "public" : "docs";
+  return "api";
+}
+
+/**
+ * Bearer-token auth on every route but the health checks; the board and the docs also take HTTP
+ * basic auth, which a browser can prompt for. Secrets are compared as SHA-256 digests with
+ * timingSafeEqual, so neither their content nor their length leaks through timing.
+ *
+ * - API routes and /metrics: the bearer token when API_TOKEN is set, else open.
+ * - /docs: like the API, and basic credentials also do; DOCS_PUBLIC=true opens it.
+ * - /admin/queues: always closed; bearer token or basic credentials, whichever are configured
+ *   (the board is not mounted when neither is).
+ */
+export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
+  const { token, basic, docsPublic } = options;
+  if (token === undefined && basic === undefined) return;
+  const expectedToken = token === undefined ? undefined : digest(token);
+  const expectedBasic = basic === undefined ? undefined : digest(`${basic.user}:${basic.password}`);
+
+  const bearerOk = (header: string) =>
+    expectedToken !== undefined &&
+    timingSafeEqual(digest(header.startsWith("Bearer ") ? header.slice(7) : ""), expectedToken);
+  const basicOk = (header: string) => {
+    if (expectedBasic === undefined || !/^Basic /i.test(header)) return false;
+    const decoded = Buffer.from(header.slice(6).trim(), "base64").toString("utf8");
+    return timingSafeEqual(digest(decoded), expectedBasic);
+  };
+
   app.addHook("onRequest", async (request, reply) => {
-    if (PUBLIC.has(request.url.split("?")[0] ?? "")) return;
+    const area = areaOf(request, docsPublic);
+    if (area === "public") return;
+    // With no API token, the API (and so its docs) is open, as it always was.
+    if ((area === "api" || area === "docs") && token === undefined) return;
     const header = request.headers.authorization ?? "";
-    const presented = header.startsWith("Bearer ") ? header.slice(7) : "";
-    if (!timingSafeEqual(digest(presented), expected)) {
-      reply.header("www-authenticate", 'Bearer realm="kp-rotor"');
-      return reply
-        .status(401)
-        .send({ error: "UNAUTHORIZED", message: "missing or wrong bearer token" });
-    }
+    if (bearerOk(header)) return;
+    const browser = area === "board" || area === "docs";
+    if (browser && basicOk(header)) return;
+    const challenge =
+      browser && basic !== undefined ? 'Basic realm="kp-rotor"' : 'Bearer realm="kp-rotor"';
+    reply.header("www-authenticate", challenge);
+    return reply.status(401).send({
+      error: "UNAUTHORIZED",
+      message: browser ? "missing or wrong credentials" : "missing or wrong bearer token",
+    });
   });
 }

@@ -1,23 +1,49 @@
 import type { FastifyInstance } from "fastify";
 import * as identities from "../../services/identities.service.js";
 import type { Rotor } from "../../services/rotor.js";
+import {
+  commonErrors,
+  identityParams,
+  identityStatus,
+  notFoundError,
+  pulledInResponse,
+  registered,
+  welcomeBatchBody,
+  welcomeBatchResponse,
+} from "../schemas.js";
 
 /** Most identities one batch request may name (message ingest batches welcomes). */
 export const MAX_BATCH = 1_000;
 
-const identityParams = {
-  type: "object",
-  required: ["identityId"],
-  properties: { identityId: { type: "string" } },
-} as const;
-
 const iso = (ms: number) => new Date(ms).toISOString();
+const tags = ["identities"];
+
+export interface IdentityRouteDeps {
+  rotor: Rotor;
+  /** Told how many welcomes each request accepted (the welcomes counter). */
+  onWelcomes?: (count: number) => void;
+}
 
 /** Thin routes: validate, call one service function, shape the answer. */
-export function identityRoutes(app: FastifyInstance, rotor: Rotor): void {
+export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): void {
+  const { rotor } = deps;
+
   app.put<{ Params: { identityId: string } }>(
     "/v1/identities/:identityId",
-    { schema: { params: identityParams } },
+    {
+      schema: {
+        tags,
+        summary: "Register an identity",
+        description:
+          "Generates its first key package and arms its rotation 30 days on. Idempotent: an identity that exists answers 200 with its current state (and its wake-up is repaired).",
+        params: identityParams,
+        response: {
+          200: { description: "Already registered; nothing new", ...registered },
+          201: { description: "Registered", ...registered },
+          ...commonErrors,
+        },
+      },
+    },
     async (request, reply) => {
       const result = await identities.register(rotor, request.params.identityId);
       return reply.status(result.created ? 201 : 200).send({
@@ -31,9 +57,23 @@ export function identityRoutes(app: FastifyInstance, rotor: Rotor): void {
 
   app.post<{ Params: { identityId: string } }>(
     "/v1/identities/:identityId/welcome",
-    { schema: { params: identityParams } },
+    {
+      schema: {
+        tags,
+        summary: "Report a welcome",
+        description:
+          "A welcome message consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY (5 s). The earliest deadline wins. A 202 means the deadline is committed and its wake-up armed.",
+        params: identityParams,
+        response: {
+          202: { description: "Deadline committed and wake-up armed", ...pulledInResponse },
+          ...commonErrors,
+          ...notFoundError,
+        },
+      },
+    },
     async (request, reply) => {
       const result = await identities.welcome(rotor, request.params.identityId);
+      deps.onWelcomes?.(1);
       return reply.status(202).send({
         identityId: result.identityId,
         nextRotationAt: iso(result.rotationDeadline),
@@ -44,7 +84,19 @@ export function identityRoutes(app: FastifyInstance, rotor: Rotor): void {
 
   app.post<{ Params: { identityId: string } }>(
     "/v1/identities/:identityId/rotate",
-    { schema: { params: identityParams } },
+    {
+      schema: {
+        tags,
+        summary: "Rotate as soon as possible",
+        description: "Pulls the rotation deadline in to now; a worker rotates when it is free.",
+        params: identityParams,
+        response: {
+          202: { description: "Deadline committed and wake-up armed", ...pulledInResponse },
+          ...commonErrors,
+          ...notFoundError,
+        },
+      },
+    },
     async (request, reply) => {
       const result = await identities.rotateSoon(rotor, request.params.identityId);
       return reply.status(202).send({
@@ -59,18 +111,13 @@ export function identityRoutes(app: FastifyInstance, rotor: Rotor): void {
     "/v1/welcomes",
     {
       schema: {
-        body: {
-          type: "object",
-          required: ["identityIds"],
-          additionalProperties: false,
-          properties: {
-            identityIds: {
-              type: "array",
-              minItems: 1,
-              maxItems: MAX_BATCH,
-              items: { type: "string" },
-            },
-          },
+        tags,
+        summary: "Report a batch of welcomes",
+        description: `Like the single welcome for up to ${MAX_BATCH} identities, in one transaction. Unknown identities are listed apart and change nothing; one malformed id rejects the whole batch (400).`,
+        body: welcomeBatchBody(MAX_BATCH),
+        response: {
+          202: { description: "Deadlines committed and wake-ups armed", ...welcomeBatchResponse },
+          ...commonErrors,
         },
       },
     },
@@ -80,6 +127,7 @@ export function identityRoutes(app: FastifyInstance, rotor: Rotor): void {
         request.body.identityIds,
         rotor.timing.welcomeRotationDelayMs,
       );
+      deps.onWelcomes?.(results.length);
       return reply.status(202).send({
         accepted: results.map((r) => ({
           identityId: r.identityId,
@@ -93,13 +141,39 @@ export function identityRoutes(app: FastifyInstance, rotor: Rotor): void {
 
   app.get<{ Params: { identityId: string } }>(
     "/v1/identities/:identityId",
-    { schema: { params: identityParams } },
+    {
+      schema: {
+        tags,
+        summary: "An identity's state",
+        description:
+          "Deadlines and key packages from Postgres, wake-ups as they stand in Redis, and the last rotation failure if any.",
+        params: identityParams,
+        response: {
+          200: { description: "The identity", ...identityStatus },
+          ...commonErrors,
+          ...notFoundError,
+        },
+      },
+    },
     async (request) => identities.status(rotor, request.params.identityId),
   );
 
   app.delete<{ Params: { identityId: string } }>(
     "/v1/identities/:identityId",
-    { schema: { params: identityParams } },
+    {
+      schema: {
+        tags,
+        summary: "Deregister an identity",
+        description:
+          "Deletes its key material and wake-ups; registering it again starts a new life with a new key package.",
+        params: identityParams,
+        response: {
+          204: { description: "Deregistered", type: "null" },
+          ...commonErrors,
+          ...notFoundError,
+        },
+      },
+    },
     async (request, reply) => {
       await identities.deregister(rotor, request.params.identityId);
       return reply.status(204).send();

@@ -1,0 +1,30 @@
+/**
+ * Bull Board at /admin/queues. Isolated here: the one file of the API that touches the queues
+ * (through Bull Board's BullMQ adapter); routes never do. Auth is in ./auth.ts.
+ */
+import { createBullBoard } from "@bull-board/api";
+import { BullMQAdapter } from "@bull-board/api/bullMQAdapter";
+import { FastifyAdapter } from "@bull-board/fastify";
+import type { FastifyInstance } from "fastify";
+import type { Timers } from "../../queue/timers.js";
+import { BOARD_PREFIX } from "./auth.js";
+
+export interface BoardOptions {
+  queues: Timers["queues"];
+  /** Show the queues, offer no action (retry, remove, promote, clean, pause). */
+  readOnly: boolean;
+}
+
+/** Mounts the board; call it only when credentials protect BOARD_PREFIX (see registerAuth). */
+export async function registerBoard(app: FastifyInstance, options: BoardOptions): Promise<void> {
+  const serverAdapter = new FastifyAdapter();
+  serverAdapter.setBasePath(BOARD_PREFIX);
+  createBullBoard({
+    queues: Object.values(options.queues).map(
+      (queue) => new BullMQAdapter(queue, { readOnlyMode: options.readOnly }),
+    ),
+    serverAdapter,
+    options: { uiConfig: { boardTitle: "kp-rotor", hideDocsLink: true } },
+  });
+  await app.register(serverAdapter.registerPlugin(), { prefix: BOARD_PREFIX });
+}

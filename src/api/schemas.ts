@@ -1,0 +1,199 @@
+/**
+ * JSON schemas of the routes: Fastify validates requests and serialises responses with them,
+ * and @fastify/swagger turns them into the OpenAPI document at /docs/json. Response schemas
+ * list exactly what the handlers return; the status objects allow additional properties so a
+ * field added in a service is passed through rather than silently dropped (the OpenAPI test
+ * fails until it is documented here).
+ */
+
+/** The body of every error answer; shared as components.schemas.ErrorResponse. */
+export const errorResponse = {
+  $id: "ErrorResponse",
+  type: "object",
+  description: "What went wrong: a machine-readable code and a sentence for people",
+  required: ["error", "message"],
+  properties: {
+    error: {
+      type: "string",
+      description:
+        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, DEPENDENCY_UNAVAILABLE, INTERNAL",
+      examples: ["IDENTITY_NOT_FOUND"],
+    },
+    message: { type: "string", examples: ['identity "alice" is not registered'] },
+  },
+} as const;
+
+const error = (description: string) => ({ description, $ref: "ErrorResponse#" }) as const;
+
+/** The error answers every identity route can give besides its own. */
+export const commonErrors = {
+  400: error("Bad input: the message says which field and why"),
+  401: error("Missing or wrong bearer token (only when API_TOKEN is set)"),
+  503: error(
+    "Postgres or Redis is unavailable; nothing was acknowledged, retry after Retry-After seconds",
+  ),
+} as const;
+export const notFoundError = { 404: error("The identity is not registered") } as const;
+
+const instant = { type: "string", format: "date-time" } as const;
+const nullableInstant = { type: ["string", "null"], format: "date-time" } as const;
+
+export const identityParams = {
+  type: "object",
+  required: ["identityId"],
+  properties: {
+    identityId: {
+      type: "string",
+      description: "1 to 128 characters of A-Z a-z 0-9 . _ -",
+      examples: ["alice"],
+    },
+  },
+} as const;
+
+export const registered = {
+  type: "object",
+  required: ["identityId", "created", "generation", "nextRotationAt"],
+  properties: {
+    identityId: { type: "string" },
+    created: { type: "boolean", description: "false when the identity was already registered" },
+    generation: { type: "integer", description: "generation of the current key package" },
+    nextRotationAt: instant,
+  },
+} as const;
+
+const pulledIn = {
+  type: "object",
+  required: ["identityId", "nextRotationAt", "pulledIn"],
+  properties: {
+    identityId: { type: "string" },
+    nextRotationAt: { ...instant, description: "the rotation deadline now committed" },
+    pulledIn: {
+      type: "boolean",
+      description: "false when the deadline was already as early (earliest wins)",
+    },
+  },
+} as const;
+export const pulledInResponse = pulledIn;
+
+export const welcomeBatchBody = (maxItems: number) =>
+  ({
+    type: "object",
+    required: ["identityIds"],
+    additionalProperties: false,
+    properties: {
+      identityIds: {
+        type: "array",
+        minItems: 1,
+        maxItems,
+        items: { type: "string" },
+        description: "identities whose key package a welcome consumed; duplicates count once",
+      },
+    },
+  }) as const;
+
+export const welcomeBatchResponse = {
+  type: "object",
+  required: ["accepted", "notFound"],
+  properties: {
+    accepted: { type: "array", items: pulledIn },
+    notFound: {
+      type: "array",
+      items: { type: "string" },
+      description: "ids that are not registered; nothing was written for them",
+    },
+  },
+} as const;
+
+const wakeup = {
+  type: "object",
+  description: "the identity's wake-up job in Redis as it stands",
+  required: ["state"],
+  properties: {
+    state: { type: "string", enum: ["missing", "delayed", "waiting", "active", "finished"] },
+    fireAt: { type: "integer", description: "when a delayed wake-up fires (epoch ms)" },
+  },
+} as const;
+
+export const identityStatus = {
+  type: "object",
+  additionalProperties: true,
+  required: [
+    "identityId",
+    "generation",
+    "nextRotationAt",
+    "lastRotatedAt",
+    "nextDeletionAt",
+    "rotationFailures",
+    "lastError",
+    "lastFailureAt",
+    "createdAt",
+    "wakeups",
+    "keyPackages",
+  ],
+  properties: {
+    identityId: { type: "string" },
+    generation: { type: "integer" },
+    nextRotationAt: nullableInstant,
+    lastRotatedAt: nullableInstant,
+    nextDeletionAt: { ...nullableInstant, description: "earliest delete_at of superseded keys" },
+    rotationFailures: { type: "integer", description: "consecutive failed rotation attempts" },
+    lastError: { type: ["string", "null"] },
+    lastFailureAt: nullableInstant,
+    createdAt: instant,
+    wakeups: {
+      type: "object",
+      properties: { rotation: wakeup, deletion: wakeup },
+    },
+    keyPackages: {
+      type: "array",
+      description: "current and superseded key packages, oldest first (no private keys)",
+      items: {
+        type: "object",
+        additionalProperties: true,
+        required: [
+          "generation",
+          "ref",
+          "ciphersuite",
+          "current",
+          "createdAt",
+          "notBefore",
+          "notAfter",
+          "deleteAt",
+        ],
+        properties: {
+          generation: { type: "integer" },
+          ref: { type: "string", description: "KeyPackageRef (hex)" },
+          ciphersuite: { type: "string" },
+          current: { type: "boolean" },
+          createdAt: instant,
+          notBefore: instant,
+          notAfter: instant,
+          deleteAt: { ...nullableInstant, description: "set once superseded" },
+          state: {
+            type: "string",
+            enum: ["pending", "current", "superseded"],
+            description: "pending: generated, not yet published",
+          },
+          publishedAt: { ...nullableInstant, description: "when it was published" },
+        },
+      },
+    },
+  },
+} as const;
+
+export const health = {
+  type: "object",
+  required: ["status"],
+  properties: { status: { type: "string", enum: ["ok"] } },
+} as const;
+
+export const readiness = {
+  type: "object",
+  required: ["ready", "accepting", "postgres", "redis"],
+  properties: {
+    ready: { type: "boolean" },
+    accepting: { type: "boolean", description: "false once shutdown has begun" },
+    postgres: { type: "boolean" },
+    redis: { type: "boolean" },
+  },
+} as const;

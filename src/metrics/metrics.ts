@@ -1,0 +1,243 @@
+import type { EventEmitter } from "node:events";
+import { sql } from "drizzle-orm";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { keyPackages } from "../db/schema.js";
+import type { Timers } from "../queue/timers.js";
+import type { RotorEventMap } from "../services/events.js";
+import type { Rotor } from "../services/rotor.js";
+
+/**
+ * Prometheus metrics of one process. Counters follow `rotor.events`, so they count what this
+ * process did (sum them over processes); the gauges (queue sizes, oldest current key package)
+ * are read from Redis and Postgres on each scrape and are the same from every process (take the
+ * max over processes).
+ */
+export interface Metrics {
+  readonly registry: Registry;
+  /** The API accepted `count` welcomes (one per identity found, single or batch). */
+  welcomesAccepted(count: number): void;
+  /** The text exposition format, for GET /metrics. */
+  scrape(): Promise<{ contentType: string; body: string }>;
+  /** Stops following the rotor's events. */
+  close(): void;
+}
+
+/** The one thing a queue must offer to be counted; keeps this module free of bullmq. */
+type CountableQueues = Record<string, { getJobCounts(): Promise<Record<string, number>> }>;
+
+/**
+ * A rotation event. `startedAt` (requested from the services, not emitted yet) is the rotor clock
+ * when the wake-up began its work: lateness is measured from it when present, and the duration
+ * histogram is only fed by events that carry it.
+ */
+type RotationEvent = RotorEventMap["rotation"][0] & { startedAt?: number };
+
+/** A reconcile run as the counters read it (ReconcileReport of reconcile.service.ts). */
+interface ReconcileSummary {
+  repairs: Record<string, Record<string, number>>;
+  orphansRemoved: number;
+}
+
+/** 1 ms to 10 min: a wake-up is normally tens of ms late, minutes only after a crash. */
+export const LATENESS_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+];
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const ROTATION_OUTCOMES = ["rotated", "not-due", "gone", "fenced"];
+const TIMER_KINDS = ["rotation", "deletion"];
+/** Collectors give up after this, so a scrape never hangs on a dependency that is down. */
+const COLLECT_TIMEOUT_MS = 2_000;
+
+/**
+ * Builds the registry and subscribes to the rotor's events. Use `metricsFor(rotor)` in a
+ * process, so that the API and a worker running in one process share one registry.
+ */
+export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Metrics {
+  const registry = new Registry();
+  const registers = [registry];
+  collectDefaultMetrics({ register: registry });
+
+  const rotations = new Counter({
+    name: "kp_rotor_rotations_total",
+    help: "Rotation wake-ups handled, by outcome (rotated, not-due, gone, fenced)",
+    labelNames: ["outcome"],
+    registers,
+  });
+  const staleWakeups = new Counter({
+    name: "kp_rotor_stale_wakeups_total",
+    help: "Rotation wake-ups that found the deadline not due (woke early, re-armed)",
+    registers,
+  });
+  const deletions = new Counter({
+    name: "kp_rotor_deletions_total",
+    help: "Superseded key packages deleted",
+    registers,
+  });
+  const wakeFailures = new Counter({
+    name: "kp_rotor_wake_failures_total",
+    help: "Wake-ups whose work failed and that were re-armed after a backoff, by kind",
+    labelNames: ["kind"],
+    registers,
+  });
+  const welcomes = new Counter({
+    name: "kp_rotor_welcomes_total",
+    help: "Welcomes accepted by the API (one per registered identity, single or batch)",
+    registers,
+  });
+  const lateness = new Histogram({
+    name: "kp_rotor_wakeup_lateness_seconds",
+    help: "How long after its deadline a rotation started its work (rotated wake-ups only)",
+    buckets: LATENESS_BUCKETS,
+    registers,
+  });
+  const duration = new Histogram({
+    name: "kp_rotor_rotation_duration_seconds",
+    help: "Time from the start of a rotation wake-up to its end (key generation, publishing, commit, re-arm)",
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
+  const repairs = new Counter({
+    name: "kp_rotor_reconcile_repairs_total",
+    help: "Wake-ups repaired by reconcile, by timer kind and action (add, reschedule, replace, remove)",
+    labelNames: ["kind", "action"],
+    registers,
+  });
+  const orphans = new Counter({
+    name: "kp_rotor_reconcile_orphans_removed_total",
+    help: "Wake-ups of identities that are not live, removed by reconcile",
+    registers,
+  });
+  const collectErrors = new Counter({
+    name: "kp_rotor_metrics_collect_errors_total",
+    help: "Scrape-time reads that failed (Redis or Postgres unavailable), by collector",
+    labelNames: ["collector"],
+    registers,
+  });
+  for (const outcome of ROTATION_OUTCOMES) rotations.labels(outcome).inc(0);
+  for (const kind of TIMER_KINDS) wakeFailures.labels(kind).inc(0);
+
+  const queues = timers.queues as CountableQueues;
+  new Gauge({
+    name: "kp_rotor_queue_jobs",
+    help: "Jobs in each wake-up queue, by state (read from Redis on scrape)",
+    labelNames: ["queue", "state"],
+    registers,
+    async collect() {
+      this.reset();
+      try {
+        const counts = await withTimeout(
+          Promise.all(
+            Object.entries(queues).map(async ([name, q]) => [name, await q.getJobCounts()] as const),
+          ),
+        );
+        for (const [queue, byState] of counts) {
+          for (const [state, n] of Object.entries(byState)) this.labels(queue, state).set(n);
+        }
+      } catch (err) {
+        collectErrors.labels("queue_jobs").inc();
+        rotor.log.warn({ component: "metrics", err }, "could not read queue counts");
+      }
+    },
+  });
+  new Gauge({
+    name: "kp_rotor_oldest_current_key_package_age_seconds",
+    help: "Age of the oldest current key package (0 when there is none; read from Postgres on scrape)",
+    registers,
+    async collect() {
+      try {
+        const oldest = await withTimeout(oldestCurrentKeyPackage(rotor));
+        this.set(oldest === null ? 0 : Math.max(0, rotor.clock() - oldest) / 1000);
+      } catch (err) {
+        this.reset();
+        collectErrors.labels("oldest_key_package").inc();
+        rotor.log.warn({ component: "metrics", err }, "could not read the oldest key package");
+      }
+    },
+  });
+
+  const onRotation = (event: RotationEvent) => {
+    rotations.labels(event.outcome).inc();
+    if (event.outcome === "not-due") staleWakeups.inc();
+    if (event.outcome !== "rotated") return;
+    const started = event.startedAt ?? event.at;
+    if (event.deadline !== undefined) {
+      lateness.observe(Math.max(0, started - event.deadline) / 1000);
+    }
+    if (event.startedAt !== undefined) {
+      // Listeners run synchronously inside emit, which comes right after the rotation's re-arm.
+      duration.observe(Math.max(0, rotor.clock() - event.startedAt) / 1000);
+    }
+  };
+  const onDeletion = (event: RotorEventMap["deletion"][0]) => deletions.inc(event.deleted);
+  const onWakeFailed = (event: RotorEventMap["wake-failed"][0]) =>
+    wakeFailures.labels(event.kind).inc();
+  const onReconcile = (report: ReconcileSummary) => {
+    for (const [kind, actions] of Object.entries(report.repairs ?? {})) {
+      for (const [action, n] of Object.entries(actions)) {
+        if (n > 0) repairs.labels(kind, action).inc(n);
+      }
+    }
+    if (report.orphansRemoved > 0) orphans.inc(report.orphansRemoved);
+  };
+  // "reconcile" is not in RotorEventMap yet; reconcile() is to emit it with its ReconcileReport.
+  const untyped = rotor.events as unknown as EventEmitter;
+  rotor.events.on("rotation", onRotation);
+  rotor.events.on("deletion", onDeletion);
+  rotor.events.on("wake-failed", onWakeFailed);
+  untyped.on("reconcile", onReconcile);
+
+  return {
+    registry,
+    welcomesAccepted(count) {
+      if (count > 0) welcomes.inc(count);
+    },
+    async scrape() {
+      return { contentType: registry.contentType, body: await registry.metrics() };
+    },
+    close() {
+      rotor.events.off("rotation", onRotation);
+      rotor.events.off("deletion", onDeletion);
+      rotor.events.off("wake-failed", onWakeFailed);
+      untyped.off("reconcile", onReconcile);
+    },
+  };
+}
+
+const shared = new WeakMap<Rotor, Metrics>();
+
+/** The metrics of a process's rotor, created on first use: the API and workers share them. */
+export function metricsFor(rotor: Rotor): Metrics {
+  let metrics = shared.get(rotor);
+  if (metrics === undefined) {
+    metrics = createMetrics(rotor, rotor.timers);
+    shared.set(rotor, metrics);
+  }
+  return metrics;
+}
+
+/**
+ * When the oldest current key package was created (epoch ms), or null. A min() over the partial
+ * index key_packages_current_created_idx (created_at where is_current): one index probe.
+ */
+async function oldestCurrentKeyPackage(rotor: Rotor): Promise<number | null> {
+  const [row] = await rotor.db
+    .select({ oldest: sql<Date | null>`min(${keyPackages.createdAt})`.mapWith(keyPackages.createdAt) })
+    .from(keyPackages)
+    .where(sql`${keyPackages.isCurrent}`);
+  return row?.oldest ? row.oldest.getTime() : null;
+}
+
+async function withTimeout<T>(work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`no answer within ${COLLECT_TIMEOUT_MS} ms`)),
+      COLLECT_TIMEOUT_MS,
+    );
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,107 @@
+import { afterRotation, decideRotation } from "../core/timers.js";
+import type { Tx } from "../db/client.js";
+import { type LockedIdentity, lockIdentity } from "../db/identities.repo.js";
+import * as kps from "../db/key-packages.repo.js";
+import type { Rotor } from "./rotor.js";
+
+/**
+ * A rotation in libxmtp's order: generate and store (pending), publish, and only then make the
+ * new key package current, supersede the old one and roll the deadline forward.
+ *
+ *  1. prepare, under the row lock: the deadline must be due; reuse the pending key package if a
+ *     previous attempt left one (so a retried publish sends the same package and idempotency
+ *     key), otherwise generate one, seal its private half and store it as pending;
+ *  2. publish, without any lock (it may be a slow network call);
+ *  3. promote, under the row lock again: fenced on the generation, so of two attempts that both
+ *     published the same package only one supersedes.
+ * A failure anywhere leaves the deadline due; the caller retries with backoff.
+ */
+
+export type Prepared =
+  | { kind: "gone" }
+  | { kind: "not-due"; deadline: number }
+  | { kind: "publish"; pending: kps.PendingKeyPackage; dueDeadline: number };
+
+/**
+ * Step 1; runs inside the caller's transaction, which holds the identity's row lock.
+ * `firstPublish` lets registration publish an identity's first key package before its deadline,
+ * when it has no current one (new, or revived after deregistration).
+ */
+export async function prepareRotation(
+  rotor: Rotor,
+  tx: Tx,
+  identity: LockedIdentity,
+  now: number,
+  options: { firstPublish?: boolean } = {},
+): Promise<Prepared> {
+  const decision = decideRotation(identity, now);
+  const first = options.firstPublish === true && !(await kps.hasCurrent(tx, identity.id));
+  if (decision.kind === "gone" || (decision.kind === "not-due" && !first)) return decision;
+  const dueDeadline = identity.rotationDeadline as number;
+  const generation = identity.generation + 1;
+  const existing = await kps.findPending(tx, identity.id);
+  if (existing?.generation === generation && existing.ciphersuite === rotor.keys.ciphersuite) {
+    return { kind: "publish", pending: existing, dueDeadline };
+  }
+  if (existing) await kps.deletePending(tx, existing.id);
+  if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
+    throw new Error("live identity without a signature key");
+  }
+  const generated = await rotor.keys.generate({
+    identity: identity.credentialIdentity ?? new TextEncoder().encode(identity.id),
+    signatureKeys: {
+      publicKey: identity.signaturePublicKey,
+      privateKey: rotor.keyring.open(
+        identity.signaturePrivateKey,
+        identity.id,
+        "signature-private",
+      ),
+    },
+    now,
+  });
+  const pending = await kps.insertPending(tx, identity.id, generation, now, {
+    ref: generated.ref,
+    ciphersuite: rotor.keys.ciphersuite,
+    keyPackage: generated.publicBytes,
+    privateKey: rotor.keyring.seal(generated.privateBytes, identity.id, "key-package-private"),
+    notBefore: generated.notBefore,
+    notAfter: generated.notAfter,
+  });
+  return { kind: "publish", pending, dueDeadline };
+}
+
+/** Step 2. */
+export async function publishPending(
+  rotor: Rotor,
+  identityId: string,
+  pending: kps.PendingKeyPackage,
+): Promise<void> {
+  await rotor.publisher.publish({
+    identityId,
+    generation: pending.generation,
+    ref: pending.ref,
+    keyPackage: pending.keyPackage,
+    notAfter: pending.notAfter,
+  });
+}
+
+/** Step 3, in its own transaction; "fenced" when another attempt promoted first. */
+export async function promoteRotation(
+  rotor: Rotor,
+  identityId: string,
+  pending: kps.PendingKeyPackage,
+): Promise<{ outcome: "rotated" | "fenced"; at: number }> {
+  return rotor.db.transaction(async (tx) => {
+    await lockIdentity(tx, identityId);
+    const now = rotor.clock();
+    const next = afterRotation(now, rotor.timing);
+    const promoted = await kps.promotePending(tx, {
+      identityId,
+      pending,
+      now,
+      rotationDeadline: next.rotationDeadline,
+      supersededDeleteAt: next.supersededDeleteAt,
+    });
+    return { outcome: promoted ? "rotated" : "fenced", at: now };
+  });
+}

@@ -1,0 +1,108 @@
+import { and, asc, count, eq, gt, isNull, lt, min, sql } from "drizzle-orm";
+import { identities, keyPackages } from "../db/schema.js";
+import type { Rotor } from "./rotor.js";
+
+/**
+ * Lifetime safety: a key package that stops rotating expires on the network after 84 days and
+ * the identity can no longer be added to groups. This view shows drift long before that:
+ * current key packages older than the rotation interval plus a margin, ones within a week of
+ * their not_after, identities whose rotation keeps failing (including a first publish that has
+ * not succeeded yet) and the oldest current key package of the fleet. Every query is served by a partial index and
+ * returns at most `limit` rows, whatever the number of identities.
+ */
+
+export const SAFETY_DEFAULTS = {
+  /** How much older than ROTATION_INTERVAL a current key package may be before it is "stale". */
+  staleMarginMs: 86_400_000,
+  /** Warn this long before a current key package's not_after. */
+  expiryWarningMs: 7 * 86_400_000,
+  limit: 100,
+} as const;
+
+export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_DEFAULTS> = {}) {
+  const { staleMarginMs, expiryWarningMs, limit } = { ...SAFETY_DEFAULTS, ...options };
+  const now = rotor.clock();
+  const staleBefore = new Date(now - rotor.timing.rotationIntervalMs - staleMarginMs);
+  const expiringBefore = new Date(now + expiryWarningMs);
+  const db = rotor.db;
+  const current = and(eq(keyPackages.isCurrent, true), isNull(identities.deregisteredAt));
+  const currentColumns = {
+    identityId: keyPackages.identityId,
+    generation: keyPackages.generation,
+    createdAt: keyPackages.createdAt,
+    notAfter: keyPackages.notAfter,
+  };
+  const join = eq(identities.id, keyPackages.identityId);
+
+  const [stale, staleCount, expiring, expiringCount, failing, failingCount, oldest] =
+    await Promise.all([
+      db
+        .select(currentColumns)
+        .from(keyPackages)
+        .innerJoin(identities, join)
+        .where(and(current, lt(keyPackages.createdAt, staleBefore)))
+        .orderBy(asc(keyPackages.createdAt))
+        .limit(limit),
+      db
+        .select({ n: count() })
+        .from(keyPackages)
+        .innerJoin(identities, join)
+        .where(and(current, lt(keyPackages.createdAt, staleBefore))),
+      db
+        .select(currentColumns)
+        .from(keyPackages)
+        .innerJoin(identities, join)
+        .where(and(current, lt(keyPackages.notAfter, expiringBefore)))
+        .orderBy(asc(keyPackages.notAfter))
+        .limit(limit),
+      db
+        .select({ n: count() })
+        .from(keyPackages)
+        .innerJoin(identities, join)
+        .where(and(current, lt(keyPackages.notAfter, expiringBefore))),
+      db
+        .select({
+          identityId: identities.id,
+          failures: identities.rotationFailures,
+          lastError: identities.lastError,
+          lastFailureAt: identities.lastFailureAt,
+          rotationDeadline: identities.rotationDeadline,
+        })
+        .from(identities)
+        .where(and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt)))
+        .orderBy(asc(identities.lastFailureAt))
+        .limit(limit),
+      db
+        .select({ n: count() })
+        .from(identities)
+        .where(and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt))),
+      db
+        .select(currentColumns)
+        .from(keyPackages)
+        .innerJoin(identities, join)
+        .where(current)
+        .orderBy(asc(keyPackages.createdAt))
+        .limit(1),
+    ]);
+  const oldestRow = oldest[0];
+  return {
+    at: new Date(now),
+    thresholds: { staleBefore, expiringBefore },
+    stale: { count: staleCount[0]?.n ?? 0, identities: stale },
+    expiringSoon: { count: expiringCount[0]?.n ?? 0, identities: expiring },
+    failing: { count: failingCount[0]?.n ?? 0, identities: failing },
+    oldestCurrentKeyPackage: oldestRow
+      ? { ...oldestRow, ageSeconds: Math.round((now - oldestRow.createdAt.getTime()) / 1000) }
+      : null,
+  };
+}
+
+export type SafetyReport = Awaited<ReturnType<typeof safetyReport>>;
+// Kept for callers that only need the oldest age (metrics): one indexed query.
+export async function oldestCurrentKeyPackageAge(rotor: Rotor): Promise<number | null> {
+  const [row] = await rotor.db
+    .select({ at: min(keyPackages.createdAt) })
+    .from(keyPackages)
+    .where(sql`${keyPackages.isCurrent}`);
+  return row?.at ? (rotor.clock() - row.at.getTime()) / 1000 : null;
+}

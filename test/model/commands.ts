@@ -1,0 +1,182 @@
+/**
+ * The commands fast-check interleaves against the simulator, and one scenario run: the commands,
+ * then the final phase, with every invariant checked after every step.
+ */
+import fc from "fast-check";
+import { clientOp, DAY, type Fault, IDS, type Id, type Kind, SEC, Sim, type SimOptions } from "./sim.js";
+
+export type Command =
+  | { t: "register" | "welcome" | "rotateSoon" | "deregister"; id: Id }
+  | { t: "reconcile" }
+  | { t: "step"; pick: number; fault: Fault }
+  | { t: "run"; pick: number }
+  | { t: "take"; worker: number; kind: Kind; pick: number }
+  | { t: "advance"; ms: number }
+  | { t: "advanceToNext" }
+  | { t: "crashWorker"; worker: number }
+  | { t: "crashApi" }
+  | { t: "flush" };
+
+export function showCommand(c: Command): string {
+  switch (c.t) {
+    case "register":
+    case "welcome":
+    case "rotateSoon":
+    case "deregister":
+      return `${c.t}(${c.id})`;
+    case "step":
+      return c.fault === "none" ? `step(#${c.pick})` : `step(#${c.pick}, fails ${c.fault})`;
+    case "run":
+      return `run(#${c.pick})`;
+    case "take":
+      return `take(w${c.worker}, ${c.kind}, #${c.pick})`;
+    case "advance":
+      return `advance(${c.ms} ms)`;
+    case "crashWorker":
+      return `crashWorker(w${c.worker})`;
+    default:
+      return `${c.t}()`;
+  }
+}
+
+const withName = (c: Command): Command =>
+  Object.assign(c, { [fc.toStringMethod]: () => showCommand(c) });
+
+const ADVANCES = [1, SEC, 5 * SEC, 30 * SEC, 61 * SEC, 3_600_000, DAY, 30 * DAY];
+
+export interface CommandOptions {
+  /** Failures, crashes and Redis flushes. */
+  faults: boolean;
+}
+
+export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
+  const id = fc.oneof(
+    { weight: 4, arbitrary: fc.constant<Id>("a") },
+    { weight: 2, arbitrary: fc.constant<Id>("b") },
+    { weight: 1, arbitrary: fc.constant<Id>("c") },
+  );
+  const pick = fc.nat(3);
+  const fault: fc.Arbitrary<Fault> = options.faults
+    ? fc.oneof(
+        { weight: 10, arbitrary: fc.constant<Fault>("none") },
+        { weight: 1, arbitrary: fc.constant<Fault>("before") },
+        { weight: 1, arbitrary: fc.constant<Fault>("after") },
+      )
+    : fc.constant<Fault>("none");
+  const arbs: fc.WeightedArbitrary<Command>[] = [
+    {
+      weight: 8,
+      arbitrary: fc.record({
+        t: fc.constantFrom("register", "welcome", "rotateSoon", "deregister" as const),
+        id,
+      }),
+    },
+    { weight: 1, arbitrary: fc.constant({ t: "reconcile" as const }) },
+    { weight: 20, arbitrary: fc.record({ t: fc.constant("step" as const), pick, fault }) },
+    { weight: 6, arbitrary: fc.record({ t: fc.constant("run" as const), pick }) },
+    {
+      weight: 6,
+      arbitrary: fc.record({
+        t: fc.constant("take" as const),
+        worker: fc.nat(1),
+        kind: fc.constantFrom<Kind>("rotation", "deletion"),
+        pick,
+      }),
+    },
+    {
+      weight: 5,
+      arbitrary: fc.record({ t: fc.constant("advance" as const), ms: fc.constantFrom(...ADVANCES) }),
+    },
+    { weight: 3, arbitrary: fc.constant({ t: "advanceToNext" as const }) },
+  ];
+  if (options.faults) {
+    arbs.push(
+      {
+        weight: 1,
+        arbitrary: fc.record({ t: fc.constant("crashWorker" as const), worker: fc.nat(1) }),
+      },
+      { weight: 1, arbitrary: fc.constant({ t: "crashApi" as const }) },
+      { weight: 1, arbitrary: fc.constant({ t: "flush" as const }) },
+    );
+  }
+  return fc.oneof(...arbs).map(withName);
+}
+
+export function commandsArb(options: CommandOptions, maxLength = 40): fc.Arbitrary<Command[]> {
+  return fc.array(commandArb(options), { maxLength });
+}
+
+function pickProc(sim: Sim, pick: number) {
+  const procs = [...sim.procs].sort((a, b) => a.pid - b.pid);
+  return procs.length === 0 ? undefined : procs[pick % procs.length];
+}
+
+export function exec(sim: Sim, c: Command): void {
+  sim.log(`> ${showCommand(c)}`);
+  switch (c.t) {
+    case "register":
+      sim.spawn("api", `register(${c.id})`, (p) => clientOp(sim, p, sim.register(p, c.id)), {
+        target: c.id,
+      });
+      return;
+    case "welcome":
+    case "rotateSoon": {
+      const delay = c.t === "welcome" ? 5 * SEC : 0;
+      sim.spawn(
+        "api",
+        `${c.t}(${c.id})`,
+        (p) => clientOp(sim, p, sim.pullInOne(p, c.id, delay, c.t)),
+        { target: c.id },
+      );
+      return;
+    }
+    case "deregister":
+      sim.spawn("api", `deregister(${c.id})`, (p) => clientOp(sim, p, sim.deregister(p, c.id)), {
+        target: c.id,
+      });
+      return;
+    case "reconcile":
+      sim.spawn("api", "reconcile", (p) => clientOp(sim, p, sim.reconcile(p)));
+      return;
+    case "step": {
+      const p = pickProc(sim, c.pick);
+      if (p) sim.stepProc(p, c.fault);
+      return;
+    }
+    case "run": {
+      const p = pickProc(sim, c.pick);
+      for (let i = 0; p && i < 200; i++) if (sim.stepProc(p, "none") !== "stepped") break;
+      return;
+    }
+    case "take":
+      sim.take(c.worker, c.kind, c.pick);
+      return;
+    case "advance":
+      sim.advance(c.ms);
+      return;
+    case "advanceToNext": {
+      const next = sim.nextEvent();
+      if (next !== undefined) sim.advance(next - sim.now);
+      return;
+    }
+    case "crashWorker":
+      sim.crash(`w${c.worker}`);
+      return;
+    case "crashApi":
+      sim.crash("api");
+      return;
+    case "flush":
+      sim.flush();
+      return;
+  }
+}
+
+/** One scenario: throws InvariantViolation when an invariant fails. */
+export function runScenario(commands: readonly Command[], options: SimOptions): Sim {
+  const sim = new Sim(options);
+  for (const c of commands) exec(sim, c);
+  sim.finalPhase();
+  return sim;
+}
+
+export { IDS };
