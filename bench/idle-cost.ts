@@ -17,6 +17,8 @@
  * --compare runs the whole thing at a smaller size first, to show whether the idle cost grows
  * with N.
  */
+import { randomBytes } from "node:crypto";
+import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { loadConfig } from "../src/config.js";
@@ -118,11 +120,17 @@ async function measureSize(n: number): Promise<SizeResult> {
   const db = await createPrivateDatabase();
   const admin = adminSql();
   const prefix = randomName("kpb");
+  log(`private database ${db.name}, redis-server on port ${redisServer.port}`);
   const env = {
     DATABASE_URL: db.url,
     REDIS_URL: redisServer.url,
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: "silent",
+    // Newer versions seal key material (a throw-away key here) and serve metrics on a port
+    // (none here, so that several workers and other test runs do not collide); older versions
+    // ignore both.
+    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
+    METRICS_PORT: "0",
     WATCHDOG_INTERVAL: "10m",
   };
   const config = loadConfig(env);
@@ -297,6 +305,11 @@ function printResults(results: SizeResult[]) {
     ["PG tup_fetched/s", ...col((r) => r.idle.pg.tupFetchedPerS)],
   ];
   console.log();
+  console.log(
+    `load average (1/5/15 min) at the end: ${loadavg()
+      .map((x) => round(x, 2))
+      .join(" ")}`,
+  );
   console.log(table(["idle-cost", ...results.map((_, i) => `run ${i + 1}`)], rows));
   const commands = [...new Set(results.flatMap((r) => Object.keys(r.idle.byCommand)))];
   if (commands.length > 0) {
@@ -316,6 +329,7 @@ function printResults(results: SizeResult[]) {
       seconds: SECONDS,
       settleSeconds: SETTLE_S,
       results,
+      loadavg: loadavg().map((x) => round(x, 2)),
     }),
   );
 }

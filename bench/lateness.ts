@@ -29,6 +29,8 @@
  * whatever the concurrency the ceiling is a few hundred rotations per second: keep N / S well
  * below that (the default 2000 / 20 s = 100/s) or the figure measures the backlog, not the timer.
  */
+import { randomBytes } from "node:crypto";
+import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { type Job, Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
@@ -80,8 +82,10 @@ if (N < 1 || SPREAD_S < 1) throw new Error("--identities and --spread must be at
 const log = (msg: string) => console.error(`[lateness] ${msg}`);
 
 await runMain(async () => {
+  const loadAtStart = round(loadavg()[0] ?? 0, 2);
   const redisServer = await startPrivateRedis(HZ === undefined ? [] : ["--hz", String(HZ)]);
   const db = await createPrivateDatabase();
+  log(`private database ${db.name}, redis-server on port ${redisServer.port}`);
   const measure = new Redis(redisServer.url);
   defer("measuring redis connection", () => measure.quit());
   const hz = ((await measure.config("GET", "hz")) as string[])[1];
@@ -92,6 +96,11 @@ await runMain(async () => {
     REDIS_URL: redisServer.url,
     QUEUE_PREFIX: randomName("kpl"),
     LOG_LEVEL: "silent",
+    // Newer versions seal key material (a throw-away key here) and serve metrics on a port
+    // (none here, so that several workers and other test runs do not collide); older versions
+    // ignore both.
+    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
+    METRICS_PORT: "0",
     ROTATION_INTERVAL: "30d",
     WATCHDOG_INTERVAL: "10m",
     WORKER_CONCURRENCY: String(CONCURRENCY),
@@ -247,7 +256,8 @@ await runMain(async () => {
   console.log();
   console.log(
     `N=${N} due identities over ${SPREAD_S} s (${round(N / SPREAD_S, 1)}/s), P=${PENDING} pending, ` +
-      `concurrency ${CONCURRENCY}, Redis hz=${hz} dynamic-hz=${dynamicHz}`,
+      `concurrency ${CONCURRENCY}, Redis hz=${hz} dynamic-hz=${dynamicHz}, ` +
+      `load average (1 min) ${loadAtStart} at start, ${round(loadavg()[0] ?? 0, 2)} at end`,
   );
   console.log(
     `start-up reconcile of ${PENDING + 1}: ${reconcileMs} ms (${Math.round(((PENDING + 1) / reconcileMs) * 1000)}/s); ` +
@@ -278,6 +288,8 @@ await runMain(async () => {
       kpRotor: rotor1,
       kpRotorPickup: pickup1,
       rawBullmq: raw ?? null,
+      loadavgAtStart: loadAtStart,
+      loadavg: loadavg().map((x) => round(x, 2)),
     }),
   );
 });

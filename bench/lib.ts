@@ -49,8 +49,16 @@ async function runOne({ name, fn }: Cleanup): Promise<void> {
   }
 }
 
-export async function runCleanups(): Promise<void> {
-  for (let c = cleanups.pop(); c !== undefined; c = cleanups.pop()) await runOne(c);
+let cleaning: Promise<void> | undefined;
+
+/** Runs every registered cleanup, newest first; concurrent callers share one run. */
+export function runCleanups(): Promise<void> {
+  cleaning ??= (async () => {
+    for (let c = cleanups.pop(); c !== undefined; c = cleanups.pop()) await runOne(c);
+  })().finally(() => {
+    cleaning = undefined;
+  });
+  return cleaning;
 }
 
 /** Runs a benchmark's main function with cleanup on every exit path; exits the process. */
@@ -77,8 +85,9 @@ export async function runMain(main: () => Promise<void>): Promise<never> {
   try {
     await main();
   } catch (err) {
-    console.error(err);
-    code = 1;
+    // After a signal, the errors of resources closed under our feet are expected.
+    if (!stopping) console.error(err);
+    code = stopping ? 130 : 1;
   }
   await runCleanups();
   process.exit(code);

@@ -42,7 +42,9 @@ export async function createContext(
     const redis = createRedis(config.redisUrl);
     closers.push(async () => redis.quit());
     redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
-    const timers = createTimers(redis, config.queuePrefix);
+    const timers = createTimers(redis, config.queuePrefix, (err) =>
+      log.warn({ err: err.message }, "queue error"),
+    );
     closers.push(() => timers.close());
     const keys = await createKeyPackageFactory(config.keys.ciphersuite);
     const keyring = createKeyring(config.keys.encryptionKey, config.keys.previousEncryptionKey);

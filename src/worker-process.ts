@@ -82,18 +82,29 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
 /**
  * Serves the process's Prometheus metrics on METRICS_PORT (GET /metrics); undefined when
  * METRICS_PORT=0. Start it before the workers, so it is closed after them and a scrape still
- * sees the drain.
+ * sees the drain. A port already taken (a second worker process on one machine with the
+ * default port) costs the metrics, not the process: it is logged as an error.
  */
 export async function startWorkerMetrics(ctx: Context): Promise<MetricsServer | undefined> {
   const { config, rotor } = ctx;
   if (config.metricsPort === 0) return undefined;
-  const server = await startMetricsServer(metricsFor(rotor), {
-    port: config.metricsPort,
-    host: config.host,
-    log: rotor.log,
-  });
-  rotor.log.info({ component: "worker", port: server.port }, "metrics on GET /metrics");
-  return server;
+  const log = rotor.log.child({ component: "metrics-server" });
+  try {
+    const server = await startMetricsServer(metricsFor(rotor), {
+      port: config.metricsPort,
+      host: config.host,
+      log: rotor.log,
+    });
+    log.info({ port: server.port }, "metrics on GET /metrics");
+    return server;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
+    log.error(
+      { port: config.metricsPort },
+      "METRICS_PORT is in use: this process serves no metrics (set METRICS_PORT to a free port, or 0)",
+    );
+    return undefined;
+  }
 }
 
 /** A worker process: config, context, workers; SIGTERM stops taking jobs and finishes active ones. */

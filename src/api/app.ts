@@ -7,6 +7,7 @@ import { registerBoard } from "./plugins/board.js";
 import { registerDocsUi, registerOpenApi } from "./plugins/docs.js";
 import { registerErrorHandler } from "./plugins/errors.js";
 import { identityRoutes } from "./routes/identities.js";
+import { keyRoutes } from "./routes/keys.js";
 import { operationRoutes } from "./routes/operations.js";
 
 export interface AppDeps {
@@ -39,8 +40,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   const metrics = deps.metrics ?? metricsFor(deps.rotor);
   const { user, password } = deps.board ?? {};
-  const basic =
-    user !== undefined && password !== undefined ? { user, password } : undefined;
+  const basic = user !== undefined && password !== undefined ? { user, password } : undefined;
 
   registerErrorHandler(app);
   registerAuth(app, { token: deps.apiToken, basic, docsPublic: deps.docsPublic ?? false });
@@ -55,6 +55,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     rotor: deps.rotor,
     onWelcomes: (count) => metrics.welcomesAccepted(count),
   });
+  keyRoutes(app, deps.rotor);
   await registerDocsUi(app);
 
   if (deps.apiToken === undefined && basic === undefined) {

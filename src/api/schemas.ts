@@ -16,7 +16,7 @@ export const errorResponse = {
     error: {
       type: "string",
       description:
-        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, DEPENDENCY_UNAVAILABLE, INTERNAL",
+        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, DEPENDENCY_UNAVAILABLE, PUBLISH_FAILED, INTERNAL",
       examples: ["IDENTITY_NOT_FOUND"],
     },
     message: { type: "string", examples: ['identity "alice" is not registered'] },
@@ -50,14 +50,127 @@ export const identityParams = {
   },
 } as const;
 
+const base64 = (description: string) =>
+  ({
+    type: "string",
+    contentEncoding: "base64",
+    pattern: "^[A-Za-z0-9+/]*={0,2}$",
+    description,
+  }) as const;
+
+/** Optional body of a registration: the identity's own credential and signature key. */
+export const registerBody = {
+  type: ["object", "null"],
+  additionalProperties: false,
+  properties: {
+    credentialIdentity: base64(
+      "identity bytes of the basic credential (default: the identity id in UTF-8), at most 1 KiB",
+    ),
+    signaturePrivateKey: base64(
+      "the identity's own Ed25519 private key (32-byte seed); sealed at rest. Generated when absent.",
+    ),
+  },
+} as const;
+
 export const registered = {
   type: "object",
-  required: ["identityId", "created", "generation", "nextRotationAt"],
+  required: ["identityId", "created", "generation", "nextRotationAt", "published"],
   properties: {
     identityId: { type: "string" },
     created: { type: "boolean", description: "false when the identity was already registered" },
-    generation: { type: "integer", description: "generation of the current key package" },
+    generation: {
+      type: "integer",
+      description: "generation of the current key package (0: none published yet)",
+    },
     nextRotationAt: instant,
+    published: { type: "boolean", description: "whether a current key package is published" },
+    publishError: {
+      type: "string",
+      description: "why the first publish failed; the rotation worker keeps retrying",
+    },
+  },
+} as const;
+
+/** The current key package as JSON (Accept: application/json). */
+export const keyPackageJson = {
+  type: "object",
+  required: [
+    "identityId",
+    "generation",
+    "ref",
+    "ciphersuite",
+    "keyPackage",
+    "notBefore",
+    "notAfter",
+  ],
+  properties: {
+    identityId: { type: "string" },
+    generation: { type: "integer" },
+    ref: { type: "string", description: "KeyPackageRef (hex)" },
+    ciphersuite: { type: "string" },
+    keyPackage: base64("TLS-encoded MLSMessage (mls_key_package)"),
+    notBefore: instant,
+    notAfter: instant,
+    publishedAt: nullableInstant,
+  },
+} as const;
+
+const listed = (items: object) =>
+  ({
+    type: "object",
+    required: ["count", "identities"],
+    properties: { count: { type: "integer" }, identities: { type: "array", items } },
+  }) as const;
+const currentPackage = {
+  type: "object",
+  properties: {
+    identityId: { type: "string" },
+    generation: { type: "integer" },
+    createdAt: instant,
+    notAfter: instant,
+  },
+} as const;
+
+/** The fleet's lifetime-safety view. */
+export const safetyResponse = {
+  type: "object",
+  required: ["at", "thresholds", "stale", "expiringSoon", "failing", "oldestCurrentKeyPackage"],
+  properties: {
+    at: instant,
+    thresholds: {
+      type: "object",
+      properties: { staleBefore: instant, expiringBefore: instant },
+    },
+    stale: {
+      ...listed(currentPackage),
+      description: "current key packages older than ROTATION_INTERVAL + 1 day (oldest first)",
+    },
+    expiringSoon: {
+      ...listed(currentPackage),
+      description: "current key packages within 7 days of not_after",
+    },
+    failing: {
+      ...listed({
+        type: "object",
+        properties: {
+          identityId: { type: "string" },
+          failures: { type: "integer" },
+          lastError: { type: ["string", "null"] },
+          lastFailureAt: nullableInstant,
+          rotationDeadline: nullableInstant,
+        },
+      }),
+      description: "identities whose last rotation attempts failed",
+    },
+    oldestCurrentKeyPackage: {
+      anyOf: [
+        { type: "null" },
+        {
+          ...currentPackage,
+          properties: { ...currentPackage.properties, ageSeconds: { type: "integer" } },
+        },
+      ],
+    },
   },
 } as const;
 

@@ -1,18 +1,6 @@
 import { type ParseArgsConfig, parseArgs } from "node:util";
-import closeWithGrace from "close-with-grace";
-import { type Config, loadConfig } from "../config.js";
-import { type Context, createContext } from "../context.js";
-import { createDatabase, runMigrations } from "../db/client.js";
 import { KpRotorError } from "../errors.js";
-import { createLogger, type Logger } from "../logger.js";
-import type { MetricsServer } from "../metrics/server.js";
-import { startApi } from "../server.js";
-import * as identities from "../services/identities.service.js";
-import { reconcile } from "../services/reconcile.service.js";
-import { startWorkerMetrics, startWorkerRuntime } from "../worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
 import { BENCHMARKS, benchmarkUsage, isBenchmark, runBenchmarks } from "./bench.js";
-import { progressBar } from "./progress.js";
 
 interface CommandSpec {
   usage: string;
@@ -59,10 +47,13 @@ const COMMANDS: Record<string, CommandSpec> = {
     details: "Pulls the rotation deadline in to now and prints it; a worker does the rotation.",
   },
   bench: {
-    usage: "bench [idle-cost|lateness] [options]",
-    summary: "run the benchmarks in bench/ (all of them without a name)",
+    usage: "bench [<name> [options]]",
+    summary: "run a benchmark in bench/, or all of them",
   },
 };
+
+const USAGE_WIDTH = Math.max(...Object.values(COMMANDS).map((c) => c.usage.length)) + 1;
+const sentence = (text: string) => `${text.charAt(0).toUpperCase()}${text.slice(1)}.`;
 
 const HELP = `kp-rotor: durable MLS key-package rotation timers
 
@@ -71,7 +62,7 @@ usage: kp-rotor <command> [options]
 
 commands:
 ${Object.values(COMMANDS)
-  .map((c) => `  ${c.usage.padEnd(38)} ${c.summary}`)
+  .map((c) => `  ${c.usage.padEnd(USAGE_WIDTH)} ${c.summary}`)
   .join("\n")}
 
 Configuration comes from the environment (DATABASE_URL, REDIS_URL, KEY_ENCRYPTION_KEY, PORT,
@@ -83,9 +74,9 @@ class UsageError extends Error {}
 
 function commandHelp(name: string, spec: CommandSpec): string {
   if (name === "bench") {
-    return `usage: kp-rotor ${spec.usage}\n\n${spec.summary}. Options are passed to the named benchmark:\n\n${BENCHMARKS.map(benchmarkUsage).join("\n\n")}`;
+    return `usage: kp-rotor ${spec.usage}\n\n${sentence(spec.summary)} <name> is ${BENCHMARKS.join(" or ")}; the options go to it:\n\n${BENCHMARKS.map(benchmarkUsage).join("\n\n")}`;
   }
-  return `usage: kp-rotor ${spec.usage}\n\n${spec.summary}.${spec.details ? `\n${spec.details}` : ""}`;
+  return `usage: kp-rotor ${spec.usage}\n\n${sentence(spec.summary)}${spec.details ? `\n${spec.details}` : ""}`;
 }
 
 async function main(command: string | undefined, rest: string[]): Promise<number> {
@@ -118,23 +109,11 @@ async function main(command: string | undefined, rest: string[]): Promise<number
     const takes = expected === 1 ? "one argument, <identityId>" : "no arguments";
     throw new UsageError(`${command} takes ${takes}; see kp-rotor ${command} --help`);
   }
-  const config = loadConfig();
-  switch (command) {
-    case "migrate":
-      return migrate(config);
-    case "start":
-    case "api":
-    case "worker":
-      return serve(config, command);
-    default:
-      // Only reconcile declares --quiet; parseArgs has refused it elsewhere.
-      return oneShot(
-        config,
-        command,
-        positionals[0],
-        (values as { quiet?: boolean }).quiet === true,
-      );
-  }
+  // Loaded only now: the service's modules take a second or more to load, --help should not.
+  const { runCommand } = await import("./commands.js");
+  // Only reconcile declares --quiet; parseArgs has refused it elsewhere.
+  const quiet = (values as { quiet?: boolean }).quiet === true;
+  return runCommand(command, positionals[0], quiet);
 }
 
 const unknownCommand = (name: string) =>
@@ -173,93 +152,6 @@ async function bench(spec: CommandSpec, args: string[]): Promise<number> {
       ? `options go to one benchmark: kp-rotor bench <${BENCHMARKS.join("|")}> ${first}`
       : `unknown benchmark "${first}"; expected ${BENCHMARKS.join(" or ")}`,
   );
-}
-
-async function migrate(config: Config): Promise<number> {
-  const database = createDatabase(config.databaseUrl, { max: 1 });
-  try {
-    await runMigrations(database);
-    console.log("migrations applied");
-    return 0;
-  } finally {
-    await database.close();
-  }
-}
-
-/** Long-running processes; SIGTERM/SIGINT close them in reverse order of start. */
-async function serve(config: Config, command: "start" | "api" | "worker"): Promise<number> {
-  const log = createLogger(config.logLevel);
-  const ctx = await createContext(config, log, { migrate: command !== "api" });
-  const stops: (() => Promise<void>)[] = [() => ctx.close()];
-  const metrics = await startMetrics(ctx, log).catch(async (err) => {
-    await ctx.close();
-    throw err;
-  });
-  if (metrics) stops.push(() => metrics.close());
-  if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
-  if (command !== "worker") {
-    const api = await startApi(ctx);
-    stops.push(api.close);
-    log.info({ address: api.address }, "api listening");
-  }
-  // Workers wait up to WORKER_LOCK_DURATION for active wake-ups; 10 s more for the rest. The
-  // Kubernetes worker pods' terminationGracePeriodSeconds (deploy/k8s) is above this.
-  const delay = command === "api" ? 20_000 : config.workerLockDurationMs + 10_000;
-  closeWithGrace({ delay }, async ({ signal, err }) => {
-    if (err) log.error({ err }, "fatal error");
-    log.info({ signal }, "shutting down");
-    for (const stop of stops.reverse()) await stop();
-  });
-  return new Promise<number>(() => {});
-}
-
-/**
- * The process's GET /metrics on METRICS_PORT. A port already taken (a second process on one
- * machine with the default port) costs the metrics, not the process: it is logged as an error.
- */
-async function startMetrics(ctx: Context, log: Logger): Promise<MetricsServer | undefined> {
-  try {
-    return await startWorkerMetrics(ctx);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
-    log.error(
-      { port: ctx.config.metricsPort },
-      "METRICS_PORT is in use: this process serves no metrics (set METRICS_PORT to a free port, or 0)",
-    );
-    return undefined;
-  }
-}
-
-async function oneShot(
-  config: Config,
-  command: string,
-  identityId: string | undefined,
-  quiet: boolean,
-): Promise<number> {
-  const log = createLogger(command === "reconcile" && !quiet ? "warn" : "error");
-  const ctx: Context = await createContext(config, log, { migrate: true });
-  try {
-    if (command === "reconcile") {
-      const bar = quiet ? undefined : progressBar("reconcile");
-      const report = await reconcile(ctx.rotor, {
-        onProgress: (done, total) => bar?.update(done, total),
-      });
-      bar?.stop();
-      console.log(JSON.stringify(report, null, 2));
-    } else if (command === "status") {
-      console.log(
-        JSON.stringify(await identities.status(ctx.rotor, identityId as string), null, 2),
-      );
-    } else if (command === "rotate") {
-      const result = await identities.rotateSoon(ctx.rotor, identityId as string);
-      console.log(
-        `rotation of ${result.identityId} due at ${new Date(result.rotationDeadline).toISOString()}`,
-      );
-    }
-    return 0;
-  } finally {
-    await ctx.close();
-  }
 }
 
 /**

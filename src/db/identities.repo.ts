@@ -1,7 +1,7 @@
-import { and, asc, eq, gt, inArray, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, isNull, lte, sql } from "drizzle-orm";
 import type { RotationState } from "../core/timers.js";
 import type { Db, Tx } from "./client.js";
-import { identities, type IdentityRow, keyPackages, type KeyPackageRow } from "./schema.js";
+import { identities, type IdentityRow, keyPackages } from "./schema.js";
 
 /** A new key package as the rotation hands it to the store. */
 export interface NewKeyPackage {

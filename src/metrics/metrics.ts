@@ -1,10 +1,8 @@
-import type { EventEmitter } from "node:events";
-import { sql } from "drizzle-orm";
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import { keyPackages } from "../db/schema.js";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Timers } from "../queue/timers.js";
 import type { RotorEventMap } from "../services/events.js";
 import type { Rotor } from "../services/rotor.js";
+import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
 
 /**
  * Prometheus metrics of one process. Counters follow `rotor.events`, so they count what this
@@ -25,18 +23,9 @@ export interface Metrics {
 /** The one thing a queue must offer to be counted; keeps this module free of bullmq. */
 type CountableQueues = Record<string, { getJobCounts(): Promise<Record<string, number>> }>;
 
-/**
- * A rotation event. `startedAt` (requested from the services, not emitted yet) is the rotor clock
- * when the wake-up began its work: lateness is measured from it when present, and the duration
- * histogram is only fed by events that carry it.
- */
-type RotationEvent = RotorEventMap["rotation"][0] & { startedAt?: number };
-
-/** A reconcile run as the counters read it (ReconcileReport of reconcile.service.ts). */
-interface ReconcileSummary {
-  repairs: Record<string, Record<string, number>>;
-  orphansRemoved: number;
-}
+/** A rotation event; lateness is measured from `startedAt`, when the wake-up began its work. */
+type RotationEvent = RotorEventMap["rotation"][0];
+type ReconcileSummary = RotorEventMap["reconcile"][0];
 
 /** 1 ms to 10 min: a wake-up is normally tens of ms late, minutes only after a crash. */
 export const LATENESS_BUCKETS = [
@@ -45,6 +34,7 @@ export const LATENESS_BUCKETS = [
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const ROTATION_OUTCOMES = ["rotated", "not-due", "gone", "fenced"];
 const TIMER_KINDS = ["rotation", "deletion"];
+const REPAIR_ACTIONS = ["add", "reschedule", "replace", "remove"];
 /** Collectors give up after this, so a scrape never hangs on a dependency that is down. */
 const COLLECT_TIMEOUT_MS = 2_000;
 
@@ -114,7 +104,10 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
     registers,
   });
   for (const outcome of ROTATION_OUTCOMES) rotations.labels(outcome).inc(0);
-  for (const kind of TIMER_KINDS) wakeFailures.labels(kind).inc(0);
+  for (const kind of TIMER_KINDS) {
+    wakeFailures.labels(kind).inc(0);
+    for (const action of REPAIR_ACTIONS) repairs.labels(kind, action).inc(0);
+  }
 
   const queues = timers.queues as CountableQueues;
   new Gauge({
@@ -127,7 +120,9 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
       try {
         const counts = await withTimeout(
           Promise.all(
-            Object.entries(queues).map(async ([name, q]) => [name, await q.getJobCounts()] as const),
+            Object.entries(queues).map(
+              async ([name, q]) => [name, await q.getJobCounts()] as const,
+            ),
           ),
         );
         for (const [queue, byState] of counts) {
@@ -145,8 +140,8 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
     registers,
     async collect() {
       try {
-        const oldest = await withTimeout(oldestCurrentKeyPackage(rotor));
-        this.set(oldest === null ? 0 : Math.max(0, rotor.clock() - oldest) / 1000);
+        const age = await withTimeout(oldestCurrentKeyPackageAge(rotor));
+        this.set(age === null ? 0 : Math.max(0, age));
       } catch (err) {
         this.reset();
         collectErrors.labels("oldest_key_package").inc();
@@ -172,19 +167,17 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
   const onWakeFailed = (event: RotorEventMap["wake-failed"][0]) =>
     wakeFailures.labels(event.kind).inc();
   const onReconcile = (report: ReconcileSummary) => {
-    for (const [kind, actions] of Object.entries(report.repairs ?? {})) {
+    for (const [kind, actions] of Object.entries(report.repairs)) {
       for (const [action, n] of Object.entries(actions)) {
         if (n > 0) repairs.labels(kind, action).inc(n);
       }
     }
     if (report.orphansRemoved > 0) orphans.inc(report.orphansRemoved);
   };
-  // "reconcile" is not in RotorEventMap yet; reconcile() is to emit it with its ReconcileReport.
-  const untyped = rotor.events as unknown as EventEmitter;
   rotor.events.on("rotation", onRotation);
   rotor.events.on("deletion", onDeletion);
   rotor.events.on("wake-failed", onWakeFailed);
-  untyped.on("reconcile", onReconcile);
+  rotor.events.on("reconcile", onReconcile);
 
   return {
     registry,
@@ -198,7 +191,7 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
       rotor.events.off("rotation", onRotation);
       rotor.events.off("deletion", onDeletion);
       rotor.events.off("wake-failed", onWakeFailed);
-      untyped.off("reconcile", onReconcile);
+      rotor.events.off("reconcile", onReconcile);
     },
   };
 }
@@ -213,18 +206,6 @@ export function metricsFor(rotor: Rotor): Metrics {
     shared.set(rotor, metrics);
   }
   return metrics;
-}
-
-/**
- * When the oldest current key package was created (epoch ms), or null. A min() over the partial
- * index key_packages_current_created_idx (created_at where is_current): one index probe.
- */
-async function oldestCurrentKeyPackage(rotor: Rotor): Promise<number | null> {
-  const [row] = await rotor.db
-    .select({ oldest: sql<Date | null>`min(${keyPackages.createdAt})`.mapWith(keyPackages.createdAt) })
-    .from(keyPackages)
-    .where(sql`${keyPackages.isCurrent}`);
-  return row?.oldest ? row.oldest.getTime() : null;
 }
 
 async function withTimeout<T>(work: Promise<T>): Promise<T> {

@@ -67,12 +67,20 @@ export interface Timers {
   close(): Promise<void>;
 }
 
-/** Opens the two queues on one shared Redis connection under `prefix`. */
-export function createTimers(redis: Redis, prefix: string): Timers {
+/**
+ * Opens the two queues on one shared Redis connection under `prefix`. Connection errors surface
+ * through `onError` (the caller logs them) instead of BullMQ's default of printing them raw.
+ */
+export function createTimers(
+  redis: Redis,
+  prefix: string,
+  onError: (err: Error) => void = () => {},
+): Timers {
   const queues = {
     rotation: new Queue<WakeData>(QUEUE_NAMES.rotation, { connection: redis, prefix }),
     deletion: new Queue<WakeData>(QUEUE_NAMES.deletion, { connection: redis, prefix }),
   };
+  for (const queue of Object.values(queues)) queue.on("error", onError);
 
   async function view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]> {
     const queue = queues[kind];

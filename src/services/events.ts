@@ -1,12 +1,20 @@
 import { EventEmitter } from "node:events";
+import type { ReconcileReport } from "./reconcile.service.js";
 
 /**
  * What the service did, as events: tests wait on them instead of sleeping, and metrics and logs
  * can subscribe. `at` is the rotor clock when the wake-up started its work.
  */
 export interface RotorEventMap {
-  rotation: [{ identityId: string; outcome: string; at: number; deadline?: number }];
+  /**
+   * A rotation wake-up finished. `startedAt`: when it began (before the lock); `at`: when it
+   * decided (the promote, for a rotation); `deadline`: the deadline it served, when it rotated.
+   */
+  rotation: [
+    { identityId: string; outcome: string; at: number; startedAt: number; deadline?: number },
+  ];
   deletion: [{ identityId: string; deleted: number; at: number }];
+  reconcile: [ReconcileReport];
   "wake-failed": [
     { identityId: string; kind: "rotation" | "deletion"; failures: number; error: string },
   ];

@@ -88,6 +88,7 @@ export async function reconcile(
     durationMs: Date.now() - started,
   };
   rotor.log.info({ component: "reconcile", ...report }, "reconcile finished");
+  rotor.events.emit("reconcile", report);
   return report;
 }
 

@@ -21,6 +21,7 @@ export async function handleRotationWake(
   wake: ActiveWakeup,
 ): Promise<RotationOutcome> {
   const id = wake.identityId;
+  const startedAt = rotor.clock();
   const prepared = await rotor.db.transaction(async (tx) => {
     const identity = await repo.lockOrTombstone(tx, id);
     const step = await prepareRotation(rotor, tx, identity, rotor.clock());
@@ -30,7 +31,8 @@ export async function handleRotationWake(
     return step;
   });
   if (prepared.kind !== "publish") {
-    rotor.events.emit("rotation", { identityId: id, outcome: prepared.kind, at: rotor.clock() });
+    const at = rotor.clock();
+    rotor.events.emit("rotation", { identityId: id, outcome: prepared.kind, at, startedAt });
     return prepared.kind;
   }
   await publishPending(rotor, id, prepared.pending);
@@ -38,7 +40,13 @@ export async function handleRotationWake(
   await rearmAfterRotation(rotor, id, (deadline) =>
     deadline === null ? wake.finish() : wake.rearm(deadline),
   );
-  rotor.events.emit("rotation", { identityId: id, outcome, at, deadline: prepared.dueDeadline });
+  rotor.events.emit("rotation", {
+    identityId: id,
+    outcome,
+    at,
+    startedAt,
+    deadline: prepared.dueDeadline,
+  });
   return outcome;
 }
 

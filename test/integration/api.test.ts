@@ -1,6 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
+import { inspectKeyPackage } from "../../src/keys/key-package.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
 const TOKEN = "test-token-0123456789abcdef";
@@ -181,5 +182,63 @@ describe("auth and health", () => {
     const ready = await app.inject({ method: "GET", url: "/readyz" });
     expect(ready.statusCode).toBe(200);
     expect(ready.json()).toMatchObject({ ready: true, postgres: true, redis: true });
+  });
+});
+
+describe("key packages over HTTP", () => {
+  it("serves the current key package as message/mls, or as JSON on request", async () => {
+    const seed = Buffer.alloc(32, 9);
+    const credential = Buffer.from("ingest-credential-42");
+    const res = await call("PUT", "/v1/identities/henry", {
+      credentialIdentity: credential.toString("base64"),
+      signaturePrivateKey: seed.toString("base64"),
+    });
+    expect(res.statusCode).toBe(201);
+    expect(res.json()).toMatchObject({ created: true, generation: 1, published: true });
+
+    const binary = await call("GET", "/v1/identities/henry/key-package");
+    expect(binary.statusCode).toBe(200);
+    expect(binary.headers["content-type"]).toBe("message/mls");
+    const info = await inspectKeyPackage(new Uint8Array(binary.rawPayload));
+    expect(info.signatureValid).toBe(true);
+    expect(Buffer.from(info.identity)).toEqual(credential);
+    expect(binary.headers["kp-rotor-not-after"]).toBe(info.notAfter.toISOString());
+
+    const json = await app.inject({
+      method: "GET",
+      url: "/v1/identities/henry/key-package",
+      headers: { ...auth, accept: "application/json" },
+    });
+    expect(json.headers["content-type"]).toMatch(/^application\/json/);
+    const body = json.json();
+    expect(Buffer.from(body.keyPackage, "base64").equals(binary.rawPayload)).toBe(true);
+    expect(body.ref).toBe(binary.headers["kp-rotor-ref"]);
+    expect((await call("GET", "/v1/identities/henry/key-package?format=json")).json().ref).toBe(
+      body.ref,
+    );
+    expect((await call("GET", "/v1/identities/nobody/key-package")).statusCode).toBe(404);
+  });
+
+  it.each([
+    [{ signaturePrivateKey: "not base64!" }, /must match pattern/],
+    [
+      { signaturePrivateKey: Buffer.alloc(16).toString("base64") },
+      /32-byte Ed25519 private key \(seed\), got 16 bytes/,
+    ],
+    [{ credentialIdentity: Buffer.alloc(2000).toString("base64") }, /2000 bytes; at most 1024/],
+    [{ somethingElse: "x" }, /must NOT have additional properties/],
+  ])("refuses a bad registration body with a 400 that says why (%#)", async (payload, message) => {
+    const res = await call("PUT", "/v1/identities/ivan", payload);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().message).toMatch(message);
+    expect((await call("GET", "/v1/identities/ivan")).statusCode).toBe(404);
+  });
+
+  it("shows the fleet's lifetime safety", async () => {
+    const res = await call("GET", "/v1/safety");
+    expect(res.statusCode).toBe(200);
+    const body = res.json();
+    expect(body.stale).toEqual({ count: 0, identities: [] });
+    expect(body.oldestCurrentKeyPackage.ageSeconds).toBeGreaterThanOrEqual(0);
   });
 });

@@ -44,7 +44,7 @@ afterAll(async () => {
 describe("Bull Board at /admin/queues", () => {
   it("answers 401 with a Basic challenge without credentials, and to wrong ones", async () => {
     for (const headers of [
-      {},
+      {} as Record<string, string>,
       { authorization: basic(USER, "wrong-password-123") },
       { authorization: "Bearer wrong" },
     ]) {

@@ -1,4 +1,5 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -121,6 +122,21 @@ describe("kp-rotor usage", () => {
   });
 });
 
+describe("kp-rotor bench", () => {
+  const lateness = fileURLToPath(new URL("../../bench/lateness.ts", import.meta.url));
+
+  it.skipIf(!existsSync(lateness))(
+    "runs the named benchmark with the options after its name, and exits with its status",
+    async () => {
+      // An option the benchmark refuses: it runs, fails at once, and its status comes back.
+      const run = await kpRotor(["bench", "lateness", "--no-such-option"]);
+      expect(run.code).not.toBe(0);
+      expect(run.code).not.toBe(2);
+      expect(run.stderr).toContain("--no-such-option");
+    },
+  );
+});
+
 describe("kp-rotor commands", () => {
   it("migrate applies the migrations to an empty database, and again changes nothing", async () => {
     const database = await createTestDatabase();
@@ -234,7 +250,10 @@ describe("kp-rotor long-running processes", () => {
       `http://127.0.0.1:${port}/readyz`,
       { PORT: String(port), METRICS_PORT: String(metricsPort) },
     );
-    expect((await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).status).toBe(200);
+    // Unauthenticated, on its own port: what Prometheus scrapes (deploy/k8s, port "metrics").
+    const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+    expect(metrics.status).toBe(200);
+    expect(await metrics.text()).toContain("kp_rotor_welcomes_total");
     expect(await stop(child, exited), stderr()).toBe(0);
   });
 });

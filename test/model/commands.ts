@@ -8,7 +8,8 @@ import { clientOp, DAY, type Fault, IDS, type Id, type Kind, SEC, Sim, type SimO
 export type Command =
   | { t: "register" | "welcome" | "rotateSoon" | "deregister"; id: Id }
   | { t: "reconcile" }
-  | { t: "step"; pick: number; fault: Fault }
+  /** `n - 1` clean steps of one process, then one more that may fail. */
+  | { t: "step"; pick: number; n: number; fault: Fault }
   | { t: "run"; pick: number }
   | { t: "take"; worker: number; kind: Kind; pick: number }
   | { t: "advance"; ms: number }
@@ -24,8 +25,10 @@ export function showCommand(c: Command): string {
     case "rotateSoon":
     case "deregister":
       return `${c.t}(${c.id})`;
-    case "step":
-      return c.fault === "none" ? `step(#${c.pick})` : `step(#${c.pick}, fails ${c.fault})`;
+    case "step": {
+      const n = c.n === 1 ? "" : ` x${c.n}`;
+      return `step(#${c.pick}${n}${c.fault === "none" ? "" : `, last fails ${c.fault}`})`;
+    }
     case "run":
       return `run(#${c.pick})`;
     case "take":
@@ -72,10 +75,18 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
       }),
     },
     { weight: 1, arbitrary: fc.constant({ t: "reconcile" as const }) },
-    { weight: 20, arbitrary: fc.record({ t: fc.constant("step" as const), pick, fault }) },
+    {
+      weight: 16,
+      arbitrary: fc.record({
+        t: fc.constant("step" as const),
+        pick,
+        n: fc.oneof({ weight: 3, arbitrary: fc.constant(1) }, fc.integer({ min: 1, max: 16 })),
+        fault,
+      }),
+    },
     { weight: 6, arbitrary: fc.record({ t: fc.constant("run" as const), pick }) },
     {
-      weight: 6,
+      weight: 10,
       arbitrary: fc.record({
         t: fc.constant("take" as const),
         worker: fc.nat(1),
@@ -84,10 +95,10 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
       }),
     },
     {
-      weight: 5,
+      weight: 4,
       arbitrary: fc.record({ t: fc.constant("advance" as const), ms: fc.constantFrom(...ADVANCES) }),
     },
-    { weight: 3, arbitrary: fc.constant({ t: "advanceToNext" as const }) },
+    { weight: 6, arbitrary: fc.constant({ t: "advanceToNext" as const }) },
   ];
   if (options.faults) {
     arbs.push(
@@ -140,6 +151,7 @@ export function exec(sim: Sim, c: Command): void {
       return;
     case "step": {
       const p = pickProc(sim, c.pick);
+      for (let i = 1; p && i < c.n; i++) if (sim.stepProc(p, "none") !== "stepped") return;
       if (p) sim.stepProc(p, c.fault);
       return;
     }
@@ -171,9 +183,28 @@ export function exec(sim: Sim, c: Command): void {
   }
 }
 
+/**
+ * Every scenario starts from here: "a" and "b" registered (first key package out), then a welcome
+ * for "a" and its rotation by a worker 5 s later, so that "a" also has a superseded key package
+ * and an armed deletion wake-up (due 1 day later).
+ */
+export const PRELUDE: readonly Command[] = [
+  { t: "register", id: "a" },
+  { t: "run", pick: 0 },
+  { t: "register", id: "b" },
+  { t: "run", pick: 0 },
+  { t: "welcome", id: "a" },
+  { t: "run", pick: 0 },
+  { t: "advance", ms: 5 * SEC },
+  { t: "take", worker: 0, kind: "rotation", pick: 0 },
+  { t: "run", pick: 0 },
+];
+
 /** One scenario: throws InvariantViolation when an invariant fails. */
 export function runScenario(commands: readonly Command[], options: SimOptions): Sim {
   const sim = new Sim(options);
+  for (const c of PRELUDE) exec(sim, c);
+  sim.log("--- commands");
   for (const c of commands) exec(sim, c);
   sim.finalPhase();
   return sim;

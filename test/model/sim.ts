@@ -83,13 +83,38 @@ export interface SimOptions {
   variant: Variant;
   /**
    * Which identities the arm invariant skips at a given moment:
-   *  - "lock": only those whose row lock is held (the strict reading of "One lock per identity":
-   *    outside the lock, the wake-up must already be right);
-   *  - "in-flight": also those with any unfinished operation or wake-up handler.
+   *  - "lock": those whose row lock is held, or with a wake-up handler between its two
+   *    transactions (it arms the deletion wake-up only in the second one). Outside of that, the
+   *    wake-ups must already be right: an API operation that committed must have armed.
+   *  - "in-flight": also those with any unfinished API operation.
    */
   armExemption: "lock" | "in-flight";
+  /** Known issues of src whose proposed fix the simulator applies (see KnownIssue). */
+  patches?: readonly KnownIssue[];
   trace?: string[];
 }
+
+/**
+ * Real issues the model found in src, each with the fix the simulator applies when patched:
+ *  - "deregister-unarms-revived": deregister's second transaction removes the wake-ups without
+ *    looking at the row it re-read; a registration that revived the identity in between loses its
+ *    rotation wake-up. Fix: return when the re-read identity is live again.
+ *  - "rotate-now-waits-for-later-wakeup": rotate-now sets deadline = now, which planArm counts
+ *    as overdue, so a wake-up already delayed up to BACKOFF.maxMs ahead is kept: the rotation
+ *    comes up to 60 s late. Fix: desired == now moves a later delayed job to now.
+ *  - "deletion-armed-only-after-rotation": the deletion wake-up for the package a rotation
+ *    superseded is armed only in rearmAfterRotation, after the rotation job was moved 30 days
+ *    on. If that step fails after the move (the retry cannot move a job it no longer holds), or
+ *    before it (the retry finds the deadline not due and re-arms only the rotation job), or the
+ *    promote's commit answer is lost, nothing arms the deletion until the next rotation: the old
+ *    private key lives up to 30 days too long. Fix: arm the deletion wake-up inside the promote
+ *    transaction, before its commit (it only makes a wake-up earlier, so a failed commit costs an
+ *    early wake-up that finds nothing due).
+ */
+export type KnownIssue =
+  | "deregister-unarms-revived"
+  | "rotate-now-waits-for-later-wakeup"
+  | "deletion-armed-only-after-rotation";
 
 /** An injected failure (Postgres or Redis refused, key generation failed). */
 export class IoFailure extends Error {}
@@ -105,12 +130,19 @@ export class BullError extends Error {
 /** An invariant of the test does not hold. */
 export class InvariantViolation extends Error {}
 
-const isIoError = (e: unknown): e is IoFailure | BullError =>
-  e instanceof IoFailure || e instanceof BullError;
+/** An error the service code itself throws (e.g. "pending key package vanished"). */
+export class ProtocolError extends Error {}
 
+/** What the code's own try/catch blocks catch; anything else is a bug of the simulator. */
+const isCaught = (e: unknown): e is IoFailure | BullError | ProtocolError =>
+  e instanceof IoFailure || e instanceof BullError || e instanceof ProtocolError;
+
+/** A key package: pending (stored, not yet published), current, or superseded (delete_at). */
 interface Kp {
+  /** The row's serial id. */
+  uid: number;
   gen: number;
-  current: boolean;
+  isCurrent: boolean;
   deleteAt: number | null;
 }
 interface Row {
@@ -126,9 +158,20 @@ const tombstoneRow = (): Row => ({
   deregistered: true,
   kps: [],
 });
+const isPending = (k: Kp) => !k.isCurrent && k.deleteAt === null;
+const kpState = (k: Kp) =>
+  k.isCurrent ? "current" : k.deleteAt === null ? "pending" : fmtT(k.deleteAt);
+
+/** What prepareRotation (src/services/rotation.service.ts) returns. */
+type Prepared =
+  | { kind: "gone" }
+  | { kind: "not-due"; deadline: number }
+  | { kind: "publish"; pending: { uid: number; gen: number }; dueDeadline: number };
 
 interface Tx {
   n: number;
+  /** Makes an identity live that no committed row showed live (a registration). */
+  revives: boolean;
   /** Rows this transaction locked, as it sees them (staged writes included). */
   staged: Map<string, Row>;
   onCommit: (() => void)[];
@@ -176,14 +219,21 @@ export interface Proc {
   done: boolean;
 }
 
+interface RefKp {
+  gen: number;
+  isCurrent: boolean;
+  deleteAt: number | null;
+}
 interface RefIdentity {
   live: boolean;
+  /** Registrations so far (a deregistered identity may come back). */
+  incarnation: number;
   deadline: number | null;
   /** Which committed deadline this is; a rotation consumes one. */
   serial: number;
   generation: number;
-  /** gen -> delete_at (null: current) */
-  kps: Map<number, number | null>;
+  /** uid -> key package */
+  kps: Map<number, RefKp>;
 }
 
 export interface Obligation {
@@ -246,11 +296,24 @@ export class Sim {
   readonly ref = new Map<string, RefIdentity>();
   private serialCounter = 0;
   private readonly consumed = new Set<number>();
-  readonly rotations: { id: string; deadline: number; at: number; readSeq: number }[] = [];
+  readonly rotations: {
+    id: string;
+    deadline: number;
+    at: number;
+    readSeq: number;
+    seq: number;
+  }[] = [];
   readonly obligations: Obligation[] = [];
   readonly deregistrations: { id: string; seq: number }[] = [];
-  readonly superseded: { id: string; gen: number; deleteAt: number; seq: number }[] = [];
-  readonly deletions = new Map<string, number>();
+  readonly superseded: { id: string; uid: number; deleteAt: number; seq: number }[] = [];
+  /** kp uid -> when the deletion wake-up deleted it */
+  readonly deletions = new Map<number, number>();
+  private nextUid = 1;
+  private readonly openTxs = new Set<Tx>();
+  private readonly openAtFlush = new Set<Tx>();
+  private readonly kpIncarnation = new Map<number, number>();
+  private readonly published = new Set<number>();
+  private readonly publishedFor = new Map<string, number>();
 
   constructor(opts: SimOptions) {
     this.opts = opts;
@@ -274,9 +337,7 @@ export class Sim {
           ? "no row"
           : `${r.deregistered ? "tombstone" : "live"} gen=${r.generation} deadline=${
               r.rotationDeadline === null ? "-" : fmtT(r.rotationDeadline)
-            } kps=[${r.kps
-              .map((k) => `${k.gen}:${k.current ? "current" : fmtT(k.deleteAt ?? 0)}`)
-              .join(" ")}]`;
+            } kps=[${r.kps.map((k) => `${k.gen}:${kpState(k)}`).join(" ")}]`;
       const jobs = KINDS.map((k) => `${k}=${describeJob(this.jobs.get(`${k}:${id}`))}`).join(" ");
       const lock = this.locks.has(id) ? " (locked)" : "";
       lines.push(`    ${id}${lock}: ${row}; ${jobs}`);
@@ -385,7 +446,14 @@ export class Sim {
   // ---------------------------------------------------------------- Postgres
 
   private begin(p: Proc): Tx {
-    const tx: Tx = { n: this.nextTx++, staged: new Map(), onCommit: [], done: false };
+    const tx: Tx = {
+      n: this.nextTx++,
+      revives: false,
+      staged: new Map(),
+      onCommit: [],
+      done: false,
+    };
+    this.openTxs.add(tx);
     p.txs.add(tx);
     return tx;
   }
@@ -394,6 +462,13 @@ export class Sim {
     if (tx.done) return;
     for (const [id, row] of tx.staged) this.rows.set(id, cloneRow(row));
     tx.done = true;
+    this.openTxs.delete(tx);
+    if (tx.revives && this.openAtFlush.has(tx)) {
+      // Its wake-up was armed before a FLUSHALL; a reconcile that walked before this commit
+      // could not see the row. Only a later reconcile (the watchdog's backstop) repairs it.
+      this.log(`${p.name}: registration armed before FLUSHALL commits after it`);
+      this.damage++;
+    }
     p.txs.delete(tx);
     this.release(tx);
     for (const f of tx.onCommit) f();
@@ -402,6 +477,7 @@ export class Sim {
   private rollback(p: Proc, tx: Tx): void {
     if (tx.done) return;
     tx.done = true;
+    this.openTxs.delete(tx);
     p.txs.delete(tx);
     this.release(tx);
   }
@@ -429,9 +505,10 @@ export class Sim {
   }
 
   private acquire(tx: Tx, id: string, orTombstone: boolean): Row | undefined {
-    if (this.lockedByOther(tx, id)) throw new Error(`model bug: ${id} is locked`);
     const committed = this.rows.get(id);
+    // SELECT ... FOR UPDATE does not see (nor wait for) a row another transaction is inserting.
     if (committed === undefined && !orTombstone && !tx.staged.has(id)) return undefined;
+    if (this.lockedByOther(tx, id)) throw new Error(`model bug: ${id} is locked`);
     this.locks.set(id, tx);
     if (!tx.staged.has(id)) tx.staged.set(id, committed ? cloneRow(committed) : tombstoneRow());
     return tx.staged.get(id);
@@ -465,8 +542,8 @@ export class Sim {
     return row;
   }
 
-  private static deleteAts(row: Row): number[] {
-    return row.kps.flatMap((k) => (k.deleteAt === null ? [] : [k.deleteAt]));
+  private static deleteAts(row: Row | undefined): number[] {
+    return (row?.kps ?? []).flatMap((k) => (k.deleteAt === null ? [] : [k.deleteAt]));
   }
 
   private isLiveCommitted(id: string): boolean {
@@ -652,6 +729,7 @@ export class Sim {
   flush(): void {
     this.log("FLUSHALL");
     this.jobs.clear();
+    for (const tx of this.openTxs) this.openAtFlush.add(tx);
     this.damage++;
     this.flushed = true;
     this.check();
@@ -709,10 +787,27 @@ export class Sim {
     }
   }
 
+  /** src planArm, unless a known issue is patched. */
+  private planArm(desired: number | null, job: JobView, now: number): ArmAction {
+    if (
+      this.patched("rotate-now-waits-for-later-wakeup") &&
+      desired === now &&
+      job.state === "delayed" &&
+      job.fireAt > desired
+    ) {
+      return { kind: "reschedule", fireAt: desired };
+    }
+    return planArm(desired, job, now);
+  }
+
+  patched(issue: KnownIssue): boolean {
+    return this.opts.patches?.includes(issue) ?? false;
+  }
+
   /** Timers.arm: view, planArm (the real one), apply. The caller holds the row lock. */
   *arm(kind: Kind, id: string, desired: number | null, now: number): Gen<ArmAction> {
     const view = yield* this.io(`view ${kind}(${id})`, () => this.view(kind, id));
-    const action = planArm(desired, view, now);
+    const action = this.planArm(desired, view, now);
     yield* this.apply(kind, id, action);
     return action;
   }
@@ -742,40 +837,202 @@ export class Sim {
 
   // ---------------------------------------------------------------- services
 
-  /** identities.service register */
+  /** identities.service register: store + arm in one tx, then the first rotation inline. */
   *register(p: Proc, id: string): Gen<void> {
-    yield* this.transaction(p, (tx) => this.registerTx(tx, id));
+    let commitSeq = -1;
+    const registered = yield* this.transaction(p, (tx) =>
+      this.registerTx(tx, id, () => {
+        commitSeq = this.seq;
+      }),
+    );
+    if (registered === undefined) {
+      this.log(`${p.name}: 2xx (already registered)`);
+      return;
+    }
+    try {
+      yield* this.rotateInline(p, id);
+    } catch (e) {
+      if (!isCaught(e)) throw e;
+      this.log(`${p.name}: first key package not published yet (${e.message})`);
+    }
+    // The 2xx answer: the identity is registered and its first rotation armed.
+    this.obligations.push({ what: "register", id, deadline: registered, commitSeq });
     this.log(`${p.name}: 2xx`);
   }
 
-  private *registerTx(tx: Tx, id: string): Gen<void> {
+  /** Returns the first deadline of a new registration, undefined when it already existed. */
+  private *registerTx(tx: Tx, id: string, committed: () => void): Gen<number | undefined> {
     const existing = yield* this.lockOrTombstone(tx, id);
     const now = this.now;
     if (!existing.deregistered && existing.rotationDeadline !== null) {
+      // Re-registering repairs the wake-up, so a client retry also heals a lost one.
       yield* this.arm("rotation", id, existing.rotationDeadline, now);
-      return;
+      return undefined;
     }
-    yield* this.io("generate keys", () => undefined);
-    const generation = existing.generation + 1;
-    const rotationDeadline = now + TIMING.rotationIntervalMs;
+    const firstDeadline = now + TIMING.welcomeRotationDelayMs;
     yield* this.io(`insertIdentity(${id})`, () => {
       const row = this.staged(tx, id);
-      row.generation = generation;
-      row.rotationDeadline = rotationDeadline;
+      row.rotationDeadline = firstDeadline;
       row.deregistered = false;
-      row.kps = [...row.kps, { gen: generation, current: true, deleteAt: null }];
-      tx.onCommit.push(() => this.refRegister(id, now));
+      tx.revives = true;
+      tx.onCommit.push(() => {
+        this.refRegister(id, now);
+        committed();
+      });
     });
     // Arming before commit is safe: if the commit fails, the wake-up finds no live identity.
-    yield* this.arm("rotation", id, rotationDeadline, now);
+    yield* this.arm("rotation", id, firstDeadline, now);
+    return firstDeadline;
+  }
+
+  /** identities.service rotateInline: prepare (first publish allowed early), publish, promote, re-arm. */
+  private *rotateInline(p: Proc, id: string): Gen<void> {
+    const prepared = yield* this.transaction(p, (tx) => this.prepareTx(tx, id, true));
+    if (prepared.kind === "publish") {
+      yield* this.publish(id, prepared.pending);
+      yield* this.promoteRotation(p, id, prepared.pending);
+      yield* this.rearmAfterRotation(p, id, (deadline) =>
+        this.arm("rotation", id, deadline, this.now),
+      );
+    }
+  }
+
+  private *prepareTx(tx: Tx, id: string, firstPublish: boolean): Gen<Prepared> {
+    const identity = yield* this.lockOrTombstone(tx, id);
+    return yield* this.prepareRotation(tx, id, identity, this.now, firstPublish);
+  }
+
+  /** rotation.service prepareRotation: step 1, inside the caller's locked transaction. */
+  private *prepareRotation(
+    tx: Tx,
+    id: string,
+    identity: Row,
+    now: number,
+    firstPublish: boolean,
+  ): Gen<Prepared> {
+    const decision = decideRotation(identity, now);
+    const first =
+      firstPublish &&
+      !(yield* this.io(`hasCurrent(${id})`, () => identity.kps.some((k) => k.isCurrent)));
+    if (decision.kind === "gone" || (decision.kind === "not-due" && !first)) return decision;
+    const dueDeadline = identity.rotationDeadline as number;
+    const generation = identity.generation + 1;
+    const existing = yield* this.io(`findPending(${id})`, () => {
+      const k = this.staged(tx, id).kps.find(isPending);
+      return k === undefined ? undefined : { uid: k.uid, gen: k.gen };
+    });
+    if (existing?.gen === generation) return { kind: "publish", pending: existing, dueDeadline };
+    if (existing !== undefined) {
+      yield* this.io(`deletePending(${id}/${existing.gen})`, () => {
+        const row = this.staged(tx, id);
+        row.kps = row.kps.filter((k) => k.uid !== existing.uid);
+        tx.onCommit.push(() => this.refDeletePending(id, existing.uid));
+      });
+    }
+    yield* this.io("keys.generate", () => undefined);
+    const pending = yield* this.io(`insertPending(${id}/${generation})`, () => {
+      const uid = this.nextUid++;
+      this.staged(tx, id).kps.push({ uid, gen: generation, isCurrent: false, deleteAt: null });
+      tx.onCommit.push(() => this.refInsertPending(id, uid, generation));
+      return { uid, gen: generation };
+    });
+    return { kind: "publish", pending, dueDeadline };
+  }
+
+  /** rotation.service publishPending: step 2, no lock (a network call). */
+  private *publish(id: string, pending: { uid: number; gen: number }): Gen<void> {
+    yield* this.io(`publish(${id}/${pending.gen}, kp#${pending.uid})`, () =>
+      this.recordPublish(id, pending),
+    );
+  }
+
+  /** rotation.service promoteRotation: step 3, fenced on the generation. */
+  private *promoteRotation(
+    p: Proc,
+    id: string,
+    pending: { uid: number; gen: number },
+    w?: Wake,
+  ): Gen<"rotated" | "fenced"> {
+    return yield* this.transaction(p, (tx) => this.promoteTx(tx, id, pending, w));
+  }
+
+  private *promoteTx(
+    tx: Tx,
+    id: string,
+    pending: { uid: number; gen: number },
+    w: Wake | undefined,
+  ): Gen<"rotated" | "fenced"> {
+    yield* this.lockIdentity(tx, id);
+    const now = this.now;
+    const readSeq = this.seq;
+    const next = afterRotation(now, TIMING);
+    const promoted = yield* this.io(`promotePending(${id}/${pending.gen})`, () => {
+      const row = tx.staged.get(id);
+      if (row === undefined || row.generation !== pending.gen - 1 || row.deregistered) {
+        return false;
+      }
+      const kp = row.kps.find((k) => k.uid === pending.uid && isPending(k));
+      // Postgres rolls back the updates before this point with the transaction.
+      if (kp === undefined) throw new ProtocolError("pending key package vanished under the lock");
+      row.generation = pending.gen;
+      row.rotationDeadline = next.rotationDeadline;
+      for (const k of row.kps) {
+        if (k.isCurrent) {
+          k.isCurrent = false;
+          k.deleteAt = next.supersededDeleteAt;
+        }
+      }
+      kp.isCurrent = true;
+      tx.onCommit.push(() => this.refPromote(id, pending.uid, now, readSeq));
+      return true;
+    });
+    if (promoted && this.patched("deletion-armed-only-after-rotation")) {
+      // An earlier wake-up may be armed before the commit (DESIGN.md, "Commit, then re-arm").
+      const deleteAt = yield* this.io(`nextDeleteAt(${id})`, () =>
+        deletionDeadline(Sim.deleteAts(tx.staged.get(id))),
+      );
+      yield* this.arm("deletion", id, deleteAt, now);
+    }
+    if (this.variant.rotationRearmsBeforeCommit && promoted && w !== undefined) {
+      yield* this.rearm(w, next.rotationDeadline);
+    }
+    return promoted ? "rotated" : "fenced";
+  }
+
+  /** wakeups.service rearmAfterRotation: step 4, under the lock again. */
+  private *rearmAfterRotation(
+    p: Proc,
+    id: string,
+    rearmRotation: (deadline: number | null) => Gen<unknown>,
+  ): Gen<void> {
+    yield* this.transaction(p, (tx) => this.rearmAfterRotationTx(tx, id, rearmRotation));
+  }
+
+  private *rearmAfterRotationTx(
+    tx: Tx,
+    id: string,
+    rearmRotation: (deadline: number | null) => Gen<unknown>,
+  ): Gen<void> {
+    const identity = yield* this.lockIdentity(tx, id);
+    const now = this.now;
+    const decision = decideRotation(identity, now);
+    // Due again already (a zero interval in tests): fire at once rather than lose it.
+    yield* rearmRotation(
+      decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
+    );
+    const next = yield* this.io(`nextDeleteAt(${id})`, () =>
+      deletionDeadline(Sim.deleteAts(tx.staged.get(id))),
+    );
+    yield* this.arm("deletion", id, next, now);
   }
 
   /** identities.service welcome (delay 5 s) and rotateSoon (delay 0), via pullInMany. */
   *pullInOne(p: Proc, id: string, delayMs: number, what: string): Gen<void> {
     let commitSeq = -1;
-    const result = yield* this.transaction(
-      p,
-      (tx) => this.pullInTx(tx, id, delayMs, () => (commitSeq = this.seq)),
+    const result = yield* this.transaction(p, (tx) =>
+      this.pullInTx(tx, id, delayMs, () => {
+        commitSeq = this.seq;
+      }),
     );
     if (result === undefined) {
       this.log(`${p.name}: 404`);
@@ -842,7 +1099,9 @@ export class Sim {
   }
 
   private *unarmTx(tx: Tx, id: string): Gen<void> {
-    yield* this.lockIdentity(tx, id);
+    const identity = yield* this.lockIdentity(tx, id);
+    // Known issue, see KnownIssue: src does not look at what it re-read.
+    if (this.patched("deregister-unarms-revived") && identity?.deregistered === false) return;
     const now = this.now;
     yield* this.arm("rotation", id, null, now);
     yield* this.arm("deletion", id, null, now);
@@ -850,69 +1109,29 @@ export class Sim {
 
   /** wakeups.service handleRotationWake */
   *handleRotationWake(p: Proc, w: Wake): Gen<void> {
-    const outcome = yield* this.transaction(p, (tx) => this.rotationT1(tx, w));
-    if (outcome === "rotated" || outcome === "fenced") {
-      yield* this.transaction(p, (tx) => this.rotationT2(tx, w));
+    const prepared = yield* this.transaction(p, (tx) => this.rotationWakeTx(tx, w));
+    if (prepared.kind !== "publish") {
+      this.log(`${p.name}: ${prepared.kind}`);
+      return;
     }
+    yield* this.publish(w.id, prepared.pending);
+    const outcome = yield* this.promoteRotation(p, w.id, prepared.pending, w);
+    yield* this.rearmAfterRotation(p, w.id, (deadline) =>
+      this.variant.rotationRearmsBeforeCommit
+        ? this.io("(rotation wake-up already moved)", () => undefined)
+        : deadline === null
+          ? this.finishWake(w)
+          : this.rearm(w, deadline),
+    );
     this.log(`${p.name}: ${outcome}`);
   }
 
-  private *rotationT1(tx: Tx, w: Wake): Gen<"rotated" | "not-due" | "gone" | "fenced"> {
-    const id = w.id;
-    const identity = yield* this.lockOrTombstone(tx, id);
-    const now = this.now;
-    const readSeq = this.seq;
-    const state: RotationState = {
-      rotationDeadline: identity.rotationDeadline,
-      deregistered: identity.deregistered,
-    };
-    const decision = decideRotation(state, now);
-    if (decision.kind === "gone") {
-      yield* this.finishWake(w);
-      return "gone";
-    }
-    if (decision.kind === "not-due") {
-      yield* this.rearm(w, decision.deadline);
-      return "not-due";
-    }
-    const expectedGeneration = identity.generation;
-    yield* this.io("keys.generate", () => undefined);
-    const next = afterRotation(now, TIMING);
-    const recorded = yield* this.io(`recordRotation(${id})`, () => {
-      const row = this.staged(tx, id);
-      if (row.generation !== expectedGeneration) return false;
-      row.generation = expectedGeneration + 1;
-      row.rotationDeadline = next.rotationDeadline;
-      for (const k of row.kps) {
-        if (k.current) {
-          k.current = false;
-          k.deleteAt = next.supersededDeleteAt;
-        }
-      }
-      row.kps.push({ gen: expectedGeneration + 1, current: true, deleteAt: null });
-      tx.onCommit.push(() => this.refRotate(id, now, readSeq));
-      return true;
-    });
-    if (this.variant.rotationRearmsBeforeCommit && recorded) {
-      yield* this.rearm(w, next.rotationDeadline);
-    }
-    return recorded ? "rotated" : "fenced";
-  }
-
-  private *rotationT2(tx: Tx, w: Wake): Gen<void> {
-    const id = w.id;
-    const identity = yield* this.lockIdentity(tx, id);
-    const now = this.now;
-    const decision = decideRotation(identity, now);
-    if (!this.variant.rotationRearmsBeforeCommit) {
-      if (decision.kind === "gone") yield* this.finishWake(w);
-      // Due again already (a zero interval in tests): fire at once rather than lose it.
-      else yield* this.rearm(w, decision.kind === "not-due" ? decision.deadline : now);
-    }
-    const next = yield* this.io(`nextDeleteAt(${id})`, () =>
-      deletionDeadline(Sim.deleteAts(this.staged(tx, id))),
-    );
-    yield* this.arm("deletion", id, next, now);
+  private *rotationWakeTx(tx: Tx, w: Wake): Gen<Prepared> {
+    const step = yield* this.prepareTx(tx, w.id, false);
+    // Nothing was written for these two: re-arm or finish in the same transaction.
+    if (step.kind === "gone") yield* this.finishWake(w);
+    if (step.kind === "not-due") yield* this.rearm(w, step.deadline);
+    return step;
   }
 
   /** wakeups.service handleDeletionWake */
@@ -941,8 +1160,8 @@ export class Sim {
       const row = this.staged(tx, w.id);
       const due = row.kps.filter((k) => k.deleteAt !== null && k.deleteAt <= now);
       row.kps = row.kps.filter((k) => !due.includes(k));
-      const gens = due.map((k) => k.gen);
-      tx.onCommit.push(() => this.refDelete(w.id, now, gens));
+      const uids = due.map((k) => k.uid);
+      tx.onCommit.push(() => this.refDelete(w.id, now, uids));
       return due.length;
     });
   }
@@ -952,7 +1171,7 @@ export class Sim {
     const next =
       identity?.deregistered === false
         ? yield* this.io(`nextDeleteAt(${w.id})`, () =>
-            deletionDeadline(Sim.deleteAts(this.staged(tx, w.id))),
+            deletionDeadline(Sim.deleteAts(tx.staged.get(w.id))),
           )
         : null;
     if (next !== null) yield* this.rearm(w, next);
@@ -967,12 +1186,13 @@ export class Sim {
     yield* this.retryLater(w, fireAt, failures);
   }
 
-  /** reconcile.service reconcile */
+  /** reconcile.service reconcile: overdue first, then every live identity, then orphans. */
   *reconcile(p: Proc): Gen<void> {
     let damageSeen = 0;
     yield* this.io("markReconciled", () => {
       damageSeen = this.damage;
     });
+    yield* this.armOverdueFirst(p);
     let after: string | null = null;
     for (;;) {
       const last: string | null = yield* this.transaction(p, (tx) => this.reconcilePage(tx, after));
@@ -992,6 +1212,52 @@ export class Sim {
       }
     }
     this.healed = Math.max(this.healed, damageSeen);
+  }
+
+  private *armOverdueFirst(p: Proc): Gen<void> {
+    let after: { deadline: number; id: string } | undefined;
+    for (;;) {
+      const from = after;
+      const page = yield* this.io("overdueIdentities", () =>
+        [...this.rows]
+          .flatMap(([id, r]) =>
+            !r.deregistered && r.rotationDeadline !== null && r.rotationDeadline <= this.now
+              ? [{ id, deadline: r.rotationDeadline }]
+              : [],
+          )
+          .filter(
+            (o) =>
+              from === undefined ||
+              o.deadline > from.deadline ||
+              (o.deadline === from.deadline && o.id > from.id),
+          )
+          .sort((x, y) => x.deadline - y.deadline || (x.id < y.id ? -1 : 1))
+          .slice(0, PAGE_SIZE),
+      );
+      if (page.length === 0) return;
+      yield* this.transaction(p, (tx) => this.overduePageTx(tx, page));
+      if (page.length < PAGE_SIZE) return;
+      after = page.at(-1);
+    }
+  }
+
+  private *overduePageTx(tx: Tx, page: { id: string; deadline: number }[]): Gen<void> {
+    const locked = new Map<string, Row>();
+    for (const id of page.map((o) => o.id).sort()) {
+      const row = yield* this.lockIdentity(tx, id, `lockIdentities(${id})`);
+      if (row !== undefined) locked.set(id, row);
+    }
+    const views = yield* this.io(`view rotation([${page.map((o) => o.id)}])`, () =>
+      page.map((o) => this.view("rotation", o.id)),
+    );
+    const now = this.now;
+    // One at a time, in deadline order, so the wake-ups queue in that order.
+    for (const [i, { id }] of page.entries()) {
+      const identity = locked.get(id);
+      if (identity === undefined || identity.deregistered) continue;
+      const action = this.planArm(identity.rotationDeadline, views[i] ?? { state: "missing" }, now);
+      yield* this.apply("rotation", id, action);
+    }
   }
 
   private *reconcilePage(tx: Tx, after: string | null): Gen<string | null> {
@@ -1025,7 +1291,7 @@ export class Sim {
         ["deletion", deleteAts[i] ?? null, deletionViews[i]],
       ];
       for (const [kind, desired, view] of plans) {
-        const action = planArm(desired, view ?? { state: "missing" }, now);
+        const action = this.planArm(desired, view ?? { state: "missing" }, now);
         yield* this.apply(kind, id, action);
       }
     }
@@ -1043,7 +1309,7 @@ export class Sim {
   private refOf(id: string): RefIdentity {
     let r = this.ref.get(id);
     if (r === undefined) {
-      r = { live: false, deadline: null, serial: 0, generation: 0, kps: new Map() };
+      r = { live: false, incarnation: 0, deadline: null, serial: 0, generation: 0, kps: new Map() };
       this.ref.set(id, r);
     }
     return r;
@@ -1052,11 +1318,11 @@ export class Sim {
   private refRegister(id: string, now: number): void {
     const r = this.refOf(id);
     if (r.live) this.violation(`reference: ${id} registered twice`);
+    if (r.kps.size > 0) this.violation(`reference: ${id} revived with old key packages`);
     r.live = true;
-    r.generation += 1;
-    r.deadline = now + TIMING.rotationIntervalMs;
+    r.incarnation += 1;
+    r.deadline = now + TIMING.welcomeRotationDelayMs;
     r.serial = ++this.serialCounter;
-    r.kps = new Map([[r.generation, null]]);
   }
 
   private refPullIn(
@@ -1079,42 +1345,82 @@ export class Sim {
     }
   }
 
-  private refRotate(id: string, now: number, readSeq: number): void {
+  private refInsertPending(id: string, uid: number, gen: number): void {
+    const r = this.refOf(id);
+    if (!r.live) this.violation(`reference: pending key package for dead ${id}`);
+    if (gen !== r.generation + 1) this.violation(`reference: pending ${id}/${gen} out of order`);
+    if ([...r.kps.values()].some((k) => !k.isCurrent && k.deleteAt === null)) {
+      this.violation(`(c) ${id} would have two pending key packages`);
+    }
+    r.kps.set(uid, { gen, isCurrent: false, deleteAt: null });
+    this.kpIncarnation.set(uid, r.incarnation);
+  }
+
+  private refDeletePending(id: string, uid: number): void {
+    const k = this.refOf(id).kps.get(uid);
+    if (k === undefined || k.isCurrent || k.deleteAt !== null) {
+      this.violation(`(c) ${id}: deleted a key package that was not pending`);
+    }
+    this.refOf(id).kps.delete(uid);
+  }
+
+  private recordPublish(id: string, pending: { uid: number; gen: number }): void {
+    // A retried publish must send the same package: one package per generation and incarnation.
+    const key = `${id}/${this.kpIncarnation.get(pending.uid) ?? "?"}/${pending.gen}`;
+    const before = this.publishedFor.get(key);
+    if (before !== undefined && before !== pending.uid) {
+      this.violation(`two different key packages published for ${id} generation ${pending.gen}`);
+    }
+    this.publishedFor.set(key, pending.uid);
+    this.published.add(pending.uid);
+  }
+
+  private refPromote(id: string, uid: number, now: number, readSeq: number): void {
     const r = this.refOf(id);
     if (!r.live || r.deadline === null) this.violation(`reference: rotation of dead ${id}`);
-    if (r.deadline > now) {
+    const kp = r.kps.get(uid);
+    if (kp === undefined || kp.isCurrent || kp.deleteAt !== null || kp.gen !== r.generation + 1) {
+      this.violation(`reference: promoted ${id} kp#${uid} is not the next pending package`);
+    }
+    if (!this.published.has(uid)) {
+      this.violation(`publish before supersede: ${id}/${kp.gen} became current unpublished`);
+    }
+    const hadCurrent = [...r.kps.values()].some((k) => k.isCurrent);
+    // Only an identity's first key package may go out before its deadline.
+    if (hadCurrent && r.deadline > now) {
       this.violation(`rotation of ${id} at ${fmtT(now)} before its deadline ${fmtT(r.deadline)}`);
     }
     if (this.consumed.has(r.serial)) {
       this.violation(`(b) ${id} rotated twice for the deadline ${fmtT(r.deadline)}`);
     }
     this.consumed.add(r.serial);
-    this.rotations.push({ id, deadline: r.deadline, at: now, readSeq });
-    for (const [gen, at] of r.kps) {
-      if (at === null) {
-        r.kps.set(gen, now + TIMING.deletionGraceMs);
-        this.superseded.push({ id, gen, deleteAt: now + TIMING.deletionGraceMs, seq: this.seq });
+    this.rotations.push({ id, deadline: r.deadline, at: now, readSeq, seq: this.seq });
+    for (const [oldUid, k] of r.kps) {
+      if (k.isCurrent) {
+        k.isCurrent = false;
+        k.deleteAt = now + TIMING.deletionGraceMs;
+        this.superseded.push({ id, uid: oldUid, deleteAt: k.deleteAt, seq: this.seq });
       }
     }
-    r.generation += 1;
-    r.kps.set(r.generation, null);
+    kp.isCurrent = true;
+    r.generation = kp.gen;
     r.deadline = now + TIMING.rotationIntervalMs;
     r.serial = ++this.serialCounter;
   }
 
-  private refDelete(id: string, now: number, gens: number[]): void {
+  private refDelete(id: string, now: number, uids: number[]): void {
     const r = this.refOf(id);
-    for (const gen of gens) {
-      const at = r.kps.get(gen);
-      if (at === undefined || at === null || at > now) {
+    for (const uid of uids) {
+      const k = r.kps.get(uid);
+      if (k === undefined || k.deleteAt === null || k.deleteAt > now) {
         this.violation(
-          `(c) key package ${id}/${gen} deleted at ${fmtT(now)} before its deleteAt ${
-            at === null ? "(current)" : fmtT(at ?? 0)
+          `(c) key package ${id} kp#${uid} deleted at ${fmtT(now)} before its deleteAt ${
+            k?.deleteAt === null || k === undefined ? "(not superseded)" : fmtT(k.deleteAt)
           }`,
         );
       }
-      r.kps.delete(gen);
-      this.deletions.set(`${id}/${gen}`, now);
+      r.kps.delete(uid);
+      this.deletions.set(uid, now);
     }
   }
 
@@ -1131,8 +1437,8 @@ export class Sim {
   /** Is the arm invariant suspended for `id` right now? */
   private armExempt(id: string): boolean {
     if (this.locks.has(id)) return true;
-    if (this.opts.armExemption === "lock") return false;
-    return this.procs.some((p) => p.target === id || p.wake?.id === id);
+    if (this.procs.some((p) => p.wake?.id === id)) return true;
+    return this.opts.armExemption === "in-flight" && this.procs.some((p) => p.target === id);
   }
 
   /** Checked after every step. */
@@ -1140,33 +1446,51 @@ export class Sim {
     for (const id of IDS) {
       const row = this.rows.get(id);
       const r = this.refOf(id);
-      // Reference comparison.
+      // The committed state is what the reference model says.
       const live = row !== undefined && !row.deregistered;
-      const simKps = (row?.kps ?? [])
-        .map((k) => `${k.gen}:${k.current ? "current" : k.deleteAt}`)
-        .sort()
-        .join(",");
-      const refKps = [...r.kps]
-        .map(([gen, at]) => `${gen}:${at === null ? "current" : at}`)
-        .sort()
-        .join(",");
+      const kps = row?.kps ?? [];
+      const sameKps =
+        kps.length === r.kps.size &&
+        kps.every((k) => {
+          const ref = r.kps.get(k.uid);
+          return (
+            ref !== undefined &&
+            ref.gen === k.gen &&
+            ref.isCurrent === k.isCurrent &&
+            ref.deleteAt === k.deleteAt
+          );
+        });
       if (
+        !sameKps ||
         live !== r.live ||
         (row?.rotationDeadline ?? null) !== r.deadline ||
-        (row?.generation ?? 0) !== r.generation ||
-        simKps !== refKps
+        (row?.generation ?? 0) !== r.generation
       ) {
-        this.violation(`committed state of ${id} differs from the reference model`);
+        const refKps = [...r.kps]
+          .map(([uid, k]) => `${k.gen}:${kpState({ uid, ...k })}`)
+          .join(" ");
+        this.violation(
+          `committed state of ${id} differs from the reference model (reference: live=${r.live} gen=${r.generation} deadline=${
+            r.deadline === null ? "-" : fmtT(r.deadline)
+          } kps=[${refKps}])`,
+        );
       }
-      // (c) key packages.
+      // (c) key packages: pending, current or superseded; at most one current and one pending;
+      // exactly one current once the identity's first package is out; none on a tombstone.
       if (row !== undefined) {
         for (const k of row.kps) {
-          if (k.current === (k.deleteAt !== null)) {
-            this.violation(`(c) key package ${id}/${k.gen} is not current xor superseded`);
+          if (k.isCurrent && k.deleteAt !== null) {
+            this.violation(`(c) key package ${id}/${k.gen} is both current and superseded`);
           }
         }
-        const currents = row.kps.filter((k) => k.current).length;
-        if (live && currents !== 1) this.violation(`(c) ${id} has ${currents} current packages`);
+        const currents = row.kps.filter((k) => k.isCurrent).length;
+        const pendings = row.kps.filter(isPending).length;
+        if (currents > 1 || pendings > 1) {
+          this.violation(`(c) ${id} has ${currents} current and ${pendings} pending packages`);
+        }
+        if (live && currents === 0 && row.kps.some((k) => k.deleteAt !== null)) {
+          this.violation(`(c) ${id} lost its current key package`);
+        }
         if (!live && row.kps.length > 0) this.violation(`(c) tombstone ${id} keeps key packages`);
         if (new Set(row.kps.map((k) => k.gen)).size !== row.kps.length) {
           this.violation(`(c) ${id} has two key packages of one generation`);
@@ -1179,15 +1503,25 @@ export class Sim {
         rotation: row.rotationDeadline,
         deletion: deleteAts.length === 0 ? null : Math.min(...deleteAts),
       };
+      // A rotation wake-up that failed (parked for its backoff, or left active to stall) runs
+      // again and re-arms both wake-ups then: the deletion one may wait for it.
+      const rot = this.jobs.get(this.jobKey("rotation", id));
+      const retrying =
+        rot !== undefined &&
+        ((rot.state === "delayed" && rot.retryAt !== null) ||
+          (rot.state === "active" && !rot.lockHeld));
       for (const kind of KINDS) {
         const want = desired[kind];
-        if (want === null) continue;
+        if (want === null || (kind === "deletion" && retrying)) continue;
         const j = this.jobs.get(this.jobKey(kind, id));
         const ok =
           j !== undefined &&
           (j.state === "waiting" ||
             j.state === "active" ||
-            (j.state === "delayed" && j.fireAt <= Math.max(want, j.retryAt ?? -Infinity)));
+            // Due already (the next fetch promotes it), or not later than the deadline, or
+            // parked for the backoff of a failed attempt.
+            (j.state === "delayed" &&
+              j.fireAt <= Math.max(want, this.now, j.retryAt ?? -Infinity)));
         if (!ok) {
           this.violation(
             `(a) arm invariant: the ${kind} wake-up of ${id} is ${describeJob(j)}, deadline ${fmtT(want)}`,
@@ -1277,10 +1611,10 @@ export class Sim {
       const limit = Math.max(o.deadline, this.finalStart) + bound;
       if (limit > end || deregisteredAfter(o.id, o.commitSeq)) continue;
       const ok = this.rotations.some(
-        (r) => r.id === o.id && r.readSeq > o.commitSeq && r.at <= limit,
+        (r) => r.id === o.id && r.seq > o.commitSeq && r.at <= limit,
       );
       if (!ok) {
-        const after = this.rotations.filter((r) => r.id === o.id && r.readSeq > o.commitSeq);
+        const after = this.rotations.filter((r) => r.id === o.id && r.seq > o.commitSeq);
         this.violation(
           `(d) ${o.what}(${o.id}) acknowledged deadline ${fmtT(o.deadline)} but the next rotation ${
             after[0] ? `came at ${fmtT(after[0].at)}` : "never came"
@@ -1300,10 +1634,10 @@ export class Sim {
     for (const s of this.superseded) {
       const limit = Math.max(s.deleteAt, this.finalStart) + bound;
       if (limit > end || deregisteredAfter(s.id, s.seq)) continue;
-      const at = this.deletions.get(`${s.id}/${s.gen}`);
+      const at = this.deletions.get(s.uid);
       if (at === undefined || at > limit) {
         this.violation(
-          `(d) key package ${s.id}/${s.gen} (deleteAt ${fmtT(s.deleteAt)}) ${
+          `(d) key package ${s.id} kp#${s.uid} (deleteAt ${fmtT(s.deleteAt)}) ${
             at === undefined ? "never deleted" : `deleted late at ${fmtT(at)}`
           } (limit ${fmtT(limit)})`,
         );
@@ -1318,12 +1652,12 @@ function* rotationProcessor(s: Sim, p: Proc, w: Wake): Gen<void> {
     try {
       yield* s.handleRotationWake(p, w);
     } catch (e) {
-      if (!isIoError(e)) throw e;
+      if (!isCaught(e)) throw e;
       s.log(`${p.name}: failed (${e.message}); retry after backoff`);
       yield* s.handleWakeFailure(w);
     }
   } catch (e) {
-    if (!isIoError(e)) throw e;
+    if (!isCaught(e)) throw e;
     s.log(`${p.name}: ${e.message}; the job stays where it is`);
   }
 }
@@ -1334,12 +1668,12 @@ function* deletionProcessor(s: Sim, p: Proc, w: Wake): Gen<void> {
     try {
       yield* s.handleDeletionWake(p, w);
     } catch (e) {
-      if (!isIoError(e)) throw e;
+      if (!isCaught(e)) throw e;
       s.log(`${p.name}: failed (${e.message}); retry after backoff`);
       yield* s.handleWakeFailure(w);
     }
   } catch (e) {
-    if (!isIoError(e)) throw e;
+    if (!isCaught(e)) throw e;
     s.log(`${p.name}: ${e.message}; the job stays where it is`);
   }
 }
@@ -1349,7 +1683,7 @@ export function* clientOp(s: Sim, p: Proc, body: Gen<void>): Gen<void> {
   try {
     yield* body;
   } catch (e) {
-    if (!isIoError(e)) throw e;
+    if (!isCaught(e)) throw e;
     s.log(`${p.name}: 503 (${e.message})`);
   }
 }

@@ -19,6 +19,9 @@ const ALERTS_PATH = fileURLToPath(new URL("../../deploy/prometheus/alerts.yaml",
 const ALERT_TESTS_PATH = fileURLToPath(
   new URL("../../deploy/prometheus/alerts.test.yaml", import.meta.url),
 );
+const PROMETHEUS_CONFIG_PATH = fileURLToPath(
+  new URL("../../deploy/prometheus/prometheus.example.yml", import.meta.url),
+);
 
 /** Grafana's syntax for the dashboard's datasource variable, not a template literal. */
 const DATASOURCE_VARIABLE = ["$", "{datasource}"].join("");
@@ -225,6 +228,45 @@ describe("deploy/prometheus/alerts.yaml", () => {
 
   it.skipIf(!promtool)("fires exactly as deploy/prometheus/alerts.test.yaml expects", () => {
     expect(runPromtool(["test", "rules", ALERT_TESTS_PATH])).toContain("SUCCESS");
+  });
+});
+
+describe("deploy/prometheus/prometheus.example.yml", () => {
+  const config = parse(readFileSync(PROMETHEUS_CONFIG_PATH, "utf8"));
+
+  it("loads the alerts and names the worker scrape job as KpRotorNoWorkers expects", () => {
+    expect(config.rule_files).toEqual(["alerts.yaml"]);
+    const [job] = config.scrape_configs;
+    const relabel = job.relabel_configs.find(
+      (r: { target_label?: string }) => r.target_label === "job",
+    );
+    expect(relabel).toMatchObject({
+      source_labels: ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+      replacement: "kp-rotor-$1",
+    });
+    const alerts = parse(readFileSync(ALERTS_PATH, "utf8"));
+    const noWorkers = alerts.groups[0].rules.find((r: Rule) => r.alert === "KpRotorNoWorkers");
+    // component "worker" (deploy/k8s/worker-deployment.yaml) -> job "kp-rotor-worker".
+    expect(noWorkers.expr).toContain(`job="${relabel.replacement.replace("$1", "worker")}"`);
+  });
+
+  it.skipIf(!promtool)("passes promtool check config", () => {
+    // Debian's Prometheus is built without Kubernetes discovery: the job is checked with a
+    // static target in its place (relabelling, rule files and all the rest unchanged).
+    const checked = structuredClone(config);
+    for (const job of checked.scrape_configs) {
+      delete job.kubernetes_sd_configs;
+      job.static_configs = [{ targets: ["127.0.0.1:9464"] }];
+    }
+    checked.rule_files = [ALERTS_PATH];
+    const dir = mkdtempSync(join(tmpdir(), "kp-prometheus-"));
+    try {
+      const file = join(dir, "prometheus.yml");
+      writeFileSync(file, stringify(checked));
+      expect(runPromtool(["check", "config", file])).toContain("SUCCESS: 5 rules found");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

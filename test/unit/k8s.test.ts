@@ -249,6 +249,23 @@ describe("deploy/k8s: the objects fit together", () => {
     });
   });
 
+  it("the HPA's External metric is what the prometheus-adapter rule serves", () => {
+    const values = parse(
+      readFileSync(
+        new URL("../../deploy/prometheus/prometheus-adapter-values.yaml", import.meta.url),
+        "utf8",
+      ),
+    );
+    const [rule] = values.rules.external;
+    const { metric } = hpa.spec.metrics[0].external;
+    expect(rule.name.as).toBe(metric.name);
+    expect(rule.seriesQuery).toMatch(new RegExp(`^'?${metric.name}\\{`));
+    // One series per label set the HPA selects on, the same from every process: max, not sum.
+    const grouped = /by \(([^)]*)\)$/.exec(rule.metricsQuery)?.[1]?.split(/,\s*/);
+    expect(grouped?.sort()).toEqual(Object.keys(metric.selector.matchLabels).sort());
+    expect(rule.metricsQuery).toMatch(/^max\(/);
+  });
+
   it("every pod runs as non-root, without privileges, with resources set", () => {
     for (const m of workloads) {
       const spec = podSpec(m);

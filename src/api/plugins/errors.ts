@@ -6,6 +6,7 @@ const STATUS: Record<string, number> = {
   [ErrorCodes.invalidRequest]: 400,
   [ErrorCodes.notFound]: 404,
   [ErrorCodes.unavailable]: 503,
+  [ErrorCodes.publishFailed]: 502,
 };
 
 /** Errors from the drivers that mean "Postgres or Redis is not answering", not "we are broken". */
@@ -53,12 +54,10 @@ export function registerErrorHandler(app: FastifyInstance): void {
     if (isUnavailable(err)) {
       request.log.warn({ err }, "dependency unavailable");
       reply.header("retry-after", "5");
-      return reply
-        .status(503)
-        .send({
-          error: ErrorCodes.unavailable,
-          message: "Postgres or Redis is unavailable; retry later",
-        });
+      return reply.status(503).send({
+        error: ErrorCodes.unavailable,
+        message: "Postgres or Redis is unavailable; retry later",
+      });
     }
     request.log.error({ err }, "internal error");
     return reply.status(500).send({ error: "INTERNAL", message: "internal error" });

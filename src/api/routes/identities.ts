@@ -1,9 +1,11 @@
 import type { FastifyInstance } from "fastify";
 import * as identities from "../../services/identities.service.js";
 import type { Rotor } from "../../services/rotor.js";
+import { ErrorCodes, KpRotorError } from "../../errors.js";
 import {
   commonErrors,
   identityParams,
+  registerBody,
   identityStatus,
   notFoundError,
   pulledInResponse,
@@ -16,6 +18,25 @@ import {
 export const MAX_BATCH = 1_000;
 
 const iso = (ms: number) => new Date(ms).toISOString();
+
+/** Base64 request fields become bytes; a field that is absent stays undefined. */
+function decodeBase64(name: string, value: string | undefined, maxBytes: number) {
+  if (value === undefined) return undefined;
+  const bytes = Buffer.from(value, "base64");
+  if (bytes.toString("base64") !== value) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      `${name} must be standard base64 with padding`,
+    );
+  }
+  if (bytes.length > maxBytes) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      `${name} is ${bytes.length} bytes; at most ${maxBytes} are allowed`,
+    );
+  }
+  return new Uint8Array(bytes);
+}
 const tags = ["identities"];
 
 export interface IdentityRouteDeps {
@@ -28,15 +49,19 @@ export interface IdentityRouteDeps {
 export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): void {
   const { rotor } = deps;
 
-  app.put<{ Params: { identityId: string } }>(
+  app.put<{
+    Params: { identityId: string };
+    Body: { credentialIdentity?: string; signaturePrivateKey?: string } | null | undefined;
+  }>(
     "/v1/identities/:identityId",
     {
       schema: {
         tags,
         summary: "Register an identity",
         description:
-          "Generates its first key package and arms its rotation 30 days on. Idempotent: an identity that exists answers 200 with its current state (and its wake-up is repaired).",
+          "Stores the identity (its own credential and Ed25519 key if given, sealed at rest), generates and publishes its first key package and arms its rotation 30 days on. If the first publish fails, the identity is still registered (201 with publishError) and the rotation worker retries. Idempotent: an identity that exists answers 200 with its current state (and its wake-up is repaired).",
         params: identityParams,
+        body: registerBody,
         response: {
           200: { description: "Already registered; nothing new", ...registered },
           201: { description: "Registered", ...registered },
@@ -45,12 +70,18 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
       },
     },
     async (request, reply) => {
-      const result = await identities.register(rotor, request.params.identityId);
+      const body = request.body ?? {};
+      const result = await identities.register(rotor, request.params.identityId, {
+        credentialIdentity: decodeBase64("credentialIdentity", body.credentialIdentity, 1024),
+        signaturePrivateKey: decodeBase64("signaturePrivateKey", body.signaturePrivateKey, 64),
+      });
       return reply.status(result.created ? 201 : 200).send({
         identityId: request.params.identityId,
         created: result.created,
         generation: result.generation,
         nextRotationAt: iso(result.rotationDeadline),
+        published: result.generation > 0,
+        ...(result.publishError === undefined ? {} : { publishError: result.publishError }),
       });
     },
   );

@@ -1,0 +1,106 @@
+import closeWithGrace from "close-with-grace";
+import { type Config, loadConfig } from "../config.js";
+import { type Context, createContext } from "../context.js";
+import { createDatabase, runMigrations } from "../db/client.js";
+import { createLogger } from "../logger.js";
+import { startApi } from "../server.js";
+import * as identities from "../services/identities.service.js";
+import { reconcile } from "../services/reconcile.service.js";
+import { startWorkerMetrics, startWorkerRuntime } from "../worker-process.js";
+import { ALL_HANDLERS } from "../../workers/index.js";
+import { progressBar } from "./progress.js";
+
+/**
+ * The commands that need the service: configuration first (every problem reported at once),
+ * then the command. Resolves with the exit status; long-running ones never resolve and exit
+ * through their graceful shutdown.
+ */
+export async function runCommand(
+  command: string,
+  identityId: string | undefined,
+  quiet: boolean,
+): Promise<number> {
+  const config = loadConfig();
+  switch (command) {
+    case "migrate":
+      return migrate(config);
+    case "start":
+    case "api":
+    case "worker":
+      return serve(config, command);
+    default:
+      return oneShot(config, command, identityId, quiet);
+  }
+}
+
+async function migrate(config: Config): Promise<number> {
+  // Two connections: runMigrations holds one for its advisory lock while the migrator uses another.
+  const database = createDatabase(config.databaseUrl, { max: 2 });
+  try {
+    await runMigrations(database);
+    console.log("migrations applied");
+    return 0;
+  } finally {
+    await database.close();
+  }
+}
+
+/** Long-running processes; SIGTERM/SIGINT close them in reverse order of start. */
+async function serve(config: Config, command: "start" | "api" | "worker"): Promise<number> {
+  const log = createLogger(config.logLevel);
+  const ctx = await createContext(config, log, { migrate: command !== "api" });
+  const stops: (() => Promise<void>)[] = [() => ctx.close()];
+  // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes).
+  const metrics = await startWorkerMetrics(ctx).catch(async (err) => {
+    await ctx.close();
+    throw err;
+  });
+  if (metrics) stops.push(() => metrics.close());
+  if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
+  if (command !== "worker") {
+    const api = await startApi(ctx);
+    stops.push(api.close);
+    log.info({ address: api.address }, "api listening");
+  }
+  // Workers wait up to WORKER_LOCK_DURATION for active wake-ups; 10 s more for the rest. The
+  // Kubernetes worker pods' terminationGracePeriodSeconds (deploy/k8s) is above this.
+  const delay = command === "api" ? 20_000 : config.workerLockDurationMs + 10_000;
+  closeWithGrace({ delay }, async ({ signal, err }) => {
+    if (err) log.error({ err }, "fatal error");
+    log.info({ signal }, "shutting down");
+    for (const stop of stops.reverse()) await stop();
+  });
+  return new Promise<number>(() => {});
+}
+
+async function oneShot(
+  config: Config,
+  command: string,
+  identityId: string | undefined,
+  quiet: boolean,
+): Promise<number> {
+  const log = createLogger(command === "reconcile" && !quiet ? "warn" : "error");
+  const ctx: Context = await createContext(config, log, { migrate: true });
+  try {
+    if (command === "reconcile") {
+      const bar = quiet ? undefined : progressBar("reconcile");
+      const report = await reconcile(ctx.rotor, {
+        onProgress: (done, total) => bar?.update(done, total),
+      });
+      bar?.stop();
+      console.log(JSON.stringify(report, null, 2));
+    } else if (command === "status") {
+      console.log(
+        JSON.stringify(await identities.status(ctx.rotor, identityId as string), null, 2),
+      );
+    } else if (command === "rotate") {
+      const result = await identities.rotateSoon(ctx.rotor, identityId as string);
+      console.log(
+        `rotation of ${result.identityId} due at ${new Date(result.rotationDeadline).toISOString()}`,
+      );
+    }
+    return 0;
+  } finally {
+    await ctx.close();
+  }
+}

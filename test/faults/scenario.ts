@@ -1,0 +1,278 @@
+/**
+ * One fault scenario from start to verdict: private Postgres and Redis, migrations, the audit
+ * triggers, the real API and worker processes, registered identities and a key-package poller;
+ * then load, the fault (in the test), settling, and every invariant of checks.ts.
+ */
+import { appendFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseDuration } from "../../src/core/duration.js";
+import {
+  AUDIT_SQL,
+  type ArmVerdict,
+  judgeArms,
+  judgeDeletions,
+  judgeRotations,
+  judgeStates,
+  judgeWelcomes,
+  KeyPackagePoller,
+  readAudit,
+} from "./checks.js";
+import { Harness, type Service, sleep } from "./harness.js";
+import { Recorder, registerAll, SteadyLoad, type SteadyLoadOptions } from "./load.js";
+
+export const SUMMARY_FILE = join(tmpdir(), "kp-rotor-faults-summary.jsonl");
+const BACKOFF_MAX_MS = 60_000;
+
+export interface ScenarioOptions {
+  name: string;
+  identities: number;
+  workers: number;
+  env?: Record<string, string>;
+  registerConcurrency?: number;
+}
+
+export const DEFAULT_LOAD: SteadyLoadOptions = {
+  loops: 3,
+  pauseMs: 120,
+  batchShare: 0.25,
+  batchMax: 10,
+};
+
+export interface Report {
+  scenario: string;
+  faults: number;
+  requests: number;
+  accepted: number;
+  refused5xx: number;
+  status500: number;
+  connectionErrors: number;
+  welcomesAcked: number;
+  rotations: number;
+  deletions: number;
+  lost: number;
+  duplicated: number;
+  earlyDeletions: number;
+  armProblems: number;
+  stateProblems: number;
+  maxLateMs: number;
+  p99LateMs: number;
+  runtimeS: number;
+  extra: Record<string, unknown>;
+  violations: string[];
+}
+
+const ms = (name: string, env: Record<string, string>) => {
+  const value = parseDuration(env[name] ?? "");
+  if (value === undefined) throw new Error(`${name} missing from the scenario env`);
+  return value;
+};
+
+export class Scenario {
+  readonly recorder: Recorder;
+  readonly startedAt = Date.now();
+  faults = 0;
+  readonly extra: Record<string, unknown> = {};
+  private load: SteadyLoad | undefined;
+  private poller: KeyPackagePoller | undefined;
+
+  private constructor(
+    readonly name: string,
+    readonly h: Harness,
+    readonly ids: string[],
+  ) {
+    this.recorder = new Recorder(() => h.apiUrl);
+  }
+
+  get env(): Record<string, string> {
+    return this.h.env;
+  }
+
+  static async start(opts: ScenarioOptions): Promise<Scenario> {
+    const h = await Harness.create(opts.env);
+    const ids = Array.from({ length: opts.identities }, (_, i) => `fault-${i}`);
+    const scenario = new Scenario(opts.name, h, ids);
+    try {
+      await h.cli(["migrate"]);
+      await h.sql.unsafe(AUDIT_SQL);
+      await h.startApi();
+      for (let i = 0; i < opts.workers; i++) h.startWorker();
+      await registerAll(h.apiUrl, ids, opts.registerConcurrency ?? 4);
+      scenario.poller = new KeyPackagePoller(h.sql);
+    } catch (err) {
+      await scenario.dispose(true);
+      throw err;
+    }
+    return scenario;
+  }
+
+  startLoad(options: SteadyLoadOptions = DEFAULT_LOAD): void {
+    this.load = new SteadyLoad(this.recorder, this.ids, options);
+  }
+
+  async stopLoad(): Promise<void> {
+    await this.load?.stop();
+    this.load = undefined;
+  }
+
+  /** `kp-rotor reconcile --quiet`, once; returns its JSON summary. */
+  async reconcile(): Promise<Record<string, unknown>> {
+    const out = await this.h.cli(["reconcile", "--quiet"]);
+    return JSON.parse(out) as Record<string, unknown>;
+  }
+
+  /** SIGKILLs a worker and starts another in its place. */
+  async replaceWorker(victim: Service): Promise<Service> {
+    await victim.kill("SIGKILL");
+    this.faults++;
+    return this.h.startWorker();
+  }
+
+  /**
+   * Stops the load, waits until every acknowledged welcome is served (or past its allowance),
+   * waits for the arm invariant (at most max backoff + stall recovery), then judges everything.
+   * `faultMs`: the longest time the fault kept the service from working (added to the allowance).
+   */
+  async settle(faultMs: number): Promise<Report> {
+    await this.stopLoad();
+    const env = this.env;
+    const lock = ms("WORKER_LOCK_DURATION", env);
+    const stalled = ms("WORKER_STALLED_INTERVAL", env);
+    const welcomeDelay = ms("WELCOME_ROTATION_DELAY", env);
+    const interval = ms("ROTATION_INTERVAL", env);
+    // The design's bound: the deadline, plus the fault, plus stall recovery, plus the longest
+    // backoff; 10 s more for a starved machine (two cores shared with everything else).
+    const allowanceMs = faultMs + lock + stalled + BACKOFF_MAX_MS + 10_000;
+    const acks = this.recorder.acks;
+
+    let welcomes = judgeWelcomes(acks, await readAudit(this.h.sql), {
+      allowanceMs,
+      welcomeDelayMs: welcomeDelay,
+      now: Date.now(),
+    });
+    while (welcomes.unserved.length > 0) {
+      await sleep(1_000);
+      welcomes = judgeWelcomes(acks, await readAudit(this.h.sql), {
+        allowanceMs,
+        welcomeDelayMs: welcomeDelay,
+        now: Date.now(),
+      });
+    }
+
+    const armUntil = Date.now() + BACKOFF_MAX_MS + lock + stalled + 15_000;
+    let arms: ArmVerdict;
+    for (;;) {
+      arms = await judgeArms(this.h.sql, this.h.admin, this.h.prefix);
+      if ((arms.problems.length === 0 && arms.backingOff === 0) || Date.now() > armUntil) break;
+      await sleep(1_000);
+    }
+    await this.poller?.stop();
+    const audit = await readAudit(this.h.sql);
+    welcomes = judgeWelcomes(acks, audit, {
+      allowanceMs,
+      welcomeDelayMs: welcomeDelay,
+      now: Date.now(),
+    });
+    const rotations = judgeRotations(audit, Math.min(interval, welcomeDelay));
+    const deletions = await judgeDeletions(this.h.sql);
+    const states = await judgeStates(this.h.sql);
+    const poller = this.poller;
+
+    const violations: string[] = [];
+    const add = (what: string, items: unknown[]) => {
+      if (items.length > 0) {
+        violations.push(`${what}: ${items.length}, e.g. ${JSON.stringify(items.slice(0, 3))}`);
+      }
+    };
+    add("lost welcomes", welcomes.lost);
+    add("welcome deadlines later than answer + delay", welcomes.tooLate);
+    add("rotations of a deadline not yet due (second rotation)", rotations.notDue);
+    add("generation jumps", rotations.generationJumps);
+    add("rotations closer than min(interval, welcome delay)", rotations.tooClose);
+    add("key packages deleted before delete_at (audit)", deletions.early);
+    add("key packages deleted before delete_at (poller)", poller?.early ?? []);
+    add("current key packages deleted", deletions.currentDeleted > 0 ? [deletions.currentDeleted] : []);
+    add("key packages in no state", states.badState !== 0 ? [states.badState] : []);
+    add("live identities without exactly one current key package", states.notOneCurrent);
+    add("live identities with two pending key packages", states.morePending);
+    add("live identities without a deadline", states.noDeadline);
+    add("wake-ups not armed (under row locks)", arms.problems);
+
+    const stats = this.recorder.stats();
+    const latest = welcomes.servedBy
+      .filter((w) => w.lateMs > lock + stalled + 3_000)
+      .sort((a, b) => b.lateMs - a.lateMs)
+      .slice(0, 5);
+    const late = [...welcomes.lateness].sort((a, b) => a - b);
+    const report: Report = {
+      scenario: this.name,
+      faults: this.faults,
+      requests: stats.requests,
+      accepted: stats.accepted,
+      refused5xx: stats.refused5xx,
+      status500: stats.status500,
+      connectionErrors: stats.connectionErrors,
+      welcomesAcked: stats.welcomesAcked,
+      rotations: rotations.rotations,
+      deletions: deletions.deleted,
+      lost: welcomes.lost.length,
+      duplicated:
+        rotations.notDue.length + rotations.generationJumps.length + rotations.tooClose.length,
+      earlyDeletions: deletions.early.length + (poller?.early.length ?? 0),
+      armProblems: arms.problems.length,
+      stateProblems:
+        (states.badState === 0 ? 0 : 1) +
+        states.notOneCurrent.length +
+        states.morePending.length +
+        states.noDeadline.length,
+      maxLateMs: late[late.length - 1] ?? 0,
+      p99LateMs: late[Math.floor(late.length * 0.99)] ?? 0,
+      runtimeS: Math.round((Date.now() - this.startedAt) / 1000),
+      extra: {
+        ...this.extra,
+        allowanceMs,
+        servedLaterThanStallRecovery: welcomes.servedBy.filter(
+          (w) => w.lateMs > lock + stalled + 3_000,
+        ).length,
+        latestServed: latest,
+        firstPublishes: rotations.firstPublishes,
+        backingOffAtEnd: arms.backingOff,
+        pendingDeleted: deletions.pendingDeleted,
+        pollerPolls: poller?.polls,
+        pollerFailedPolls: poller?.failedPolls,
+        pollerSawDisappear: poller?.disappeared,
+        pollerVanishedUnseenSuperseded: poller?.vanishedUnseenSuperseded,
+        handlerFailedLogLines: this.h.countLogLines(/wake-up handler failed/),
+        wakeFailedLogLines: this.h.countLogLines(/wake-up failed; retrying/),
+        internalErrorLogLines: this.h.countLogLines(/"internal error"/),
+        logDir: this.h.logDir,
+      },
+      violations,
+    };
+    appendFileSync(SUMMARY_FILE, `${JSON.stringify(report)}\n`);
+    console.log(`[faults] ${this.name}\n${JSON.stringify(report, null, 2)}`);
+    return report;
+  }
+
+  /** Stops everything; keeps the logs (and the cluster directory) when `keep` or FAULTS_KEEP. */
+  async dispose(failed = false): Promise<void> {
+    await this.stopLoad().catch(() => {});
+    await this.poller?.stop().catch(() => {});
+    await this.h.shutdown(failed);
+  }
+}
+
+/** Statuses seen in a window of requests (for the 503-not-500 checks). */
+export function statusesBetween(
+  recorder: Recorder,
+  from: number,
+  to: number,
+): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const r of recorder.requests) {
+    if (r.sentAt < from || r.sentAt > to) continue;
+    const key = String(r.status);
+    counts[key] = (counts[key] ?? 0) + 1;
+  }
+  return counts;
+}
