@@ -11,16 +11,19 @@
  *  2. the worker runtime starts in this process (startWorkerRuntime(ctx, ALL_HANDLERS), as
  *     workers/index.ts does); its start-up reconcile arms the P wake-ups and is awaited, so it
  *     does not compete with the measurement;
- *  3. N "due" identities are inserted by SQL with deadlines uniform (random) in T0..T0+S, and
- *     their wake-ups armed the way every service path arms them: pages of 500 ids locked
- *     FOR UPDATE in one transaction, timers.arm() per identity (what reconcile does per page,
- *     restricted to the new ids, so the P pending ones are not scanned again). T0 = now + lead,
- *     lead defaulting to 2 s + 1 ms per identity; the margin left is printed.
+ *  3. N "due" identities are registered through the service (one real key package each: some
+ *     versions seal key material bound to the identity id, so copied rows could not rotate),
+ *     their deadlines then moved by SQL to uniform random times in T0..T0+S, and their wake-ups
+ *     re-armed the way every service path arms them: pages of 500 ids locked FOR UPDATE in one
+ *     transaction, timers.arm() per identity (what reconcile does per page, restricted to the new
+ *     ids, so the P pending ones are not scanned again). T0 = now + lead, lead defaulting to
+ *     2 s + 1 ms per identity; the margin left is printed.
  *     (The alternative, a short ROTATION_INTERVAL, would re-arm every identity after its first
  *     rotation; with ROTATION_INTERVAL=30d each identity rotates exactly once.)
- *  4. lateness = at - deadline of each "rotation" event with outcome "rotated" (`at` is the rotor
- *     clock once the row lock is held); also BullMQ's own pickup lateness for those jobs (the
- *     worker's "active" event minus job.timestamp + job.opts.delay, which is the deadline);
+ *  4. lateness = at - deadline of each "rotation" event with outcome "rotated" (`at`: the rotor
+ *     clock once the row lock is held; in versions whose event also has `startedAt`, `at` is the
+ *     decision after publishing and startedAt - deadline is shown too), and BullMQ's pickup:
+ *     the worker's last "active" event for the job minus the deadline;
  *  5. baseline: a plain Queue/Worker pair on another prefix, the same P far-future jobs and N jobs
  *     at the same offsets from a new T0, an empty processor; lateness = processor start minus
  *     job.timestamp + job.opts.delay.
@@ -45,6 +48,7 @@ import { ALL_HANDLERS } from "../workers/index.js";
 import {
   createPrivateDatabase,
   defer,
+  mapLimit,
   round,
   runMain,
   type Summary,
@@ -165,39 +169,47 @@ await runMain(async () => {
   log(`start-up reconcile: ${reconcileMs} ms, ${delayed} rotation wake-ups delayed`);
   if (delayed < PENDING + 1) throw new Error(`expected ${PENDING + 1} delayed wake-ups`);
 
-  // Observers.
+  // 3. Due identities: registered through the service, one real key package each (some versions
+  // seal key material bound to the identity id, so a copied row could not rotate); then their
+  // deadlines are moved by SQL to T0..T0+S and their wake-ups re-armed under the row lock.
+  const dueIds = Array.from({ length: N }, (_, i) => `due-${String(i + 1).padStart(8, "0")}`);
+  const registerStarted = Date.now();
+  await mapLimit(dueIds, 16, (id) => register(rotor, id));
+  const registerMs = Date.now() - registerStarted;
+  log(`registered ${N} due identities in ${registerMs} ms`);
+
+  // Observers (after the registrations, which may rotate inline).
   const isDue = (id: string) => id.startsWith("due-");
-  const lateness: number[] = [];
-  const rotatedAt: number[] = [];
+  const rotated = new Map<string, { at: number; startedAt?: number; deadline: number }>();
   const outcomes: Record<string, number> = {};
-  let failures = 0;
+  const failed = new Map<string, string>();
   rotor.events.on("rotation", (e) => {
     if (!isDue(e.identityId)) return;
     outcomes[e.outcome] = (outcomes[e.outcome] ?? 0) + 1;
     if (e.outcome === "rotated" && e.deadline !== undefined) {
-      lateness.push(e.at - e.deadline);
-      rotatedAt.push(e.at);
+      const startedAt = (e as { startedAt?: number }).startedAt;
+      rotated.set(e.identityId, { at: e.at, startedAt, deadline: e.deadline });
     }
   });
   rotor.events.on("wake-failed", (e) => {
-    if (isDue(e.identityId)) failures++;
+    if (isDue(e.identityId)) failed.set(e.identityId, e.error);
   });
-  const pickup: number[] = [];
+  // The last time BullMQ handed each due job to the processor (an early fire re-arms and comes
+  // back, so the last one is the one that rotated).
+  const activeAt = new Map<string, number>();
   const rotationWorker = runtime.workers.find((w) => w.kind === "rotation")?.worker;
   rotationWorker?.on("active", (job) => {
-    if (isDue(job.data.identityId))
-      pickup.push(Date.now() - (job.timestamp + (job.opts.delay ?? 0)));
+    if (isDue(job.data.identityId)) activeAt.set(job.data.identityId, Date.now());
   });
 
-  // 3. Due identities and their wake-ups.
   const t0 = Date.now() + LEAD_MS;
-  await seedIdentities(ctx.database.sql, {
-    prefix: "due-",
-    count: N,
-    fromMs: t0,
-    toMs: t0 + SPREAD_S * 1000,
-    templateId,
-    seed: 0.2,
+  await ctx.database.sql.begin(async (tx) => {
+    await tx`select setseed(0.2)`;
+    await tx`
+      update identities
+      set rotation_deadline =
+        to_timestamp((${t0}::float8 + random() * ${SPREAD_S * 1000}::float8) / 1000.0)
+      where starts_with(id, 'due-')`;
   });
   // Epoch ms as float8: the drizzle driver hands timestamps back as strings.
   const due = await ctx.database.sql<{ id: string; deadline: number }[]>`
@@ -226,17 +238,30 @@ await runMain(async () => {
       (marginMs < 0 ? " (WARNING: arming overran the first deadlines; raise --lead)" : ""),
   );
 
-  // 4. Wait for every due identity to rotate.
+  // 4. Wait for every due identity to rotate (or to have failed at least once each).
   const waitUntil = lastDeadline + Math.max(30_000, N * 20);
-  while (lateness.length + failures < N && Date.now() < waitUntil) await sleep(100);
-  const rotor1 = summarize(lateness);
-  const pickup1 = summarize(pickup);
-  const firstAt = Math.min(...rotatedAt);
-  const lastAt = Math.max(...rotatedAt);
+  while (rotated.size < N && failed.size < N && Date.now() < waitUntil) await sleep(100);
+  const done = [...rotated.entries()];
+  const rotor1 = summarize(done.map(([, r]) => r.at - r.deadline));
+  const started = done.flatMap(([, r]) =>
+    r.startedAt === undefined ? [] : [r.startedAt - r.deadline],
+  );
+  const started1 = started.length > 0 ? summarize(started) : undefined;
+  const pickup1 = summarize(
+    done.flatMap(([id, r]) => {
+      const a = activeAt.get(id);
+      return a === undefined ? [] : [a - r.deadline];
+    }),
+  );
+  const firstAt = Math.min(...done.map(([, r]) => r.at));
+  const lastAt = Math.max(...done.map(([, r]) => r.at));
   const keygen = summarize(keygenMs.map((x) => round(x, 2)));
   await closeRuntime();
   await closeCtx();
-  log(`kp-rotor: ${lateness.length}/${N} rotated, p99 ${rotor1.p99} ms`);
+  log(`kp-rotor: ${rotated.size}/${N} rotated, p99 ${rotor1.p99} ms`);
+  if (failed.size > 0) {
+    log(`${failed.size} due identities had failed wake-ups, e.g.: ${[...failed.values()][0]}`);
+  }
 
   // 5. Raw BullMQ baseline on the same Redis.
   let raw: Summary | undefined;
@@ -248,10 +273,9 @@ await runMain(async () => {
     log(`raw BullMQ: ${raw.count}/${N} processed, p99 ${raw.p99} ms`);
   }
 
-  const rows: (string | number)[][] = [
-    ["kp-rotor: at - deadline", ...cells(rotor1)],
-    ["kp-rotor: BullMQ pickup", ...cells(pickup1)],
-  ];
+  const rows: (string | number)[][] = [["kp-rotor: at - deadline", ...cells(rotor1)]];
+  if (started1) rows.push(["kp-rotor: startedAt - deadline", ...cells(started1)]);
+  rows.push(["kp-rotor: BullMQ active - deadline", ...cells(pickup1)]);
   if (raw) rows.push(["raw BullMQ: start - due", ...cells(raw)]);
   console.log();
   console.log(
@@ -261,8 +285,8 @@ await runMain(async () => {
   );
   console.log(
     `start-up reconcile of ${PENDING + 1}: ${reconcileMs} ms (${Math.round(((PENDING + 1) / reconcileMs) * 1000)}/s); ` +
-      `arming ${N}: ${armedAt - armStarted} ms, margin ${marginMs} ms; ` +
-      `outcomes ${JSON.stringify(outcomes)}, wake failures ${failures}; ` +
+      `registering ${N}: ${registerMs} ms; arming ${N}: ${armedAt - armStarted} ms, margin ${marginMs} ms; ` +
+      `outcomes ${JSON.stringify(outcomes)}, identities with failed wake-ups ${failed.size}; ` +
       `key generation alone ${keygenAlone.mean} ms, during the run (wall time, interleaved) mean ${keygen.mean} ms p99 ${keygen.p99} ms; ` +
       `rotations spread over ${lastAt - firstAt} ms`,
   );
@@ -282,10 +306,13 @@ await runMain(async () => {
       armMs: armedAt - armStarted,
       marginMs,
       outcomes,
-      wakeFailures: failures,
+      registerMs,
+      failedIdentities: failed.size,
+      firstFailure: [...failed.values()][0] ?? null,
       keygenAloneMs: keygenAlone,
       keygenDuringRunMs: keygen,
       kpRotor: rotor1,
+      kpRotorStartedAt: started1 ?? null,
       kpRotorPickup: pickup1,
       rawBullmq: raw ?? null,
       loadavgAtStart: loadAtStart,

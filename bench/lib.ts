@@ -371,6 +371,19 @@ export function pgDelta(a: PgStats, b: PgStats): PgStats {
   return d;
 }
 
+/** Runs `fn` over `items`, at most `limit` at a time. */
+export async function mapLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<unknown>,
+): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await fn(items[next++] as T);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Formatting.
 

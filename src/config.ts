@@ -9,6 +9,11 @@ export interface Config {
   port: number;
   host: string;
   apiToken: string | undefined;
+  /** A second bearer token that may only report welcomes (message ingest). Needs API_TOKEN. */
+  ingestToken: string | undefined;
+  /** Requests per client per window (the client is its token, or its address); 0: no limit. */
+  rateLimitMax: number;
+  rateLimitWindowMs: number;
   /** Rotation deadline after a rotation (libxmtp: 30 days). */
   rotationIntervalMs: number;
   /** Rotation deadline after a welcome consumed the key package (libxmtp: 5 s). */
@@ -51,6 +56,8 @@ const DEFAULTS = {
   WORKER_STALLED_INTERVAL: "30s",
   WATCHDOG_INTERVAL: "10m",
   LOG_LEVEL: "info",
+  RATE_LIMIT_MAX: "60000",
+  RATE_LIMIT_WINDOW: "1m",
   METRICS_PORT: "9464",
   BOARD_READ_ONLY: "false",
   DOCS_PUBLIC: "false",
@@ -117,6 +124,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port: integer("PORT", 0, 65535),
     host: read("HOST"),
     apiToken: env.API_TOKEN === "" ? undefined : env.API_TOKEN,
+    ingestToken: env.INGEST_TOKEN === "" ? undefined : env.INGEST_TOKEN,
+    rateLimitMax: integer("RATE_LIMIT_MAX", 0, 10_000_000),
+    rateLimitWindowMs: duration("RATE_LIMIT_WINDOW", 1_000),
     rotationIntervalMs: duration("ROTATION_INTERVAL", 1),
     welcomeRotationDelayMs: duration("WELCOME_ROTATION_DELAY", 0),
     deletionGraceMs: duration("DELETION_GRACE", 0),
@@ -144,6 +154,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   ] as const) {
     // These feed setTimeout/setInterval, which fire at once beyond 2^31-1 ms (about 24.8 days).
     if (ms > MAX_TIMER_MS) problems.push(`${name}: at most ${formatDuration(MAX_TIMER_MS)}`);
+  }
+  if (config.ingestToken !== undefined && config.ingestToken.length < 16) {
+    problems.push("INGEST_TOKEN: expected at least 16 characters");
+  }
+  if (config.ingestToken !== undefined && config.apiToken === undefined) {
+    problems.push("INGEST_TOKEN: needs API_TOKEN too (without API_TOKEN the API is open)");
+  }
+  if (config.ingestToken !== undefined && config.ingestToken === config.apiToken) {
+    problems.push("INGEST_TOKEN: must differ from API_TOKEN");
   }
   if (config.apiToken !== undefined && config.apiToken.length < 16) {
     problems.push("API_TOKEN: expected at least 16 characters");

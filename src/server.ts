@@ -15,6 +15,8 @@ export async function startApi(ctx: Context): Promise<RunningApi> {
   const app = await buildApp({
     rotor: ctx.rotor,
     apiToken: ctx.config.apiToken,
+    ingestToken: ctx.config.ingestToken,
+    rateLimit: { max: ctx.config.rateLimitMax, windowMs: ctx.config.rateLimitWindowMs },
     checkReady: () => ctx.checkReady(),
     isAccepting: () => accepting,
     logger: ctx.rotor.log.child({ component: "api" }),

@@ -6,6 +6,7 @@ import { BOARD_PREFIX, registerAuth } from "./plugins/auth.js";
 import { registerBoard } from "./plugins/board.js";
 import { registerDocsUi, registerOpenApi } from "./plugins/docs.js";
 import { registerErrorHandler } from "./plugins/errors.js";
+import { registerProtection } from "./plugins/protection.js";
 import { identityRoutes } from "./routes/identities.js";
 import { keyRoutes } from "./routes/keys.js";
 import { operationRoutes } from "./routes/operations.js";
@@ -13,6 +14,10 @@ import { operationRoutes } from "./routes/operations.js";
 export interface AppDeps {
   rotor: Rotor;
   apiToken: string | undefined;
+  /** A token that may only report welcomes (INGEST_TOKEN). */
+  ingestToken?: string | undefined;
+  /** Requests per client per window; 0 or absent: no limit. */
+  rateLimit?: { max: number; windowMs: number };
   checkReady: () => Promise<{ postgres: boolean; redis: boolean }>;
   /** False once shutdown has begun, so readiness fails before connections close. */
   isAccepting?: () => boolean;
@@ -43,7 +48,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const basic = user !== undefined && password !== undefined ? { user, password } : undefined;
 
   registerErrorHandler(app);
-  registerAuth(app, { token: deps.apiToken, basic, docsPublic: deps.docsPublic ?? false });
+  await registerProtection(app, deps.rateLimit);
+  registerAuth(app, {
+    token: deps.apiToken,
+    ingestToken: deps.ingestToken,
+    basic,
+    docsPublic: deps.docsPublic ?? false,
+  });
   await registerOpenApi(app, { bearer: deps.apiToken !== undefined });
 
   operationRoutes(app, {

@@ -318,9 +318,10 @@ export class Harness {
     return service;
   }
 
-  async startApi(): Promise<Service> {
+  /** Starts an API process (on the same port each time) and waits until it answers. */
+  async startApi(extra: Record<string, string> = {}): Promise<Service> {
     if (this.apiPort === 0) this.apiPort = await freePort();
-    const api = this.spawnService("api", { PORT: String(this.apiPort) });
+    const api = this.spawnService("api", { ...extra, PORT: String(this.apiPort) });
     await waitFor(
       async () => {
         if (!api.alive()) throw new Error(`${api.name} exited; see ${this.logDir}/${api.name}.log`);
@@ -339,6 +340,10 @@ export class Harness {
 
   startWorker(): Service {
     return this.spawnService("worker");
+  }
+
+  api(): Service | undefined {
+    return this.services.filter((s) => s.name.startsWith("api") && s.alive()).at(-1);
   }
 
   liveWorkers(): Service[] {

@@ -30,6 +30,17 @@ export interface ScenarioOptions {
   workers: number;
   env?: Record<string, string>;
   registerConcurrency?: number;
+  /** Extra identities outside the steady load, for probing what refused welcomes wrote. */
+  probes?: number;
+}
+
+export interface ProbeVerdict {
+  /** Probe welcomes sent while the fault lasted, and how they were answered. */
+  statuses: Record<string, number>;
+  /** Probes whose every welcome in the window was refused. */
+  refusedOnly: number;
+  /** Deadline writes (not rotations) of those probes within the window: a refusal that wrote. */
+  traces: { identityId: string; at: number; newDeadline: number | null }[];
 }
 
 export const DEFAULT_LOAD: SteadyLoadOptions = {
@@ -80,6 +91,7 @@ export class Scenario {
     readonly name: string,
     readonly h: Harness,
     readonly ids: string[],
+    readonly probeIds: string[],
   ) {
     this.recorder = new Recorder(() => h.apiUrl);
   }
@@ -91,13 +103,14 @@ export class Scenario {
   static async start(opts: ScenarioOptions): Promise<Scenario> {
     const h = await Harness.create(opts.env);
     const ids = Array.from({ length: opts.identities }, (_, i) => `fault-${i}`);
-    const scenario = new Scenario(opts.name, h, ids);
+    const probeIds = Array.from({ length: opts.probes ?? 0 }, (_, i) => `probe-${i}`);
+    const scenario = new Scenario(opts.name, h, ids, probeIds);
     try {
       await h.cli(["migrate"]);
       await h.sql.unsafe(AUDIT_SQL);
       await h.startApi();
       for (let i = 0; i < opts.workers; i++) h.startWorker();
-      await registerAll(h.apiUrl, ids, opts.registerConcurrency ?? 4);
+      await registerAll(h.apiUrl, [...ids, ...probeIds], opts.registerConcurrency ?? 4);
       scenario.poller = new KeyPackagePoller(h.sql);
     } catch (err) {
       await scenario.dispose(true);
@@ -113,6 +126,45 @@ export class Scenario {
   async stopLoad(): Promise<void> {
     await this.load?.stop();
     this.load = undefined;
+  }
+
+  /**
+   * Sends welcomes to the probe identities (round robin, every `everyMs`) while `during` runs;
+   * then checks that a probe whose every welcome was refused has no deadline write in that window:
+   * a refusal acknowledged nothing and wrote nothing.
+   */
+  async probeWhile(during: () => Promise<void>, everyMs = 300): Promise<ProbeVerdict> {
+    const sent: { id: string; sentAt: number; answeredAt: number; status: number }[] = [];
+    let running = true;
+    const loop = (async () => {
+      for (let i = 0; running; i++) {
+        const id = this.probeIds[i % this.probeIds.length] as string;
+        const record = await this.recorder.welcome(id, 10_000);
+        sent.push({ id, ...record });
+        await sleep(everyMs);
+      }
+    })();
+    try {
+      await during();
+    } finally {
+      running = false;
+      await loop;
+    }
+    const audit = await readAudit(this.h.sql);
+    const verdict: ProbeVerdict = { statuses: {}, refusedOnly: 0, traces: [] };
+    for (const r of sent) verdict.statuses[r.status] = (verdict.statuses[r.status] ?? 0) + 1;
+    for (const id of this.probeIds) {
+      const mine = sent.filter((r) => r.id === id);
+      if (mine.length === 0 || mine.some((r) => r.status >= 200 && r.status < 300)) continue;
+      verdict.refusedOnly++;
+      const from = Math.min(...mine.map((r) => r.sentAt));
+      const to = Math.max(...mine.map((r) => r.answeredAt));
+      for (const row of audit.get(id) ?? []) {
+        if (row.at < from || row.at > to || row.op !== "U" || row.newGen !== row.oldGen) continue;
+        verdict.traces.push({ identityId: id, at: row.at, newDeadline: row.newDeadline });
+      }
+    }
+    return verdict;
   }
 
   /** `kp-rotor reconcile --quiet`, once; returns its JSON summary. */
@@ -133,7 +185,7 @@ export class Scenario {
    * waits for the arm invariant (at most max backoff + stall recovery), then judges everything.
    * `faultMs`: the longest time the fault kept the service from working (added to the allowance).
    */
-  async settle(faultMs: number): Promise<Report> {
+  async settle(faultMs: number, options: { judgeAcks?: boolean } = {}): Promise<Report> {
     await this.stopLoad();
     const env = this.env;
     const lock = ms("WORKER_LOCK_DURATION", env);
@@ -143,7 +195,7 @@ export class Scenario {
     // The design's bound: the deadline, plus the fault, plus stall recovery, plus the longest
     // backoff; 10 s more for a starved machine (two cores shared with everything else).
     const allowanceMs = faultMs + lock + stalled + BACKOFF_MAX_MS + 10_000;
-    const acks = this.recorder.acks;
+    const acks = options.judgeAcks === false ? [] : this.recorder.acks;
 
     let welcomes = judgeWelcomes(acks, await readAudit(this.h.sql), {
       allowanceMs,

@@ -9,9 +9,14 @@ const PUBLIC = new Set(["/healthz", "/readyz"]);
 export const BOARD_PREFIX = "/admin/queues";
 export const DOCS_PREFIX = "/docs";
 
+/** The routes an ingest token may call: reporting welcomes, nothing else. */
+const INGEST_ROUTES = new Set(["/v1/identities/:identityId/welcome", "/v1/welcomes"]);
+
 export interface AuthOptions {
   /** Bearer token for every route but the health checks (API_TOKEN). */
   token: string | undefined;
+  /** Bearer token that may only report welcomes (INGEST_TOKEN). */
+  ingestToken?: string | undefined;
   /** HTTP basic credentials, accepted on the board and the docs only. */
   basic: { user: string; password: string } | undefined;
   /** Serve /docs without credentials (DOCS_PUBLIC). */
@@ -40,7 +45,8 @@ function areaOf(request: FastifyRequest, docsPublic: boolean): Area {
  * basic auth, which a browser can prompt for. Secrets are compared as SHA-256 digests with
  * timingSafeEqual, so neither their content nor their length leaks through timing.
  *
- * - API routes and /metrics: the bearer token when API_TOKEN is set, else open.
+ * - API routes and /metrics: the bearer token when API_TOKEN is set, else open. The ingest
+ *   token (INGEST_TOKEN) opens the two welcome routes and gets 403 everywhere else.
  * - /docs: like the API, and basic credentials also do; DOCS_PUBLIC=true opens it.
  * - /admin/queues: always closed; bearer token or basic credentials, whichever are configured
  *   (the board is not mounted when neither is).
@@ -49,11 +55,16 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
   const { token, basic, docsPublic } = options;
   if (token === undefined && basic === undefined) return;
   const expectedToken = token === undefined ? undefined : digest(token);
+  const expectedIngest =
+    options.ingestToken === undefined ? undefined : digest(options.ingestToken);
+  // The scheme is case-insensitive (RFC 9110); the token is not.
+  const presented = (header: string) => digest(/^Bearer /i.test(header) ? header.slice(7) : "");
   const expectedBasic = basic === undefined ? undefined : digest(`${basic.user}:${basic.password}`);
 
   const bearerOk = (header: string) =>
-    expectedToken !== undefined &&
-    timingSafeEqual(digest(header.startsWith("Bearer ") ? header.slice(7) : ""), expectedToken);
+    expectedToken !== undefined && timingSafeEqual(presented(header), expectedToken);
+  const ingestOk = (header: string) =>
+    expectedIngest !== undefined && timingSafeEqual(presented(header), expectedIngest);
   const basicOk = (header: string) => {
     if (expectedBasic === undefined || !/^Basic /i.test(header)) return false;
     const decoded = Buffer.from(header.slice(6).trim(), "base64").toString("utf8");
@@ -67,6 +78,14 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
     if ((area === "api" || area === "docs") && token === undefined) return;
     const header = request.headers.authorization ?? "";
     if (bearerOk(header)) return;
+    if (area === "api" && ingestOk(header)) {
+      if (INGEST_ROUTES.has(request.routeOptions.url ?? "")) return;
+      return reply.status(403).send({
+        error: "FORBIDDEN",
+        message:
+          "the ingest token may only report welcomes (POST /v1/identities/:id/welcome, POST /v1/welcomes)",
+      });
+    }
     const browser = area === "board" || area === "docs";
     if (browser && basicOk(header)) return;
     const challenge =

@@ -26,6 +26,12 @@ function isUnavailable(err: unknown): boolean {
   return false;
 }
 
+/** A plugin's own code (rate limiting says RATE_LIMITED), else Fastify's, else a generic one. */
+function clientErrorCode(err: unknown, code: string | undefined): string {
+  const own = (err as { error?: unknown }).error;
+  return typeof own === "string" && /^[A-Z_]+$/.test(own) ? own : (code ?? "BAD_REQUEST");
+}
+
 /**
  * The one place errors become HTTP answers: what the client did wrong is said plainly (4xx);
  * a dependency that is down is 503 with Retry-After; anything else is a 500 whose details stay
@@ -49,7 +55,7 @@ export function registerErrorHandler(app: FastifyInstance): void {
     ) {
       return reply
         .status(fastifyErr.statusCode)
-        .send({ error: fastifyErr.code ?? "BAD_REQUEST", message: err.message });
+        .send({ error: clientErrorCode(err, fastifyErr.code), message: err.message });
     }
     if (isUnavailable(err)) {
       request.log.warn({ err }, "dependency unavailable");

@@ -1,0 +1,47 @@
+import { createHash } from "node:crypto";
+import helmet from "@fastify/helmet";
+import rateLimit from "@fastify/rate-limit";
+import type { FastifyInstance } from "fastify";
+
+/**
+ * Security headers on every answer, and a request quota per client. A client is its bearer
+ * token (hashed: the key never holds the secret) or, without one, its address; health checks are
+ * never limited, so probes keep working under load. An exhausted quota answers 429 with
+ * Retry-After, as the API answers 503 when a dependency is slow: callers back off instead of
+ * queueing without bound.
+ */
+export async function registerProtection(
+  app: FastifyInstance,
+  limit: { max: number; windowMs: number } | undefined,
+): Promise<void> {
+  await app.register(helmet, {
+    // Bull Board and Swagger UI are served from here; their inline styles and scripts need
+    // 'unsafe-inline', everything else stays same-origin (the board's web font aside).
+    contentSecurityPolicy: {
+      directives: {
+        defaultSrc: ["'self'"],
+        scriptSrc: ["'self'", "'unsafe-inline'"],
+        styleSrc: ["'self'", "'unsafe-inline'", "https://fonts.googleapis.com"],
+        fontSrc: ["'self'", "https://fonts.gstatic.com", "data:"],
+        imgSrc: ["'self'", "data:"],
+        connectSrc: ["'self'"],
+        frameAncestors: ["'none'"],
+      },
+    },
+  });
+  if (limit === undefined || limit.max === 0) return;
+  await app.register(rateLimit, {
+    max: limit.max,
+    timeWindow: limit.windowMs,
+    keyGenerator: (request) => {
+      const auth = request.headers.authorization;
+      return auth ? `auth:${createHash("sha256").update(auth).digest("hex")}` : `ip:${request.ip}`;
+    },
+    allowList: (request) => request.url === "/healthz" || request.url === "/readyz",
+    errorResponseBuilder: (_request, context) => ({
+      statusCode: 429,
+      error: "RATE_LIMITED",
+      message: `more than ${context.max} requests in ${context.after}; retry later`,
+    }),
+  });
+}
