@@ -28,9 +28,11 @@
  *     at the same offsets from a new T0, an empty processor; lateness = processor start minus
  *     job.timestamp + job.opts.delay.
  *
- * Each rotation generates a key package on this process's event loop (about 3-5 ms of CPU), so
- * whatever the concurrency the ceiling is a few hundred rotations per second: keep N / S well
- * below that (the default 2000 / 20 s = 100/s) or the figure measures the backlog, not the timer.
+ * Each rotation generates a key package on this process's event loop (about 3-5 ms of CPU, and
+ * as much again of driver, Redis and Postgres work around it), so whatever the concurrency one
+ * process tops out at roughly 100-150 rotations per second on a 2-vCPU machine (measured with
+ * --spread 1). N / S must stay well below that, or the figure measures the backlog, not the
+ * timer: the default 2000 / 20 s = 100/s is at that ceiling there; --spread 40 (50/s) is not.
  */
 import { randomBytes } from "node:crypto";
 import { loadavg } from "node:os";

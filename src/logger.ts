@@ -12,7 +12,14 @@ const REDACT = [
   "signaturePrivateKey",
 ];
 
-/** JSON lines to stdout; components narrow it with `.child({ component })`. */
+/**
+ * JSON lines to stdout (pretty when stdout is a terminal); components narrow it with
+ * `.child({ component })`.
+ */
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
-  return pino({ level, redact: { paths: REDACT, censor: "[redacted]" } }, destination);
+  const options = { level, redact: { paths: REDACT, censor: "[redacted]" } };
+  if (destination === undefined && process.stdout.isTTY) {
+    return pino({ ...options, transport: { target: "pino-pretty", options: { colorize: true } } });
+  }
+  return pino(options, destination);
 }

@@ -18,6 +18,8 @@ export interface AppDeps {
   ingestToken?: string | undefined;
   /** Requests per client per window; 0 or absent: no limit. */
   rateLimit?: { max: number; windowMs: number };
+  /** Requests in progress beyond which new ones get 503 (default MAX_IN_FLIGHT). */
+  maxInFlight?: number;
   checkReady: () => Promise<{ postgres: boolean; redis: boolean }>;
   /** False once shutdown has begun, so readiness fails before connections close. */
   isAccepting?: () => boolean;
@@ -48,7 +50,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const basic = user !== undefined && password !== undefined ? { user, password } : undefined;
 
   registerErrorHandler(app);
-  await registerProtection(app, deps.rateLimit);
+  await registerProtection(app, deps.rateLimit, deps.maxInFlight);
   registerAuth(app, {
     token: deps.apiToken,
     ingestToken: deps.ingestToken,

@@ -22,7 +22,16 @@ export function createDatabase(url: string, options: { max?: number } = {}): Dat
   const sql = postgres(url, {
     max: options.max ?? 10,
     onnotice: () => {},
-    connection: { application_name: "kp-rotor" },
+    connect_timeout: 10,
+    connection: {
+      application_name: "kp-rotor",
+      // A slow Postgres fails a request (503) instead of holding it, and a transaction whose
+      // process stalled (waiting on Redis while holding a row lock) cannot block an identity
+      // for longer than this.
+      statement_timeout: 15_000,
+      lock_timeout: 10_000,
+      idle_in_transaction_session_timeout: 30_000,
+    },
   });
   const db = drizzle(sql, { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };

@@ -224,7 +224,7 @@ export function serviceEnv(opts: {
     QUEUE_PREFIX: opts.prefix,
     HOST: "127.0.0.1",
     METRICS_PORT: "0",
-    ROTATION_INTERVAL: "20s",
+    ROTATION_INTERVAL: "60s",
     WELCOME_ROTATION_DELAY: "200ms",
     DELETION_GRACE: "1s",
     WORKER_LOCK_DURATION: "1s",

@@ -43,11 +43,17 @@ export interface ProbeVerdict {
   traces: { identityId: string; at: number; newDeadline: number | null }[];
 }
 
+/**
+ * About 3 to 4 welcomes a second over 100 identities: each one pulls a rotation in (200 ms), so
+ * with the periodic rotations (ROTATION_INTERVAL 60 s) the workers rotate about 5 times a second,
+ * which two shared cores sustain while processes are killed and restarted. Much more and the
+ * backlog, not the fault, decides how late rotations are.
+ */
 export const DEFAULT_LOAD: SteadyLoadOptions = {
-  loops: 3,
-  pauseMs: 120,
-  batchShare: 0.25,
-  batchMax: 10,
+  loops: 2,
+  pauseMs: 600,
+  batchShare: 0.2,
+  batchMax: 4,
 };
 
 export interface Report {
@@ -251,10 +257,11 @@ export class Scenario {
     add("wake-ups not armed (under row locks)", arms.problems);
 
     const stats = this.recorder.stats();
-    const latest = welcomes.servedBy
-      .filter((w) => w.lateMs > lock + stalled + 3_000)
-      .sort((a, b) => b.lateMs - a.lateMs)
-      .slice(0, 5);
+    const slow = new Map<string, (typeof welcomes.servedBy)[number]>();
+    for (const w of welcomes.servedBy) {
+      if (w.lateMs > lock + stalled + 3_000) slow.set(`${w.identityId}@${w.deadline}`, w);
+    }
+    const latest = [...slow.values()].sort((a, b) => b.lateMs - a.lateMs).slice(0, 5);
     const late = [...welcomes.lateness].sort((a, b) => a - b);
     const report: Report = {
       scenario: this.name,

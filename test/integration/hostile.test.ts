@@ -265,3 +265,55 @@ describe("rate limiting", () => {
     }
   });
 });
+
+describe("backpressure", () => {
+  it("answers 503 with Retry-After at once when too many requests wait on Postgres", async () => {
+    const small = await buildApp({
+      rotor: env.ctx.rotor,
+      apiToken: TOKEN,
+      checkReady: () => env.ctx.checkReady(),
+      maxInFlight: 2,
+    });
+    // Two welcomes wait on alice's row lock, held here.
+    const holder = await env.ctx.database.sql.reserve();
+    await holder`begin`;
+    await holder`select 1 from identities where id = 'alice' for update`;
+    try {
+      const waiting = [1, 2].map(() =>
+        small.inject({ method: "POST", url: "/v1/identities/alice/welcome", headers: auth }),
+      );
+      await waitUntil(async () => {
+        const [row] = await env.ctx.database.sql<{ n: number }[]>`
+          select count(*)::int as n from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'`;
+        return (row?.n ?? 0) >= 2;
+      });
+      const refused = await small.inject({
+        method: "GET",
+        url: "/v1/identities/bob",
+        headers: auth,
+      });
+      expect(refused.statusCode).toBe(503);
+      expect(refused.headers["retry-after"]).toBe("5");
+      expect(refused.json().error).toBe("OVERLOADED");
+      expect((await small.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
+      await holder`commit`;
+      for (const res of await Promise.all(waiting)) expect(res.statusCode).toBe(202);
+      expect(
+        (await small.inject({ method: "GET", url: "/v1/identities/bob", headers: auth }))
+          .statusCode,
+      ).toBe(200);
+    } finally {
+      holder.release();
+      await small.close();
+    }
+  });
+});
+
+async function waitUntil(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error("condition not reached");
+}

@@ -3,7 +3,17 @@
  * then the final phase, with every invariant checked after every step.
  */
 import fc from "fast-check";
-import { clientOp, DAY, type Fault, IDS, type Id, type Kind, SEC, Sim, type SimOptions } from "./sim.js";
+import {
+  COMPRESSED_TIMING,
+  clientOp,
+  DAY,
+  type Fault,
+  type Id,
+  PRODUCTION_TIMING,
+  SEC,
+  Sim,
+  type SimOptions,
+} from "./sim.js";
 
 export type Command =
   | { t: "register" | "welcome" | "rotateSoon" | "deregister"; id: Id }
@@ -11,7 +21,10 @@ export type Command =
   /** `n - 1` clean steps of one process, then one more that may fail. */
   | { t: "step"; pick: number; n: number; fault: Fault }
   | { t: "run"; pick: number }
-  | { t: "take"; worker: number; kind: Kind; pick: number }
+  /** A worker fetches a due job (of either queue) and starts its processor. */
+  | { t: "take"; worker: number; pick: number }
+  /** One process runs up to and including its next commit (or until it ends or blocks). */
+  | { t: "runTx"; pick: number }
   | { t: "advance"; ms: number }
   | { t: "advanceToNext" }
   | { t: "crashWorker"; worker: number }
@@ -32,7 +45,9 @@ export function showCommand(c: Command): string {
     case "run":
       return `run(#${c.pick})`;
     case "take":
-      return `take(w${c.worker}, ${c.kind}, #${c.pick})`;
+      return `take(w${c.worker}, #${c.pick})`;
+    case "runTx":
+      return `runTx(#${c.pick})`;
     case "advance":
       return `advance(${c.ms} ms)`;
     case "crashWorker":
@@ -87,13 +102,9 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
     { weight: 6, arbitrary: fc.record({ t: fc.constant("run" as const), pick }) },
     {
       weight: 10,
-      arbitrary: fc.record({
-        t: fc.constant("take" as const),
-        worker: fc.nat(1),
-        kind: fc.constantFrom<Kind>("rotation", "deletion"),
-        pick,
-      }),
+      arbitrary: fc.record({ t: fc.constant("take" as const), worker: fc.nat(1), pick }),
     },
+    { weight: 6, arbitrary: fc.record({ t: fc.constant("runTx" as const), pick }) },
     {
       weight: 4,
       arbitrary: fc.record({ t: fc.constant("advance" as const), ms: fc.constantFrom(...ADVANCES) }),
@@ -113,8 +124,17 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
   return fc.oneof(...arbs).map(withName);
 }
 
-export function commandsArb(options: CommandOptions, maxLength = 40): fc.Arbitrary<Command[]> {
-  return fc.array(commandArb(options), { maxLength });
+/** One run: a clock scale and the commands that follow the prelude. */
+export interface Scenario {
+  timing: "production" | "compressed";
+  commands: Command[];
+}
+
+export function scenarioArb(options: CommandOptions, maxLength = 25): fc.Arbitrary<Scenario> {
+  return fc.record({
+    timing: fc.constantFrom("production" as const, "compressed" as const),
+    commands: fc.array(commandArb(options), { maxLength }),
+  });
 }
 
 function pickProc(sim: Sim, pick: number) {
@@ -161,8 +181,16 @@ export function exec(sim: Sim, c: Command): void {
       return;
     }
     case "take":
-      sim.take(c.worker, c.kind, c.pick);
+      sim.take(c.worker, c.pick);
       return;
+    case "runTx": {
+      const p = pickProc(sim, c.pick);
+      for (let i = 0; p && i < 200; i++) {
+        const committing = p.pause?.label === "commit";
+        if (sim.stepProc(p, "none") !== "stepped" || committing) break;
+      }
+      return;
+    }
     case "advance":
       sim.advance(c.ms);
       return;
@@ -196,18 +224,19 @@ export const PRELUDE: readonly Command[] = [
   { t: "welcome", id: "a" },
   { t: "run", pick: 0 },
   { t: "advance", ms: 5 * SEC },
-  { t: "take", worker: 0, kind: "rotation", pick: 0 },
+  { t: "take", worker: 0, pick: 0 },
   { t: "run", pick: 0 },
 ];
 
 /** One scenario: throws InvariantViolation when an invariant fails. */
-export function runScenario(commands: readonly Command[], options: SimOptions): Sim {
-  const sim = new Sim(options);
+export function runScenario(scenario: Scenario, options: SimOptions): Sim {
+  const timing = scenario.timing === "production" ? PRODUCTION_TIMING : COMPRESSED_TIMING;
+  const sim = new Sim({ ...options, timing });
+  sim.log(`--- ${scenario.timing} timing`);
   for (const c of PRELUDE) exec(sim, c);
   sim.log("--- commands");
-  for (const c of commands) exec(sim, c);
+  for (const c of scenario.commands) exec(sim, c);
   sim.finalPhase();
   return sim;
 }
 
-export { IDS };

@@ -32,9 +32,10 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
   type Command,
-  commandsArb,
   PRELUDE,
   runScenario,
+  type Scenario,
+  scenarioArb,
   showCommand,
 } from "../model/commands.js";
 import {
@@ -54,34 +55,34 @@ const NUM_RUNS = Number(process.env.MODEL_RUNS ?? 4_000);
 const SEED = process.env.MODEL_SEED === undefined ? undefined : Number(process.env.MODEL_SEED);
 const MAX_COMMANDS = 25;
 
-const property = (options: SimOptions, faults = true) =>
-  fc.property(commandsArb({ faults }, MAX_COMMANDS), (commands) => {
-    runScenario(commands, options);
+const property = (options: SimOptions) =>
+  fc.property(scenarioArb({ faults: true }, MAX_COMMANDS), (scenario) => {
+    runScenario(scenario, options);
   });
 
 /** The shrunk command sequence, the trace of its replay and the violated invariant. */
-function explain(commands: readonly Command[], options: SimOptions): string {
+function explain(scenario: Scenario, options: SimOptions): string {
   const trace: string[] = [];
   let error = "(no violation on replay)";
   try {
-    runScenario(commands, { ...options, trace });
+    runScenario(scenario, { ...options, trace });
   } catch (e) {
     error = e instanceof Error ? e.message : String(e);
   }
   const from = trace.findIndex((line) => line.includes("--- commands"));
   return [
-    `prelude: ${PRELUDE.map(showCommand).join("; ")}`,
-    `commands (${commands.length}):`,
-    ...commands.map((c) => `  ${showCommand(c)}`),
+    `${scenario.timing} timing; prelude: ${PRELUDE.map(showCommand).join("; ")}`,
+    `commands (${scenario.commands.length}):`,
+    ...scenario.commands.map((c) => `  ${showCommand(c)}`),
     "trace after the prelude:",
     ...trace.slice(Math.max(0, from)).map((line) => `  ${line}`),
     `violation: ${error}`,
   ].join("\n");
 }
 
-function counterexample(details: fc.RunDetails<[Command[]]>): Command[] {
-  const [commands] = details.counterexample ?? [[]];
-  return commands;
+function counterexample(details: fc.RunDetails<[Scenario]>): Scenario {
+  const [scenario] = details.counterexample ?? [{ timing: "production", commands: [] }];
+  return scenario;
 }
 
 describe("timer protocol model", () => {
@@ -137,19 +138,20 @@ describe("timer protocol model", () => {
         [
           { t: "advanceToNext" },
           { t: "advanceToNext" },
-          { t: "take", worker: 0, kind: "rotation", pick: 0 },
+          { t: "take", worker: 0, pick: 0 },
           { t: "step", pick: 0, n: 12, fault: "before" },
         ],
       ],
     ];
     it.each(cases)("%s", (issue, commands) => {
+      const scenario: Scenario = { timing: "production", commands };
       const others = KNOWN_ISSUES.filter((i) => i !== issue);
       const faithful: SimOptions = { variant: {}, armExemption: "in-flight", patches: others };
-      expect(() => runScenario(commands, faithful), explain(commands, faithful)).toThrow(
+      expect(() => runScenario(scenario, faithful), explain(scenario, faithful)).toThrow(
         InvariantViolation,
       );
       const patched: SimOptions = { ...faithful, patches: KNOWN_ISSUES };
-      expect(() => runScenario(commands, patched), explain(commands, patched)).not.toThrow();
+      expect(() => runScenario(scenario, patched), explain(scenario, patched)).not.toThrow();
     });
   });
 
@@ -173,10 +175,10 @@ describe("timer protocol model", () => {
       const broken: SimOptions = { variant, armExemption: "in-flight", patches: KNOWN_ISSUES };
       const details = fc.check(property(broken), { numRuns: 20_000, seed });
       expect(details.failed, `no counterexample for "${name}"`).toBe(true);
-      const commands = counterexample(details);
-      console.log(`BROKEN "${name}": shrunk counterexample\n${explain(commands, broken)}`);
+      const scenario = counterexample(details);
+      console.log(`BROKEN "${name}": shrunk counterexample\n${explain(scenario, broken)}`);
       // The same sequence passes with the real protocol: the broken step is the cause.
-      expect(() => runScenario(commands, { ...broken, variant: {} })).not.toThrow();
+      expect(() => runScenario(scenario, { ...broken, variant: {} })).not.toThrow();
     });
   });
 });

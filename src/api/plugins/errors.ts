@@ -20,7 +20,17 @@ function isUnavailable(err: unknown): boolean {
       return true;
     }
     // Postgres admin shutdown / cannot connect now.
-    if (code === "57P01" || code === "57P03") return true;
+    // Postgres shutting down or not accepting connections, or too slow (lock_timeout,
+    // statement_timeout, idle-in-transaction timeout).
+    if (
+      code === "57P01" ||
+      code === "57P03" ||
+      code === "55P03" ||
+      code === "57014" ||
+      code === "25P03"
+    ) {
+      return true;
+    }
     e = e.cause;
   }
   return false;

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import helmet from "@fastify/helmet";
 import rateLimit from "@fastify/rate-limit";
+import underPressure from "@fastify/under-pressure";
 import type { FastifyInstance } from "fastify";
 
 /**
@@ -10,10 +11,50 @@ import type { FastifyInstance } from "fastify";
  * Retry-After, as the API answers 503 when a dependency is slow: callers back off instead of
  * queueing without bound.
  */
+/** Requests in progress beyond which new ones are refused (each holds a Postgres connection). */
+export const MAX_IN_FLIGHT = 2_000;
+
 export async function registerProtection(
   app: FastifyInstance,
   limit: { max: number; windowMs: number } | undefined,
+  maxInFlight = MAX_IN_FLIGHT,
 ): Promise<void> {
+  // Backpressure: when the event loop lags (the process is saturated) or too many requests wait
+  // on Postgres or Redis, answer 503 with Retry-After at once instead of queueing without bound.
+  await app.register(underPressure, {
+    // Only a process that is truly stuck: a busy but healthy one lags far less than this.
+    maxEventLoopDelay: 5_000,
+    retryAfter: 5,
+    exposeStatusRoute: false,
+    pressureHandler: (_request, reply) => {
+      reply.header("retry-after", "5");
+      reply.status(503).send({
+        error: "OVERLOADED",
+        message: "the service is overloaded; retry after Retry-After seconds",
+      });
+    },
+  });
+  let inFlight = 0;
+  app.addHook("onRequest", async (request, reply) => {
+    if (request.url === "/healthz" || request.url === "/readyz") return;
+    if (inFlight >= maxInFlight) {
+      reply.header("retry-after", "5");
+      return reply.status(503).send({
+        error: "OVERLOADED",
+        message: `more than ${maxInFlight} requests in progress; retry after Retry-After seconds`,
+      });
+    }
+    inFlight++;
+    let released = false;
+    const release = () => {
+      if (!released) {
+        released = true;
+        inFlight--;
+      }
+    };
+    reply.raw.once("close", release);
+    reply.raw.once("finish", release);
+  });
   await app.register(helmet, {
     // Bull Board and Swagger UI are served from here; their inline styles and scripts need
     // 'unsafe-inline', everything else stays same-origin (the board's web font aside).
