@@ -3,16 +3,6 @@ import type { RotationState } from "../core/timers.js";
 import type { Db, Tx } from "./client.js";
 import { identities, type IdentityRow, keyPackages } from "./schema.js";
 
-/** A new key package as the rotation hands it to the store. */
-export interface NewKeyPackage {
-  ref: string;
-  ciphersuite: string;
-  keyPackage: Uint8Array;
-  privateKey: Uint8Array;
-  notBefore: Date;
-  notAfter: Date;
-}
-
 export interface LockedIdentity extends RotationState {
   id: string;
   generation: number;

@@ -47,14 +47,29 @@ it("Redis down for 30 s and back empty: acknowledged welcomes kept, refused ones
   await sleep(10_000);
 
   const duringOutage = statusesBetween(s.recorder, outageAt + 1_000, upAt - 1_000);
+  // A welcome that pulls a deadline in must arm its wake-up in Redis first: while Redis is down
+  // none can be acknowledged. One that finds an earlier deadline already committed (typically one
+  // already overdue: no worker can rotate meanwhile) changes nothing, calls no Redis and is
+  // answered 202: its wake-up was armed before and reconcile restores it after the data loss.
+  const pulledInWhileDown = s.recorder.acks.filter(
+    (a) => a.pulledIn && a.sentAt >= outageAt + 1_000 && a.answeredAt <= upAt - 1_000,
+  );
+  const unchangedWhileDown = s.recorder.acks.filter(
+    (a) => !a.pulledIn && a.sentAt >= outageAt + 1_000 && a.answeredAt <= upAt - 1_000,
+  );
   s.extra.statusesDuringOutage = duringOutage;
+  s.extra.acknowledgedWhileDown = {
+    pulledIn: pulledInWhileDown.length,
+    unchanged: unchangedWhileDown.length,
+  };
   s.extra.probes = probes;
   s.extra.reconcile = reconciled;
   s.extra.healMs = healMs;
   const report = await s.settle(healMs);
   expect(api?.alive()).toBe(true);
   expect(duringOutage["503"] ?? 0).toBeGreaterThan(0);
-  expect(Object.keys(duringOutage).filter((k) => k !== "503")).toEqual([]);
+  expect(Object.keys(duringOutage).filter((k) => k !== "503" && k !== "202")).toEqual([]);
+  expect(pulledInWhileDown).toEqual([]);
   expect(probes.refusedOnly).toBeGreaterThan(0);
   expect(probes.traces).toEqual([]);
   expect(report.status500).toBe(0);

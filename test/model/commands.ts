@@ -25,6 +25,8 @@ export type Command =
   | { t: "take"; worker: number; pick: number }
   /** One process runs up to and including its next commit (or until it ends or blocks). */
   | { t: "runTx"; pick: number }
+  /** Same, but that commit fails: before it happens, or after (the answer is lost). */
+  | { t: "failCommit"; pick: number; fault: "before" | "after" }
   | { t: "advance"; ms: number }
   | { t: "advanceToNext" }
   | { t: "crashWorker"; worker: number }
@@ -48,6 +50,8 @@ export function showCommand(c: Command): string {
       return `take(w${c.worker}, #${c.pick})`;
     case "runTx":
       return `runTx(#${c.pick})`;
+    case "failCommit":
+      return `runTx(#${c.pick}, commit fails ${c.fault})`;
     case "advance":
       return `advance(${c.ms} ms)`;
     case "crashWorker":
@@ -107,12 +111,23 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
     { weight: 6, arbitrary: fc.record({ t: fc.constant("runTx" as const), pick }) },
     {
       weight: 4,
-      arbitrary: fc.record({ t: fc.constant("advance" as const), ms: fc.constantFrom(...ADVANCES) }),
+      arbitrary: fc.record({
+        t: fc.constant("advance" as const),
+        ms: fc.constantFrom(...ADVANCES),
+      }),
     },
     { weight: 6, arbitrary: fc.constant({ t: "advanceToNext" as const }) },
   ];
   if (options.faults) {
     arbs.push(
+      {
+        weight: 3,
+        arbitrary: fc.record({
+          t: fc.constant("failCommit" as const),
+          pick,
+          fault: fc.constantFrom("before" as const, "after" as const),
+        }),
+      },
       {
         weight: 1,
         arbitrary: fc.record({ t: fc.constant("crashWorker" as const), worker: fc.nat(1) }),
@@ -183,11 +198,13 @@ export function exec(sim: Sim, c: Command): void {
     case "take":
       sim.take(c.worker, c.pick);
       return;
-    case "runTx": {
+    case "runTx":
+    case "failCommit": {
       const p = pickProc(sim, c.pick);
       for (let i = 0; p && i < 200; i++) {
         const committing = p.pause?.label === "commit";
-        if (sim.stepProc(p, "none") !== "stepped" || committing) break;
+        const fault = committing && c.t === "failCommit" ? c.fault : "none";
+        if (sim.stepProc(p, fault) !== "stepped" || committing) break;
       }
       return;
     }
@@ -228,15 +245,24 @@ export const PRELUDE: readonly Command[] = [
   { t: "run", pick: 0 },
 ];
 
+const afterPrelude = new Map<string, Sim>();
+
 /** One scenario: throws InvariantViolation when an invariant fails. */
 export function runScenario(scenario: Scenario, options: SimOptions): Sim {
   const timing = scenario.timing === "production" ? PRODUCTION_TIMING : COMPRESSED_TIMING;
-  const sim = new Sim({ ...options, timing });
-  sim.log(`--- ${scenario.timing} timing`);
-  for (const c of PRELUDE) exec(sim, c);
+  // The prelude runs once per timing and options (it is checked like any other step).
+  const { trace, ...rest } = options;
+  const key = JSON.stringify([scenario.timing, rest]);
+  let base = afterPrelude.get(key);
+  if (base === undefined) {
+    base = new Sim({ ...rest, timing });
+    for (const c of PRELUDE) exec(base, c);
+    afterPrelude.set(key, base);
+  }
+  const sim = base.fork({ ...options, timing });
+  sim.log(`--- ${scenario.timing} timing, after the prelude`);
   sim.log("--- commands");
   for (const c of scenario.commands) exec(sim, c);
   sim.finalPhase();
   return sim;
 }
-

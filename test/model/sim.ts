@@ -3,28 +3,34 @@
  * (test/unit/model.test.ts). No I/O, one simulated clock.
  *
  * What is simulated:
- *  - "Postgres": per identity a row (rotation deadline, generation, deregistered flag, key packages
- *    with current / delete_at), transactions with private staged copies (commit publishes them,
- *    rollback drops them) and per-identity row locks (`SELECT ... FOR UPDATE`, and the
- *    `INSERT ... ON CONFLICT DO NOTHING` of lockOrTombstone, which blocks on a concurrent insert).
+ *  - "Postgres": per identity a row (rotation deadline, generation, deregistered flag) and its key
+ *    packages (pending, current, or superseded with a delete_at); transactions with private
+ *    staged copies (commit publishes them, rollback drops them); per-identity row locks
+ *    (`SELECT ... FOR UPDATE`, which does not see a row another transaction is inserting, and the
+ *    `INSERT ... ON CONFLICT DO NOTHING` of lockOrTombstone, which waits for it).
  *  - "BullMQ": per queue and identity one job: missing | delayed(fireAt) | waiting |
- *    active(token) | finished, with the semantics the code relies on (add is a no-op when the id
- *    exists, changeDelay only on delayed, remove refuses a locked active job, moveToDelayed only
- *    with the owner's token, a worker's fetch promotes due delayed jobs, a dead worker's active job
- *    goes back to waiting after lock duration + stalled interval), and FLUSHALL.
- *  - Every service function as the code runs it: one atomic step per Postgres statement or Redis
- *    call, so that any other operation, worker fetch, crash or clock jump can come in between. The
- *    decisions are the REAL pure functions of src/core/timers.ts.
+ *    active(token) | finished, with the semantics the code relies on: add is a no-op when the id
+ *    exists (finished included), changeDelay only on a delayed job, remove refuses a job whose
+ *    lock is held, moveToDelayed and updateData need the job (moveToDelayed also the owner's
+ *    token), a worker's fetch promotes due delayed jobs, a dead worker's active job goes back to
+ *    waiting lock duration + stalled interval later; FLUSHALL drops everything.
+ *  - Every service function as src runs it, one atomic step per Postgres statement, Redis call
+ *    or publish, so that any other request, worker fetch, failure, crash or clock jump can come in
+ *    between: register (store + arm, then the first rotation inline), welcome / rotate-now
+ *    (pullInMany), deregister (two transactions), the rotation wake-up (prepare, publish, promote,
+ *    re-arm), the deletion wake-up (delete, re-arm or finish), the failure path (backoff), and
+ *    reconcile (mark, overdue first, pages, orphans). Every decision is made by the REAL pure
+ *    functions of src/core/timers.ts.
  *  - A reference model of what must be committed (deadlines, generations, key packages), fed by
  *    commits, compared after every step, and the invariants of the test.
  *
- * What is abstracted away: SQL and drizzle, key generation (one fallible no-op step), the Redis
- * pipelines of `view` (one atomic read per identity), changeDelay's read-back loop (the simulated
- * clock is shared, so changeDelay lands exactly), status fields (rotation_failures, last_error),
- * logging and events, the watchdog's periodic timer (the final phase runs reconcile when Redis
- * lost data, which is what the watchdog would do), API batches (one identity per welcome), lock
- * renewal (a live worker always keeps its locks), lock wait queues (any waiter may get a freed
- * lock) and Postgres deadlock detection (the protocol never waits in a cycle).
+ * What is abstracted away: SQL and drizzle, key generation, sealing and publishing (one fallible
+ * step each, the publish records what went out), `view`'s pipelines (one atomic read), the
+ * read-back loop of reschedule (the simulated clock is shared, so changeDelay lands exactly),
+ * status columns (rotation_failures, last_error), logs, events and metrics, the watchdog (the
+ * final phase reconciles when Redis lost data or a worker died, as a restarted worker or the
+ * watchdog would), welcome batches (one identity per request), lock renewal (a live worker keeps
+ * its locks), the order of lock waiters (any waiter may get a freed lock), ciphersuite changes.
  */
 import {
   type ArmAction,
@@ -36,7 +42,6 @@ import {
   type JobView,
   planArm,
   pullIn,
-  type RotationState,
   type Timing,
 } from "../../src/core/timers.js";
 
@@ -50,14 +55,13 @@ export const PRODUCTION_TIMING: Timing = {
   deletionGraceMs: DAY,
 };
 /**
- * The same protocol on a compressed clock (as the integration tests run it): a rotation every
- * minute and deletions 5 s after supersede, so that welcomes, deletions, rotations, stall
- * recovery and backoff fall due together far more often.
+ * The same protocol on a compressed clock: a rotation every minute and each superseded package deleted a minute later, i.e. when the next rotation is due,
+ * so that rotations, deletions, stall recovery (60 s) and backoff fall due together far more often.
  */
 export const COMPRESSED_TIMING: Timing = {
   rotationIntervalMs: MIN,
   welcomeRotationDelayMs: 5 * SEC,
-  deletionGraceMs: 5 * SEC,
+  deletionGraceMs: MIN,
 };
 /** WORKER_LOCK_DURATION and WORKER_STALLED_INTERVAL defaults. */
 export const LOCK_MS = 30 * SEC;
@@ -95,9 +99,9 @@ export interface SimOptions {
   timing?: Timing;
   /**
    * Which identities the arm invariant skips at a given moment:
-   *  - "lock": those whose row lock is held, or with a wake-up handler between its two
-   *    transactions (it arms the deletion wake-up only in the second one). Outside of that, the
-   *    wake-ups must already be right: an API operation that committed must have armed.
+   *  - "lock": those whose row lock is held, or with a wake-up handler between its
+   *    transactions (a rotation arms the deletion wake-up only in its last one). Outside of that,
+   *    the wake-ups must already be right: an API operation that committed must have armed.
    *  - "in-flight": also those with any unfinished API operation.
    */
   armExemption: "lock" | "in-flight";
@@ -334,6 +338,21 @@ export class Sim {
     this.timing = opts.timing ?? PRODUCTION_TIMING;
   }
 
+  /**
+   * A copy of this simulator at rest (nothing in flight), with other options: every scenario
+   * starts from one run of the prelude instead of replaying it.
+   */
+  fork(opts: SimOptions): Sim {
+    if (this.procs.length > 0 || this.locks.size > 0 || this.openTxs.size > 0) {
+      throw new Error("model bug: fork while something is in flight");
+    }
+    const copy = new Sim(opts);
+    const state: Record<string, unknown> = { ...(this as unknown as Record<string, unknown>) };
+    for (const key of ["opts", "variant", "timing"]) delete state[key];
+    Object.assign(copy, structuredClone(state));
+    return copy;
+  }
+
   log(line: string): void {
     this.opts.trace?.push(`[${this.seq}] ${fmtT(this.now)} ${line}`);
   }
@@ -556,6 +575,15 @@ export class Sim {
     return row;
   }
 
+  private static earliestDeleteAt(row: Row): number | null {
+    let earliest: number | null = null;
+    for (const k of row.kps) {
+      if (k.deleteAt !== null && (earliest === null || k.deleteAt < earliest))
+        earliest = k.deleteAt;
+    }
+    return earliest;
+  }
+
   private static deleteAts(row: Row | undefined): number[] {
     return (row?.kps ?? []).flatMap((k) => (k.deleteAt === null ? [] : [k.deleteAt]));
   }
@@ -706,7 +734,8 @@ export class Sim {
     this.spawn(
       `w${worker}`,
       `${kind}-wake(${id})@w${worker}`,
-      (p) => (kind === "rotation" ? rotationProcessor(this, p, wake) : deletionProcessor(this, p, wake)),
+      (p) =>
+        kind === "rotation" ? rotationProcessor(this, p, wake) : deletionProcessor(this, p, wake),
       { wake },
     );
     this.check();
@@ -772,9 +801,7 @@ export class Sim {
       }
       case "reschedule": {
         const fireAt = action.fireAt;
-        const exists = yield* this.io(`getJob ${tag}`, () =>
-          this.jobs.has(this.jobKey(kind, id)),
-        );
+        const exists = yield* this.io(`getJob ${tag}`, () => this.jobs.has(this.jobKey(kind, id)));
         if (!exists) {
           yield* this.io(`add ${tag} at ${fmtT(fireAt)}`, () => this.qAdd(kind, id, fireAt));
           return;
@@ -788,9 +815,7 @@ export class Sim {
           if (!(e instanceof BullError && (e.code === "notDelayed" || e.code === "missing"))) {
             throw e;
           }
-          const still = yield* this.io(`getJob ${tag}`, () =>
-            this.jobs.has(this.jobKey(kind, id)),
-          );
+          const still = yield* this.io(`getJob ${tag}`, () => this.jobs.has(this.jobKey(kind, id)));
           if (!still) {
             yield* this.io(`add ${tag} at ${fmtT(fireAt)}`, () => this.qAdd(kind, id, fireAt));
           }
@@ -1288,9 +1313,7 @@ export class Sim {
       const from = locked.at(-1)?.id ?? after;
       // The next live row in id order, as the scan would meet it; its liveness is checked
       // again once the lock is granted (Postgres re-evaluates the WHERE clause).
-      const candidate = IDS.find(
-        (id) => (from === null || id > from) && this.isLiveCommitted(id),
-      );
+      const candidate = IDS.find((id) => (from === null || id > from) && this.isLiveCommitted(id));
       if (candidate === undefined) break;
       const row = yield* this.lockIdentity(tx, candidate, `lockLivePage(${candidate})`);
       if (row !== undefined && !row.deregistered) locked.push({ id: candidate, row });
@@ -1358,7 +1381,9 @@ export class Sim {
     const candidate = now + delayMs;
     if (candidate < r.deadline) {
       if (!result.changed || result.deadline !== candidate) {
-        this.violation(`reference: pull-in of ${id} should move the deadline to ${fmtT(candidate)}`);
+        this.violation(
+          `reference: pull-in of ${id} should move the deadline to ${fmtT(candidate)}`,
+        );
       }
       r.deadline = candidate;
       r.serial = ++this.serialCounter;
@@ -1488,9 +1513,7 @@ export class Sim {
         (row?.rotationDeadline ?? null) !== r.deadline ||
         (row?.generation ?? 0) !== r.generation
       ) {
-        const refKps = [...r.kps]
-          .map(([uid, k]) => `${k.gen}:${kpState({ uid, ...k })}`)
-          .join(" ");
+        const refKps = [...r.kps].map(([uid, k]) => `${k.gen}:${kpState({ uid, ...k })}`).join(" ");
         this.violation(
           `committed state of ${id} differs from the reference model (reference: live=${r.live} gen=${r.generation} deadline=${
             r.deadline === null ? "-" : fmtT(r.deadline)
@@ -1520,10 +1543,9 @@ export class Sim {
       }
       // (a) arm invariant.
       if (!live || row === undefined || this.damage > this.healed || this.armExempt(id)) continue;
-      const deleteAts = Sim.deleteAts(row);
       const desired: Record<Kind, number | null> = {
         rotation: row.rotationDeadline,
-        deletion: deleteAts.length === 0 ? null : Math.min(...deleteAts),
+        deletion: Sim.earliestDeleteAt(row),
       };
       // A rotation wake-up that failed (parked for its backoff, or left active to stall) runs
       // again and re-arms both wake-ups then: the deletion one may wait for it.
@@ -1621,9 +1643,7 @@ export class Sim {
 
   /** How late a deadline may be honoured after the final phase started. */
   livenessBound(): number {
-    return this.faultsInjected || this.crashedWorker || this.flushed
-      ? STALL_MS + BACKOFF.maxMs
-      : 0;
+    return this.faultsInjected || this.crashedWorker || this.flushed ? STALL_MS + BACKOFF.maxMs : 0;
   }
 
   /** (e) identities that are not live end with no wake-ups. */
@@ -1632,7 +1652,8 @@ export class Sim {
       if (this.isLiveCommitted(id)) continue;
       for (const kind of KINDS) {
         const j = this.jobs.get(`${kind}:${id}`);
-        if (j !== undefined) this.violation(`(e) ${id} is not live but keeps ${kind} ${describeJob(j)}`);
+        if (j !== undefined)
+          this.violation(`(e) ${id} is not live but keeps ${kind} ${describeJob(j)}`);
       }
     }
   }
@@ -1647,9 +1668,7 @@ export class Sim {
     for (const o of this.obligations) {
       const limit = Math.max(o.deadline, this.finalStart) + bound;
       if (limit > end || deregisteredAfter(o.id, o.commitSeq)) continue;
-      const ok = this.rotations.some(
-        (r) => r.id === o.id && r.seq > o.commitSeq && r.at <= limit,
-      );
+      const ok = this.rotations.some((r) => r.id === o.id && r.seq > o.commitSeq && r.at <= limit);
       if (!ok) {
         const after = this.rotations.filter((r) => r.id === o.id && r.seq > o.commitSeq);
         this.violation(
