@@ -139,16 +139,18 @@ export function createTimers(
   /**
    * Moves a delayed job to `fireAt`. BullMQ's changeDelay takes a delay and adds it to its own
    * Date.now(), read after an await, so under load the fire time can land a few ms late. We read
-   * the score back (we hold the row lock, nobody else moves it) and correct with a growing margin
-   * until it is not later than `fireAt`: a wake-up may come a little early (it then re-arms to
-   * the deadline), never late.
+   * the score back (we hold the row lock, nobody else moves it) and correct by the measured
+   * overshoot until it is not later than `fireAt`: a wake-up may come a little early (it then
+   * re-arms to the deadline), never late.
    */
   async function reschedule(kind: TimerKind, identityId: string, fireAt: number): Promise<void> {
     const queue = queues[kind];
     const jobId = jobIdFor(identityId);
     const job = await queue.getJob(jobId);
     if (job === undefined) return add(kind, identityId, fireAt);
-    for (let margin = 0; ; margin = Math.max(2, margin * 4)) {
+    // The margin is what the last attempt landed late by, so a correction lands early by only
+    // about the time BullMQ took to read its clock (usually 0 or 1 ms).
+    for (let margin = 0; ; ) {
       const delay = Math.max(0, fireAt - Date.now() - margin);
       try {
         await job.changeDelay(delay);
@@ -161,6 +163,7 @@ export function createTimers(
       }
       const score = await redis.zscore(queue.toKey("delayed"), jobId);
       if (score === null || fireAtOf(score) <= fireAt || delay === 0) return;
+      margin += fireAtOf(score) - fireAt;
     }
   }
 
