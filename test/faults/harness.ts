@@ -208,6 +208,8 @@ export interface Service {
   startedAt: number;
   exited: Promise<void>;
   alive(): boolean;
+  /** Exited without being killed by the harness: the process crashed (or shut itself down). */
+  crashed(): boolean;
   kill(sig?: NodeJS.Signals): Promise<void>;
 }
 
@@ -304,14 +306,17 @@ export class Harness {
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });
     const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    let killed = false;
     const service: Service = {
       name,
       child,
       startedAt: Date.now(),
       exited,
       alive: () => child.exitCode === null && child.signalCode === null,
+      crashed: () => !killed && !service.alive(),
       async kill(sig = "SIGKILL") {
         if (!service.alive()) return;
+        killed = true;
         child.kill(sig);
         await exited;
       },

@@ -2,67 +2,99 @@
  * Scenario 3: Postgres restarted under load (pg_ctl restart -m fast), then unreachable for 30 s
  * (pg_ctl stop, 30 s, start). Meanwhile the API answers 503, never 500, and recovers without a
  * restart; the workers retry with backoff and recover.
+ *
+ * The scenario runs once (beforeAll). A process that exits on its own is restarted, as a
+ * supervisor would, so the invariants are still judged; its crash is reported by its own test.
  */
-import { afterEach, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { sleep, waitFor } from "./harness.js";
 import { pick } from "./load.js";
-import { Scenario, statusesBetween } from "./scenario.js";
-
-let scenario: Scenario | undefined;
-afterEach(async (ctx) => {
-  await scenario?.dispose(ctx.task.result?.state === "fail");
-  scenario = undefined;
-});
+import { type ProbeVerdict, type Report, Scenario, statusesBetween } from "./scenario.js";
 
 const OUTAGE_MS = Number(process.env.FAULTS_OUTAGE_MS ?? 30_000);
 
-it("Postgres restarted, then down for 30 s, under load: 503 meanwhile, nothing lost", async () => {
-  scenario = await Scenario.start({
-    name: "3 Postgres restart + 30 s outage",
-    identities: 100,
-    workers: 3,
-    probes: 5,
-  });
-  const s = scenario;
-  const api = s.h.api();
-  s.startLoad();
-  await sleep(8_000);
+let scenario: Scenario | undefined;
+let failed = false;
+let report: Report;
+let probes: ProbeVerdict;
+let duringOutage: Record<string, number>;
+let apiRecovered = false;
+const crashed: string[] = [];
 
-  const restartAt = Date.now();
-  await s.h.pg.restart();
-  s.faults++;
-  const restartMs = Date.now() - restartAt;
-  await sleep(10_000);
+beforeAll(async () => {
+  try {
+    scenario = await Scenario.start({
+      name: "3 Postgres restart + 30 s outage",
+      identities: 100,
+      workers: 3,
+      probes: 5,
+    });
+    const s = scenario;
+    s.startLoad();
+    await sleep(8_000);
 
-  const outageAt = Date.now();
-  const probes = await s.probeWhile(async () => {
-    await s.h.pg.stop("fast");
+    const restartAt = Date.now();
+    await s.h.pg.restart();
     s.faults++;
-    await sleep(OUTAGE_MS);
-  });
-  await s.h.pg.start();
-  const upAt = Date.now();
-  // The same API process answers again, without a restart.
-  await waitFor(
-    async () => (await s.recorder.welcome(pick(s.ids))).status === 202,
-    30_000,
-    "the API to accept welcomes again",
-    250,
-  );
-  const recoveredMs = Date.now() - upAt;
-  await sleep(10_000);
+    const restartMs = Date.now() - restartAt;
+    await sleep(10_000);
+    crashed.push(...(await s.restartCrashed()));
 
-  const duringOutage = statusesBetween(s.recorder, outageAt + 1_000, upAt - 1_000);
-  s.extra.restartMs = restartMs;
-  s.extra.statusesDuringOutage = duringOutage;
-  s.extra.apiRecoveredAfterMs = recoveredMs;
-  s.extra.probes = probes;
-  const report = await s.settle(OUTAGE_MS + restartMs);
-  expect(api?.alive()).toBe(true);
-  expect(s.h.api()).toBe(api);
+    const outageAt = Date.now();
+    const probeRecords = await s.probeWhile(async () => {
+      await s.h.pg.stop("fast");
+      s.faults++;
+      await sleep(OUTAGE_MS);
+    });
+    await s.h.pg.start();
+    const upAt = Date.now();
+    crashed.push(...(await s.restartCrashed()));
+    const api = s.h.api();
+    // The API answers again; if it survived, without a restart.
+    await waitFor(
+      async () => (await s.recorder.welcome(pick(s.ids))).status === 202,
+      30_000,
+      "the API to accept welcomes again",
+      250,
+    );
+    apiRecovered = api !== undefined && s.h.api() === api;
+    s.extra.apiRecoveredAfterMs = Date.now() - upAt;
+    await sleep(10_000);
+    crashed.push(...(await s.restartCrashed()));
+    probes = await s.judgeProbes(probeRecords);
+
+    duringOutage = statusesBetween(s.recorder, outageAt + 1_000, upAt - 1_000);
+    s.extra.restartMs = restartMs;
+    s.extra.statusesDuringOutage = duringOutage;
+    s.extra.probes = probes;
+    s.extra.crashedAndRestarted = crashed;
+    report = await s.settle(OUTAGE_MS + restartMs);
+  } catch (err) {
+    failed = true;
+    throw err;
+  }
+});
+
+afterAll(async () => {
+  await scenario?.dispose(failed || (report?.violations.length ?? 1) > 0 || crashed.length > 0);
+});
+
+it("Postgres restarted, then down for 30 s, under load: 503 meanwhile, nothing lost", () => {
   expect(duringOutage["503"] ?? 0).toBeGreaterThan(0);
   expect(Object.keys(duringOutage).filter((k) => k !== "503")).toEqual([]);
   expect(report.status500).toBe(0);
-  expect(s.h.liveWorkers()).toHaveLength(3);
+  // A 503 during a Postgres outage can follow a commit whose answer was lost (ambiguous), so
+  // probe traces are reported, not asserted; with pg_ctl stop -m fast none is expected.
+  expect(probes.refusedOnly).toBeGreaterThan(0);
   expect(report.violations).toEqual([]);
+});
+
+// Postgres restarts can kill kp-rotor processes: postgres@3.4.9 schedules small writes with
+// setImmediate and `closed()` nulls the socket meanwhile, so `nextWrite` throws
+// "Cannot read properties of null (reading 'write')" from an Immediate: an uncaught exception,
+// which the process's close-with-grace handler turns into a shutdown (porsager/postgres #1154,
+// #1208; fixes proposed in #1168, #1209). A race: it does not happen on every run.
+it("no worker or API process exits on its own, and the API recovers without a restart", () => {
+  expect(crashed).toEqual([]);
+  expect(apiRecovered).toBe(true);
 });

@@ -34,6 +34,13 @@ export interface ScenarioOptions {
   probes?: number;
 }
 
+export interface ProbeRecord {
+  id: string;
+  sentAt: number;
+  answeredAt: number;
+  status: number;
+}
+
 export interface ProbeVerdict {
   /** Probe welcomes sent while the fault lasted, and how they were answered. */
   statuses: Record<string, number>;
@@ -92,6 +99,7 @@ export class Scenario {
   readonly extra: Record<string, unknown> = {};
   private load: SteadyLoad | undefined;
   private poller: KeyPackagePoller | undefined;
+  private readonly restarted = new Set<Service>();
 
   private constructor(
     readonly name: string,
@@ -134,13 +142,9 @@ export class Scenario {
     this.load = undefined;
   }
 
-  /**
-   * Sends welcomes to the probe identities (round robin, every `everyMs`) while `during` runs;
-   * then checks that a probe whose every welcome was refused has no deadline write in that window:
-   * a refusal acknowledged nothing and wrote nothing.
-   */
-  async probeWhile(during: () => Promise<void>, everyMs = 300): Promise<ProbeVerdict> {
-    const sent: { id: string; sentAt: number; answeredAt: number; status: number }[] = [];
+  /** Sends welcomes to the probe identities (round robin, every `everyMs`) while `during` runs. */
+  async probeWhile(during: () => Promise<void>, everyMs = 300): Promise<ProbeRecord[]> {
+    const sent: ProbeRecord[] = [];
     let running = true;
     const loop = (async () => {
       for (let i = 0; running; i++) {
@@ -156,6 +160,14 @@ export class Scenario {
       running = false;
       await loop;
     }
+    return sent;
+  }
+
+  /**
+   * A probe whose every welcome was refused has no deadline write within that window: a refusal
+   * acknowledged nothing and wrote nothing. (Run once Postgres answers again.)
+   */
+  async judgeProbes(sent: ProbeRecord[]): Promise<ProbeVerdict> {
     const audit = await readAudit(this.h.sql);
     const verdict: ProbeVerdict = { statuses: {}, refusedOnly: 0, traces: [] };
     for (const r of sent) verdict.statuses[r.status] = (verdict.statuses[r.status] ?? 0) + 1;
@@ -171,6 +183,19 @@ export class Scenario {
       }
     }
     return verdict;
+  }
+
+  /**
+   * Restarts services that exited on their own (as a supervisor would) and returns their names.
+   */
+  async restartCrashed(): Promise<string[]> {
+    const crashed = this.h.services.filter((sv) => sv.crashed() && !this.restarted.has(sv));
+    for (const sv of crashed) {
+      this.restarted.add(sv);
+      if (sv.name.startsWith("api")) await this.h.startApi();
+      else this.h.startWorker();
+    }
+    return crashed.map((sv) => sv.name);
   }
 
   /** `kp-rotor reconcile --quiet`, once; returns its JSON summary. */

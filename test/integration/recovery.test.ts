@@ -102,6 +102,27 @@ describe("crashes and lost Redis data", () => {
     expect(after.wakeups.rotation).toEqual(before.wakeups.rotation);
   });
 
+  it("Redis down (not just disconnected): 503 with Retry-After, nothing written", async () => {
+    const redis = await startRedisServer();
+    const env = await setup({ ROTATION_INTERVAL: "30d", REDIS_URL: redis.url });
+    await identities.register(env.ctx.rotor, "bob");
+    const before = await env.ctx.database
+      .sql`select rotation_deadline::text as d from identities where id = 'bob'`;
+    const app = await buildApp({
+      rotor: env.ctx.rotor,
+      apiToken: undefined,
+      checkReady: () => env.ctx.checkReady(),
+    });
+    cleanups.push(() => app.close());
+    await redis.stop();
+    const res = await app.inject({ method: "POST", url: "/v1/identities/bob/welcome" });
+    expect(res.statusCode).toBe(503);
+    expect(res.headers["retry-after"]).toBe("5");
+    const after = await env.ctx.database
+      .sql`select rotation_deadline::text as d from identities where id = 'bob'`;
+    expect(after).toEqual(before);
+  });
+
   it("FLUSHALL, then reconcile rebuilds every wake-up; a second run repairs nothing", async () => {
     const redis = await startRedisServer();
     cleanups.push(() => redis.stop());

@@ -16,7 +16,13 @@ const UNAVAILABLE =
 function isUnavailable(err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; depth++) {
     const code = (e as { code?: unknown }).code;
-    if (UNAVAILABLE.test(e.message) || (typeof code === "string" && UNAVAILABLE.test(code))) {
+    // ioredis names the error of a command that ran out of retries (MaxRetriesPerRequestError)
+    // without saying so in its message: test the name too.
+    if (
+      UNAVAILABLE.test(e.message) ||
+      UNAVAILABLE.test(e.name) ||
+      (typeof code === "string" && UNAVAILABLE.test(code))
+    ) {
       return true;
     }
     // Postgres admin shutdown / cannot connect now.

@@ -1,0 +1,167 @@
+/**
+ * What every system in the side-by-side benchmark (bench/peers.ts) provides, and small helpers
+ * shared by the adapters in this folder.
+ */
+import { Redis } from "ioredis";
+import type postgres from "postgres";
+import {
+  createPrivateDatabase,
+  defer,
+  pgStats,
+  type PrivateDatabase,
+  type PrivateRedis,
+  redisInfo,
+  redisDelta,
+  type Info,
+  type PgStats,
+  pgDelta,
+  sleep,
+  summarize,
+  type Summary,
+  startPrivateRedis,
+} from "../lib.js";
+
+export const DAY = 86_400_000;
+
+export interface Params {
+  /** Identities with a far-future deadline (the "pending" set). */
+  identities: number;
+  /** Timers due in the lateness test, and the window they are spread over. */
+  due: number;
+  spreadS: number;
+  /** Reschedules (welcome pull-ins) in the reschedule test. */
+  reschedules: number;
+  /** Lead time before the first due timer. */
+  leadMs: number;
+  /** Upper bound of a reschedule loop that goes one call per timer (pg-boss). */
+  rescheduleSeconds: number;
+}
+
+export interface ScheduleResult {
+  /** What was measured, in words (kp-rotor: reconcile of pre-seeded identities). */
+  what: string;
+  count: number;
+  ms: number;
+  perS: number;
+  /** Redis used_memory delta per identity (Redis-based systems only). */
+  redisBytesPerIdentity?: number;
+  redisBytesPerTimer?: number;
+  timersPerIdentity?: number;
+  extra?: Record<string, unknown>;
+}
+
+export interface LatenessResult {
+  what: string;
+  count: number;
+  expected: number;
+  lateness: Summary;
+  /** Secondary figures (kp-rotor: BullMQ pickup, rotations/s …). */
+  extra?: Record<string, unknown>;
+}
+
+export interface RescheduleResult {
+  what: string;
+  count: number;
+  ms: number;
+  perS: number;
+}
+
+export interface Counters {
+  redis?: Info;
+  pg?: PgStats;
+  /** Queries the adapter counted itself (poll loop). */
+  ownQueries?: number;
+}
+
+export interface Peer {
+  name: string;
+  /** Settings as configured, for the report. */
+  settings: Record<string, string | number | boolean>;
+  /** Idle-cost resources: which database and Redis server belong to this system alone. */
+  database?: PrivateDatabase;
+  redis?: PrivateRedis;
+  /** Schedules `identities` far-future timers (1 to 30 days), measured. */
+  schedule(p: Params): Promise<ScheduleResult>;
+  /** Starts the workers (or the poll loop) used by the idle and lateness tests. */
+  startWorkers(): Promise<void>;
+  /** Polled by the orchestrator until it says the workers are quiet. */
+  ready?(): Promise<boolean>;
+  lateness(p: Params): Promise<LatenessResult>;
+  stopWorkers(): Promise<void>;
+  reschedule(p: Params): Promise<RescheduleResult>;
+  ownQueries?(): number;
+  close(): Promise<void>;
+}
+
+export interface IdleResult {
+  seconds: number;
+  pgXactCommitPerS: number | null;
+  pgTupReturnedPerS: number | null;
+  pgQueriesPer10Min: number | null;
+  ownQueriesPerS: number | null;
+  redisCommandsPerS: number | null;
+  redisByCommand: Record<string, number> | null;
+  workers: number;
+}
+
+/** Shared infrastructure handed to the adapters. */
+export interface Infra {
+  admin: postgres.Sql;
+  newDatabase(): Promise<PrivateDatabase>;
+  newRedis(extra?: string[]): Promise<PrivateRedis>;
+  log(msg: string): void;
+}
+
+export function makeInfra(admin: postgres.Sql, log: (m: string) => void): Infra {
+  return {
+    admin,
+    newDatabase: () => createPrivateDatabase(),
+    newRedis: (extra) => startPrivateRedis(extra),
+    log,
+  };
+}
+
+/** A measuring connection to a private Redis (closed by the cleanup stack). */
+export function measuringRedis(url: string): Redis {
+  const r = new Redis(url);
+  defer("measuring redis", () => r.quit());
+  return r;
+}
+
+export async function usedMemory(r: Redis): Promise<number> {
+  const info = await redisInfo(r);
+  return Number(info.get("used_memory") ?? 0);
+}
+
+export { pgStats, redisInfo, redisDelta, pgDelta, sleep, summarize };
+
+/** Waits until `count()` reaches `target` or `deadline` passes. */
+export async function waitFor(count: () => number, target: number, deadline: number) {
+  while (count() < target && Date.now() < deadline) await sleep(50);
+}
+
+/** Deadlines for the lateness test: uniform over [t0, t0 + spread), fixed seed. */
+export function dueTimes(p: Params, t0: number): number[] {
+  let seed = 7;
+  const random = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return Array.from({ length: p.due }, () => Math.round(t0 + random() * p.spreadS * 1000));
+}
+
+/** Far-future fire times for the pending set, 1 to 30 days out, fixed seed. */
+export function farTimes(n: number, now: number): number[] {
+  let seed = 42;
+  const random = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return Array.from({ length: n }, () => Math.round(now + DAY + random() * 29 * DAY));
+}
+
+export const idOf = (i: number) => `id-${String(i).padStart(8, "0")}`;

@@ -1,0 +1,126 @@
+/**
+ * pg-boss 12: one queue with policy "stately" (at most one queued and one active job per
+ * singletonKey), one job per identity with singletonKey = identity id and startAfter = deadline;
+ * reschedule with update(name, undefined, { singletonKey, startAfter }).
+ */
+import { PgBoss } from "pg-boss";
+import { defer, mapLimit, round } from "../lib.js";
+import {
+  dueTimes,
+  farTimes,
+  idOf,
+  type Infra,
+  type LatenessResult,
+  type Params,
+  type Peer,
+  summarize,
+  waitFor,
+} from "./common.js";
+
+const QUEUE = "rotation";
+export const PGBOSS_WORK = { batchSize: 16, burstWhenBatchFull: true } as const;
+
+export async function pgBoss(infra: Infra): Promise<Peer> {
+  const database = await infra.newDatabase();
+  const boss = new PgBoss({ connectionString: database.url });
+  boss.on("error", (err: unknown) => infra.log(`pg-boss: ${(err as Error).message}`));
+  await boss.start();
+  defer("pg-boss", () => boss.stop({ graceful: false, timeout: 2_000 }));
+  await boss.createQueue(QUEUE, { policy: "stately" });
+  let onJob: ((data: { due: number }, name: string) => void) | undefined;
+  let workId: string | undefined;
+
+  return {
+    name: "pg-boss",
+    settings: {
+      "pg-boss": "12.38.0 (declares Node >= 22; runs on Node 20)",
+      constructor: "{ connectionString } only: supervise, maintenance, monitor at their defaults",
+      queue: "createQueue('rotation', { policy: 'stately' })",
+      job: "insert()/send() with singletonKey = identity id, startAfter = deadline",
+      work: "work('rotation', { batchSize: 16, burstWhenBatchFull: true }); pollingIntervalSeconds default 2",
+      processor: "no-op (records start time)",
+      reschedule:
+        "update('rotation', undefined, { singletonKey, startAfter: now + 5 s }), 64 concurrent (no bulk update by key)",
+    },
+    database,
+    async schedule(p: Params) {
+      const times = farTimes(p.identities, Date.now());
+      const started = performance.now();
+      for (let i = 0; i < p.identities; i += 1000) {
+        await boss.insert(
+          QUEUE,
+          times.slice(i, i + 1000).map((at, j) => ({
+            data: { due: at },
+            singletonKey: idOf(i + j),
+            startAfter: new Date(at),
+          })),
+        );
+      }
+      const ms = performance.now() - started;
+      return {
+        what: "boss.insert() of jobs with singletonKey + startAfter, pages of 1,000",
+        count: p.identities,
+        ms: Math.round(ms),
+        perS: Math.round((p.identities / ms) * 1000),
+      };
+    },
+    async startWorkers() {
+      workId = await boss.work<{ due: number }>(QUEUE, PGBOSS_WORK, async (jobs) => {
+        for (const job of jobs) onJob?.(job.data, job.name);
+      });
+    },
+    async lateness(p: Params): Promise<LatenessResult> {
+      const late: number[] = [];
+      onJob = (data) => {
+        const now = Date.now();
+        if (data.due > 0) late.push(now - data.due);
+      };
+      const t0 = Date.now() + p.leadMs;
+      const times = dueTimes(p, t0);
+      for (let i = 0; i < times.length; i += 1000) {
+        await boss.insert(
+          QUEUE,
+          times.slice(i, i + 1000).map((at, j) => ({
+            data: { due: at },
+            singletonKey: `due-${i + j}`,
+            startAfter: new Date(at),
+          })),
+        );
+      }
+      await waitFor(() => late.length, times.length, Math.max(...times) + 15_000);
+      onJob = undefined;
+      return {
+        what: "no-op handler start - startAfter",
+        count: late.length,
+        expected: times.length,
+        lateness: summarize(late.map((x) => round(x, 1))),
+      };
+    },
+    async stopWorkers() {
+      if (workId) await boss.offWork(QUEUE, { id: workId, wait: true });
+    },
+    async reschedule(p: Params) {
+      const ids = Array.from({ length: Math.min(p.reschedules, p.identities) }, (_, i) => idOf(i));
+      const started = performance.now();
+      // Time-boxed: pg-boss updates one job per call and is slow enough to dominate the run.
+      const deadline = Date.now() + p.rescheduleSeconds * 1000;
+      let done = 0;
+      await mapLimit(ids, 64, async (id) => {
+        if (Date.now() > deadline) return;
+        done++;
+        await boss.update(QUEUE, undefined, {
+          singletonKey: id,
+          startAfter: new Date(Date.now() + 5_000),
+        });
+      });
+      const ms = performance.now() - started;
+      return {
+        what: `update(name, undefined, { singletonKey, startAfter }), 64 concurrent, time-boxed to ${p.rescheduleSeconds} s`,
+        count: done,
+        ms: Math.round(ms),
+        perS: Math.round((done / ms) * 1000),
+      };
+    },
+    async close() {},
+  };
+}
