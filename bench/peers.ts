@@ -30,6 +30,7 @@ import {
   wholeNumber,
 } from "./lib.js";
 import { rawBullmq } from "./peers/bullmq.js";
+import { renderCharts } from "./peers/charts.js";
 import { type IdleResult, type Infra, makeInfra, type Params, type Peer } from "./peers/common.js";
 import { graphileWorker } from "./peers/graphile.js";
 import { kpRotor } from "./peers/kprotor.js";
@@ -71,7 +72,8 @@ if (values["report-only"]) {
     .filter((f) => /^peers-.*\.json$/.test(f))
     .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")) as RunResult)
     .filter((o) => o.params.identities !== result.params.identities);
-  writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others));
+  const charts = await renderCharts(dir);
+  writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts));
   console.log(systemsTable(result));
   console.log();
   console.log(goalsTable(result));
@@ -79,10 +81,10 @@ if (values["report-only"]) {
 }
 const quick = values.quick ?? false;
 const N = wholeNumber("identities", values.identities, quick ? 10_000 : 100_000);
-const M = wholeNumber("due", values.due, quick ? 100 : 600);
-const S = wholeNumber("spread", values.spread, quick ? 4 : 20);
-const K = wholeNumber("reschedules", values.reschedules, quick ? 10_000 : 50_000);
-const IDLE_S = wholeNumber("idle-seconds", values["idle-seconds"], quick ? 15 : 60);
+const M = wholeNumber("due", values.due, quick ? 75 : 600);
+const S = wholeNumber("spread", values.spread, quick ? 3 : 20);
+const K = wholeNumber("reschedules", values.reschedules, quick ? 5_000 : 50_000);
+const IDLE_S = wholeNumber("idle-seconds", values["idle-seconds"], quick ? 30 : 60);
 const SETTLE_S = wholeNumber("settle", values.settle, 11);
 const PGBENCH_S = wholeNumber("pgbench-seconds", values["pgbench-seconds"], 10);
 const CONCURRENCY = wholeNumber("concurrency", values.concurrency, 16);
@@ -96,7 +98,7 @@ const log = (msg: string) =>
 const RESCHEDULE_S = wholeNumber(
   "reschedule-seconds",
   values["reschedule-seconds"],
-  quick ? 5 : 20,
+  quick ? 3 : 20,
 );
 const params: Params = {
   identities: N,
@@ -275,7 +277,11 @@ await runMain(async () => {
     }
   }
   if (values["results-dir"] === undefined) {
-    writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others));
+    const charts = await renderCharts(dir).catch((err) => {
+      log(`charts failed: ${(err as Error).message}`);
+      return [] as string[];
+    });
+    writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts));
   }
 
   console.log();

@@ -84,7 +84,7 @@ export function goals(r: RunResult): GoalRow[] {
         : (perWorker <= 1
             ? "met at this N; "
             : `missed by ${fmt(perWorker - 1, 2)}/s (${pct(perWorker - 1)} over): one kp-rotor process runs TWO BullMQ workers (rotation and deletion queues), each with its own idle turn (a BZPOPMIN on its marker, then a moveToActive script) and its own stalled-jobs check every 30 s, so its floor is about twice a single raw BullMQ worker's (${fmt(bq?.idle?.redisCommandsPerS, 2)}/s here; Lua scripts' inner redis.call commands are counted too). `) +
-          "constancy in N is shown by running two sizes (`--identities` 10000 and 100000): the idle commands are BullMQ's timers, none of them per job",
+          "constancy in N: compare the idle-cost-against-N table (runs at other N kept in bench/results/); the idle commands are BullMQ's timers, none of them per job. Use a window that is a multiple of 30 s (the stalled-check period), or the stalled checks are under- or over-counted",
   });
 
   // Lateness.
@@ -272,7 +272,7 @@ export function goalsTable(r: RunResult): string {
 
 const mdEscape = (s: string) => s.replaceAll("|", "\\|").replaceAll("\n", " ");
 
-export function markdown(r: RunResult, others: RunResult[] = []): string {
+export function markdown(r: RunResult, others: RunResult[] = [], charts: string[] = []): string {
   const m = r.machine;
   const out: string[] = [];
   out.push("# Benchmarks: kp-rotor side by side with its peers");
@@ -349,6 +349,11 @@ export function markdown(r: RunResult, others: RunResult[] = []): string {
   out.push(systemsTable(r));
   out.push("```");
   out.push("");
+  for (const c of charts) {
+    const rel = c.slice(c.lastIndexOf("bench/results/"));
+    out.push(`![${rel}](${rel})`);
+    out.push("");
+  }
   out.push("How each figure is taken:");
   out.push("");
   out.push(

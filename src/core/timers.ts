@@ -113,7 +113,8 @@ export function planArm(desired: number | null, job: JobView, now: number): ArmA
       return { kind: "none" };
     case "delayed": {
       if (job.fireAt === desired) return { kind: "none" };
-      const overdue = desired <= now;
+      // Strictly past: a deadline of exactly now is a rotate-now, which must not wait.
+      const overdue = desired < now;
       if (overdue && job.fireAt <= now + BACKOFF.maxMs) return { kind: "none" };
       return { kind: "reschedule", fireAt: desired };
     }

@@ -203,7 +203,9 @@ export async function deregister(rotor: Rotor, id: string): Promise<void> {
     await repo.tombstone(tx, id, rotor.clock());
   });
   await rotor.db.transaction(async (tx) => {
-    await repo.lockIdentity(tx, id);
+    const identity = await repo.lockIdentity(tx, id);
+    // Registered again in between: its registration armed its own wake-ups; leave them.
+    if (identity !== undefined && !identity.deregistered) return;
     const now = rotor.clock();
     await rotor.timers.arm("rotation", id, null, now);
     await rotor.timers.arm("deletion", id, null, now);

@@ -102,6 +102,11 @@ export async function promoteRotation(
       rotationDeadline: next.rotationDeadline,
       supersededDeleteAt: next.supersededDeleteAt,
     });
+    // The superseded package's deletion is armed before the commit (an earlier wake-up is always
+    // safe): if the re-arm step after the commit fails, or the worker dies there, nothing else
+    // would arm it until the next rotation.
+    if (promoted)
+      await rotor.timers.arm("deletion", identityId, await kps.nextDeleteAt(tx, identityId), now);
     return { outcome: promoted ? "rotated" : "fenced", at: now };
   });
 }

@@ -70,11 +70,16 @@ describe("identities API", () => {
     expect(status.wakeups.rotation).toEqual({ state: "delayed", fireAt: deadline });
   });
 
-  it("rotate pulls the deadline to now", async () => {
+  it("rotate pulls the deadline to now, and its wake-up too, even after a welcome", async () => {
     await call("PUT", "/v1/identities/carol");
+    await call("POST", "/v1/identities/carol/welcome");
     const res = await call("POST", "/v1/identities/carol/rotate");
     expect(res.statusCode).toBe(202);
-    expect(Date.parse(res.json().nextRotationAt)).toBeLessThanOrEqual(Date.now());
+    const deadline = Date.parse(res.json().nextRotationAt);
+    expect(deadline).toBeLessThanOrEqual(Date.now());
+    // Not left at the welcome's now + 5 s (a bug the model test found).
+    const status = (await call("GET", "/v1/identities/carol")).json();
+    expect(status.wakeups.rotation.state === "waiting" || status.wakeups.rotation.fireAt <= deadline).toBe(true);
   });
 
   it("takes welcome batches and reports unknown identities apart", async () => {

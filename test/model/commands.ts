@@ -1,6 +1,11 @@
 /**
- * The commands fast-check interleaves against the simulator, and one scenario run: the commands,
- * then the final phase, with every invariant checked after every step.
+ * The commands fast-check interleaves against the simulator, and one scenario run: the prelude,
+ * the commands, then the final phase, with every invariant checked after every step.
+ *
+ * Requests (register, welcome, rotateSoon, deregister, reconcile) only start a process; `#k` in
+ * step / run / runTx picks the k-th process in flight (by start order, modulo their number), and
+ * a command that does not apply (nothing in flight, nothing due) does nothing, so that shrinking
+ * can drop any command.
  */
 import fc from "fast-check";
 import {

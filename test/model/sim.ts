@@ -111,7 +111,9 @@ export interface SimOptions {
 }
 
 /**
- * Real issues the model found in src, each with the fix the simulator applies when patched:
+ * Real issues the model found in src, all three since fixed there. "Patched" is the src of
+ * today; without a patch the simulator plays the src of before the fix, so the regression tests
+ * can show the old behaviour failing on its minimal sequence:
  *  - "deregister-unarms-revived": deregister's second transaction removes the wake-ups without
  *    looking at the row it re-read; a registration that revived the identity in between loses its
  *    rotation wake-up. Fix: return when the re-read identity is live again.
@@ -834,15 +836,16 @@ export class Sim {
     }
   }
 
-  /** src planArm, unless a known issue is patched. */
+  /** src planArm; without the patch, the rule src had before the fix (deadline == now kept a later job). */
   private planArm(desired: number | null, job: JobView, now: number): ArmAction {
     if (
-      this.patched("rotate-now-waits-for-later-wakeup") &&
+      !this.patched("rotate-now-waits-for-later-wakeup") &&
       desired === now &&
       job.state === "delayed" &&
-      job.fireAt > desired
+      job.fireAt > desired &&
+      job.fireAt <= now + BACKOFF.maxMs
     ) {
-      return { kind: "reschedule", fireAt: desired };
+      return { kind: "none" };
     }
     return planArm(desired, job, now);
   }

@@ -185,7 +185,8 @@ describe("planArm", () => {
     ["overdue x delayed at now+maxMs", OVERDUE, delayed(NOW + MAX), none],
     ["overdue x delayed beyond now+maxMs", OVERDUE, delayed(NOW + MAX + 1), resched(OVERDUE)],
     ["overdue x delayed 30 d later", OVERDUE, delayed(FUTURE), resched(OVERDUE)],
-    ["deadline == now x delayed within", NOW, delayed(NOW + MAX), none],
+    // A deadline of exactly now (rotate-now) is not overdue: a later job is moved in.
+    ["deadline == now x delayed within", NOW, delayed(NOW + MAX), resched(NOW)],
     ["deadline == now x delayed beyond", NOW, delayed(NOW + MAX + 1), resched(NOW)],
     ["overdue x waiting", OVERDUE, waiting, none],
     ["overdue x active", OVERDUE, active, none],
