@@ -101,7 +101,7 @@ export function goals(r: RunResult): GoalRow[] {
       ? "not measured"
       : pick.p99 <= 5
         ? "met"
-        : `missed by ${fmt(pick.p99 - 5, 0)} ms (x${fmt(pick.p99 / 5, 1)}): a delayed BullMQ job is picked up when the worker's blocking BZPOPMIN times out, and Redis checks blocked-client timeouts only hz times a second (default hz 10, so up to ~100 ms); raw BullMQ shows the same (p99 ${bq?.lateness?.lateness.p99 ?? "-"} ms). Needs hz 500 (~5 ms) or an in-process timer to the next fire time; the real rotation adds key generation and queueing behind it`,
+        : `missed by ${fmt(pick.p99 - 5, 0)} ms (x${fmt(pick.p99 / 5, 1)}): a delayed BullMQ job is picked up when the worker's blocking BZPOPMIN times out, and Redis checks blocked-client timeouts only hz times a second (default hz 10, so up to ~100 ms); raw BullMQ shows the same (p99 ${bq?.lateness?.lateness.p99 ?? "-"} ms). Needs hz 500 (~5 ms) or an in-process timer to the next fire time. kp-rotor's p50 is lower than raw BullMQ's, likely because its worker is busy rotating (concurrency 16) and a busy BullMQ worker takes the next due job right after finishing one instead of blocking; only the jobs that arrive while it is idle pay the hz wait, and they set the p99`,
   });
 
   // Welcome ingest.
@@ -167,7 +167,7 @@ export function goals(r: RunResult): GoalRow[] {
         ? "not measured"
         : mem <= 500
           ? "met"
-          : `missed by ${fmt(mem - 500)} B (x${fmt(mem / 500, 1)}): every timer is a full BullMQ job (a hash with name, data, opts, timestamp, delay … plus the delayed-set entry); raw BullMQ alone costs ${fmt(bq?.schedule?.redisBytesPerTimer)} B per job, so two jobs per identity cannot fit in 500 B; it would need one sorted-set entry per deadline (~60-100 B) instead of a job`,
+          : `missed by ${fmt(mem - 500)} B (x${fmt(mem / 500, 1)}): every timer is a full BullMQ job (a hash with name, data, opts, timestamp, delay … plus the delayed-set entry); raw BullMQ alone costs ${fmt(bq?.schedule?.redisBytesPerTimer)} B per job, so two jobs per identity cannot fit in 500 B; it would need a bare sorted-set member per deadline (an id and a score) instead of a BullMQ job`,
   });
 
   // Reconcile of 1M.
@@ -200,7 +200,7 @@ export function goals(r: RunResult): GoalRow[] {
         ? "not measured"
         : ratio >= 0.8
           ? "met"
-          : `missed by ${pct(0.8 - ratio)} points: a rotation is three transactions (prepare, promote, re-arm) with sealing, two row locks and BullMQ calls around the ~2-3 ms key generation, all on one event loop; the burst is small (${kp?.lateness?.extra?.rotationsBurst}), so start-up and the tail weigh in too (bench/keygen.ts measures it at 2,000)`,
+          : `missed by ${pct(0.8 - ratio)} points: a rotation is three transactions (prepare, promote, re-arm) with sealing, two row locks and BullMQ calls around the ~2-3 ms key generation, all on one event loop; the burst includes pulling the identities in and the tail of the last rotations (bench/keygen.ts measures the same ratio at 2,000), and a busy machine hurts the service (more I/O waits, more context switches) more than the bare loop`,
   });
   return rows;
 }
