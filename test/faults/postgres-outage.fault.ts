@@ -40,9 +40,12 @@ beforeAll(async () => {
     await sleep(10_000);
     crashed.push(...(await s.restartCrashed()));
 
-    const outageAt = Date.now();
+    let downAt = Date.now();
     const probeRecords = await s.probeWhile(async () => {
       await s.h.pg.stop("fast");
+      // pg_ctl stop -m fast can take seconds under load (it waits for a checkpoint); the outage
+      // starts when it returns.
+      downAt = Date.now();
       s.faults++;
       await sleep(OUTAGE_MS);
     });
@@ -63,7 +66,7 @@ beforeAll(async () => {
     crashed.push(...(await s.restartCrashed()));
     probes = await s.judgeProbes(probeRecords);
 
-    duringOutage = statusesBetween(s.recorder, outageAt + 1_000, upAt - 1_000);
+    duringOutage = statusesBetween(s.recorder, downAt + 1_000, upAt - 1_000);
     s.extra.restartMs = restartMs;
     s.extra.statusesDuringOutage = duringOutage;
     s.extra.probes = probes;
