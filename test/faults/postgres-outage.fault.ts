@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { sleep, waitFor } from "./harness.js";
 import { pick } from "./load.js";
-import { type ProbeVerdict, type Report, Scenario, statusesBetween } from "./scenario.js";
+import { type ProbeVerdict, type Report, Scenario } from "./scenario.js";
 
 const OUTAGE_MS = Number(process.env.FAULTS_OUTAGE_MS ?? 30_000);
 
