@@ -10,6 +10,7 @@ import { KpRotorError } from "../../src/errors.js";
 import {
   createKeyPackageFactory,
   DEFAULT_CIPHERSUITE,
+  decodePrivateKeyPackage,
   inspectKeyPackage,
   KEY_PACKAGE_LIFETIME_MS,
   NOT_BEFORE_SKEW_MS,
@@ -22,31 +23,6 @@ const utf8 = new TextEncoder();
 
 const factory = await createKeyPackageFactory();
 const impl: CiphersuiteImpl = await getCiphersuiteImpl(getCiphersuiteFromName(DEFAULT_CIPHERSUITE));
-
-/** Parses the private encoding documented on GeneratedKeyPackage.privateBytes. */
-function parsePrivate(bytes: Uint8Array) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const keys: Uint8Array[] = [];
-  let offset = 3;
-  for (let i = 0; i < 3; i++) {
-    const length = view.getUint16(offset);
-    keys.push(bytes.slice(offset + 2, offset + 2 + length));
-    offset += 2 + length;
-  }
-  expect(offset).toBe(bytes.length);
-  const [initPrivateKey, encryptionPrivateKey, signaturePrivateKey] = keys as [
-    Uint8Array,
-    Uint8Array,
-    Uint8Array,
-  ];
-  return {
-    version: view.getUint8(0),
-    suiteId: view.getUint16(1),
-    initPrivateKey,
-    encryptionPrivateKey,
-    signaturePrivateKey,
-  };
-}
 
 /** Seals to `publicKey` and opens with `privateKey`; resolves to the plaintext or rejects. */
 async function sealOpen(publicKey: Uint8Array, privateKey: Uint8Array): Promise<Uint8Array> {
@@ -136,10 +112,10 @@ describe("key packages", () => {
     const signatureKeys = await factory.generateSignatureKeyPair();
     const kp = await factory.generate({ identity, signatureKeys, now: NOW });
     const info = await inspectKeyPackage(kp.publicBytes);
-    const priv = parsePrivate(kp.privateBytes);
+    const priv = decodePrivateKeyPackage(kp.privateBytes);
 
-    expect(priv.version).toBe(1);
-    expect(priv.suiteId).toBe(0x0001);
+    expect(kp.privateBytes[0]).toBe(1); // format version
+    expect(priv.cipherSuiteId).toBe(0x0001);
     expect(await sealOpen(info.initKey, priv.initPrivateKey)).toEqual(utf8.encode("hello"));
     expect(await sealOpen(info.encryptionKey, priv.encryptionPrivateKey)).toEqual(
       utf8.encode("hello"),
@@ -181,7 +157,7 @@ describe("key packages", () => {
       now: NOW,
     });
     expect((await inspectKeyPackage(kp.publicBytes)).signatureValid).toBe(true);
-    expect(parsePrivate(kp.privateBytes).signaturePrivateKey).toEqual(signKey.slice(-32));
+    expect(decodePrivateKeyPackage(kp.privateBytes).signaturePrivateKey).toEqual(signKey.slice(-32));
   });
 
   it("rejects a signature key pair whose halves do not match", async () => {
