@@ -3,8 +3,7 @@ import { deletionDeadline, pullIn } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { ed25519PublicKey } from "../keys/signature.js";
-import { prepareRotation, promoteRotation, publishPending } from "./rotation.service.js";
-import { rearmAfterRotation } from "./wakeups.service.js";
+import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
 
@@ -117,9 +116,7 @@ async function rotateInline(
     }),
   );
   if (prepared.kind === "publish") {
-    await publishPending(rotor, id, prepared.pending);
-    await promoteRotation(rotor, id, prepared.pending);
-    await rearmAfterRotation(rotor, id, (deadline) =>
+    await completeRotation(rotor, id, prepared.pending, (deadline) =>
       rotor.timers.arm("rotation", id, deadline, rotor.clock()),
     );
   }

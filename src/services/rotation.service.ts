@@ -71,7 +71,7 @@ export async function prepareRotation(
 }
 
 /** Step 2. */
-export async function publishPending(
+async function publishPending(
   rotor: Rotor,
   identityId: string,
   pending: kps.PendingKeyPackage,
@@ -86,7 +86,7 @@ export async function publishPending(
 }
 
 /** Step 3, in its own transaction; "fenced" when another attempt promoted first. */
-export async function promoteRotation(
+async function promoteRotation(
   rotor: Rotor,
   identityId: string,
   pending: kps.PendingKeyPackage,
@@ -109,4 +109,30 @@ export async function promoteRotation(
       await rotor.timers.arm("deletion", identityId, await kps.nextDeleteAt(tx, identityId), now);
     return { outcome: promoted ? "rotated" : "fenced", at: now };
   });
+}
+
+/**
+ * Steps 2 to 4 for a prepared rotation: publish, promote, then re-arm under the lock. The
+ * rotation wake-up is re-armed through `rearmRotation` (a worker's own job re-arm, or a plain
+ * arm from registration); the deletion wake-up is armed to the earliest delete_at.
+ */
+export async function completeRotation(
+  rotor: Rotor,
+  identityId: string,
+  pending: kps.PendingKeyPackage,
+  rearmRotation: (deadline: number | null) => Promise<unknown>,
+): Promise<{ outcome: "rotated" | "fenced"; at: number }> {
+  await publishPending(rotor, identityId, pending);
+  const promoted = await promoteRotation(rotor, identityId, pending);
+  await rotor.db.transaction(async (tx) => {
+    const identity = await lockIdentity(tx, identityId);
+    const now = rotor.clock();
+    const decision = decideRotation(identity, now);
+    // Due again already (a zero interval in tests): fire at once rather than lose it.
+    await rearmRotation(
+      decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
+    );
+    await rotor.timers.arm("deletion", identityId, await kps.nextDeleteAt(tx, identityId), now);
+  });
+  return promoted;
 }

@@ -1,7 +1,7 @@
-import { backoffMs, decideRotation } from "../core/timers.js";
+import { backoffMs } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
-import { prepareRotation, promoteRotation, publishPending } from "./rotation.service.js";
+import { completeRotation, prepareRotation } from "./rotation.service.js";
 import type { ActiveWakeup, Rotor } from "./rotor.js";
 
 /**
@@ -35,9 +35,7 @@ export async function handleRotationWake(
     rotor.events.emit("rotation", { identityId: id, outcome: prepared.kind, at, startedAt });
     return prepared.kind;
   }
-  await publishPending(rotor, id, prepared.pending);
-  const { outcome, at } = await promoteRotation(rotor, id, prepared.pending);
-  await rearmAfterRotation(rotor, id, (deadline) =>
+  const { outcome, at } = await completeRotation(rotor, id, prepared.pending, (deadline) =>
     deadline === null ? wake.finish() : wake.rearm(deadline),
   );
   rotor.events.emit("rotation", {
@@ -48,28 +46,6 @@ export async function handleRotationWake(
     deadline: prepared.dueDeadline,
   });
   return outcome;
-}
-
-/**
- * After a rotation committed: under the lock again, point the rotation wake-up at the committed
- * deadline (through `rearmRotation`: the job's own re-arm, or a plain arm) and the deletion
- * wake-up at the earliest delete_at.
- */
-export async function rearmAfterRotation(
-  rotor: Rotor,
-  id: string,
-  rearmRotation: (deadline: number | null) => Promise<unknown>,
-): Promise<void> {
-  await rotor.db.transaction(async (tx) => {
-    const identity = await repo.lockIdentity(tx, id);
-    const now = rotor.clock();
-    const decision = decideRotation(identity, now);
-    // Due again already (a zero interval in tests): fire at once rather than lose it.
-    await rearmRotation(
-      decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
-    );
-    await rotor.timers.arm("deletion", id, await kps.nextDeleteAt(tx, id), now);
-  });
 }
 
 export async function handleDeletionWake(

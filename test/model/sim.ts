@@ -121,7 +121,7 @@ export interface SimOptions {
  *    as overdue, so a wake-up already delayed up to BACKOFF.maxMs ahead is kept: the rotation
  *    comes up to 60 s late. Fix: desired == now moves a later delayed job to now.
  *  - "deletion-armed-only-after-rotation": the deletion wake-up for the package a rotation
- *    superseded is armed only in rearmAfterRotation, after the rotation job was moved 30 days
+ *    superseded is armed only in completeRotation's re-arm step, after the rotation job was moved 30 days
  *    on. If that step fails after the move (the retry cannot move a job it no longer holds), or
  *    before it (the retry finds the deadline not due and re-arms only the rotation job), or the
  *    promote's commit answer is lost, nothing arms the deletion until the next rotation: the old
@@ -1049,7 +1049,7 @@ export class Sim {
     return promoted ? "rotated" : "fenced";
   }
 
-  /** wakeups.service rearmAfterRotation: step 4, under the lock again. */
+  /** rotation.service completeRotation's re-arm: step 4, under the lock again. */
   private *rearmAfterRotation(
     p: Proc,
     id: string,
