@@ -44,7 +44,8 @@ export async function reconcile(
   await rotor.timers.markReconciled();
   const total = await repo.countLive(rotor.db);
   const repairs = emptyCounts();
-  const overdue = await armOverdueFirst(rotor, pageSize, repairs);
+  const overdue = await armOverdue(rotor, rotor.clock(), pageSize);
+  for (const { action } of overdue) if (action.kind !== "none") repairs.rotation[action.kind]++;
   let done = 0;
   let after: string | null = null;
   for (;;) {
@@ -82,7 +83,7 @@ export async function reconcile(
   const orphansRemoved = await removeOrphans(rotor, pageSize);
   const report = {
     identities: done,
-    overdue,
+    overdue: overdue.length,
     repairs,
     orphansRemoved,
     durationMs: Date.now() - started,
@@ -93,48 +94,40 @@ export async function reconcile(
 }
 
 /**
- * Arms identities already past their deadline before anything else, most overdue first: their
- * wake-ups are added due now, so BullMQ runs them in that order, ahead of the rest of the walk.
+ * Arms live identities whose deadline passed before `before`, most overdue first, each page
+ * under its row locks, at most `limit` identities. Their wake-ups are added due now one at a
+ * time in deadline order, so BullMQ runs them in that order. Reconcile runs it before its walk;
+ * the watchdog runs it for identities overdue beyond any normal delay.
  */
-async function armOverdueFirst(
+export async function armOverdue(
   rotor: Rotor,
+  before: number,
   pageSize: number,
-  repairs: RepairCounts,
-): Promise<number> {
-  let count = 0;
+  limit = Number.POSITIVE_INFINITY,
+): Promise<{ id: string; action: ArmAction }[]> {
+  const armed: { id: string; action: ArmAction }[] = [];
   let after: { deadline: number; id: string } | undefined;
-  for (;;) {
-    const page = await repo.overdueIdentities(rotor.db, rotor.clock(), pageSize, after);
-    if (page.length === 0) return count;
+  while (armed.length < limit) {
+    const size = Math.min(pageSize, limit - armed.length);
+    const page = await repo.overdueIdentities(rotor.db, before, size, after);
+    if (page.length === 0) break;
+    const ids = page.map((p) => p.id);
     await rotor.db.transaction(async (tx) => {
-      const locked = new Map(
-        (
-          await repo.lockIdentities(
-            tx,
-            page.map((p) => p.id),
-          )
-        ).map((i) => [i.id, i]),
-      );
-      const views = await rotor.timers.view(
-        "rotation",
-        page.map((p) => p.id),
-      );
+      const locked = new Map((await repo.lockIdentities(tx, ids)).map((i) => [i.id, i]));
+      const views = await rotor.timers.view("rotation", ids);
       const now = rotor.clock();
-      // One at a time, in deadline order, so the wake-ups queue in that order.
-      for (const [i, { id }] of page.entries()) {
+      for (const [i, id] of ids.entries()) {
         const identity = locked.get(id);
         if (identity === undefined || identity.deregistered) continue;
         const action = planArm(identity.rotationDeadline, views[i] ?? { state: "missing" }, now);
-        if (action.kind === "none") continue;
-        repairs.rotation[action.kind]++;
         await rotor.timers.apply("rotation", id, action);
+        armed.push({ id, action });
       }
     });
-    count += page.length;
-    const last = page[page.length - 1];
-    if (last === undefined || page.length < pageSize) return count;
-    after = last;
+    if (page.length < size) break;
+    after = page[page.length - 1];
   }
+  return armed;
 }
 
 /** Removes wake-ups whose identity is not live, each under that identity's lock. */

@@ -1,5 +1,4 @@
-import * as repo from "../db/identities.repo.js";
-import { reconcile } from "./reconcile.service.js";
+import { armOverdue, reconcile } from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -27,31 +26,16 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
   if (!(await rotor.timers.isReconciled())) {
     reconciled = await reconcileOnce(rotor, options.owner, "Redis has no reconcile mark");
   }
-  const now = rotor.clock();
-  const overdue = await repo.overdueIdentities(
-    rotor.db,
-    now - options.overdueGraceMs,
-    options.limit ?? 100,
-  );
+  const limit = options.limit ?? 100;
+  const armed = await armOverdue(rotor, rotor.clock() - options.overdueGraceMs, limit, limit);
   let rearmed = 0;
-  for (const { id } of overdue) {
-    await rotor.db.transaction(async (tx) => {
-      const identity = await repo.lockIdentity(tx, id);
-      if (identity === undefined || identity.deregistered) return;
-      const action = await rotor.timers.arm(
-        "rotation",
-        id,
-        identity.rotationDeadline,
-        rotor.clock(),
-      );
-      if (action.kind !== "none") {
-        rearmed++;
-        rotor.log.warn(
-          { component: "watchdog", identityId: id, action },
-          "re-armed an overdue identity",
-        );
-      }
-    });
+  for (const { id, action } of armed) {
+    if (action.kind === "none") continue;
+    rearmed++;
+    rotor.log.warn(
+      { component: "watchdog", identityId: id, action },
+      "re-armed an overdue identity",
+    );
   }
   return { reconciled, rearmed };
 }

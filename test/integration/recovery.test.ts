@@ -216,5 +216,14 @@ describe("crashes and lost Redis data", () => {
       state: "delayed",
       fireAt: status.nextRotationAt?.getTime(),
     });
+
+    // An overdue identity that lost its wake-up is re-armed, due now.
+    await env.ctx.database
+      .sql`update identities set rotation_deadline = now() - interval '1 hour' where id = 'erin'`;
+    await rotor.timers.apply("rotation", "erin", { kind: "remove" });
+    const rearmed = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "test" });
+    expect(rearmed).toEqual({ reconciled: false, rearmed: 1 });
+    const [view] = await rotor.timers.view("rotation", ["erin"]);
+    expect(view?.state === "waiting" || view?.state === "delayed").toBe(true);
   });
 });
