@@ -50,6 +50,7 @@ import { ALL_HANDLERS } from "../workers/index.js";
 import {
   createPrivateDatabase,
   defer,
+  jobIdentityId,
   mapLimit,
   round,
   runMain,
@@ -201,7 +202,8 @@ await runMain(async () => {
   const activeAt = new Map<string, number>();
   const rotationWorker = runtime.workers.find((w) => w.kind === "rotation")?.worker;
   rotationWorker?.on("active", (job) => {
-    if (isDue(job.data.identityId)) activeAt.set(job.data.identityId, Date.now());
+    const id = jobIdentityId(job);
+    if (id !== undefined && isDue(id)) activeAt.set(id, Date.now());
   });
 
   const t0 = Date.now() + LEAD_MS;

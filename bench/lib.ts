@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import postgres from "postgres";
+import { identityIdOf } from "../src/queue/timers.js";
 import { ADMIN_DATABASE_URL, createTestDatabase, freePort } from "../test/helpers/env.js";
 
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -190,6 +191,11 @@ export interface SeedOptions {
   templateId: string;
   /** Seed for Postgres' random(), so a run is reproducible. */
   seed?: number;
+  /**
+   * Copy the template's superseded key packages (the ones with a deletion deadline) only to every
+   * k-th identity (g % k = 0); the others get only the current one. Default 1: all of them.
+   */
+  supersededEvery?: number;
 }
 
 /**
@@ -225,8 +231,9 @@ export async function seedIdentities(sql: postgres.Sql, o: SeedOptions): Promise
       `insert into key_packages (identity_id, ${packageColumns.map(quote).join(", ")})
        select i.id, ${packageColumns.map((c) => `k.${quote(c)}`).join(", ")}
        from identities i, key_packages k
-       where k.identity_id = $1 and starts_with(i.id, $2)`,
-      [o.templateId, o.prefix],
+       where k.identity_id = $1 and starts_with(i.id, $2)
+         and (k.delete_at is null or right(i.id, 8)::int % $3::int = 0)`,
+      [o.templateId, o.prefix, o.supersededEvery ?? 1],
     );
   });
   return Date.now() - started;
@@ -236,6 +243,20 @@ export async function seedIdentities(sql: postgres.Sql, o: SeedOptions): Promise
 export async function vacuumAnalyze(sql: postgres.Sql): Promise<void> {
   await sql`vacuum analyze identities`;
   await sql`vacuum analyze key_packages`;
+}
+
+/**
+ * The identity a kp-rotor wake-up job is for: from its job id (`id-<identityId>`, jobs carry data
+ * `{}`), or from `data.identityId` (the older job format), whichever is there.
+ */
+export function jobIdentityId(job: {
+  id?: string | undefined;
+  data?: unknown;
+}): string | undefined {
+  const fromId = job.id === undefined ? undefined : identityIdOf(job.id);
+  if (fromId !== undefined) return fromId;
+  const data = job.data as { identityId?: unknown } | undefined;
+  return typeof data?.identityId === "string" ? data.identityId : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +290,40 @@ export function spawnWorker(env: Record<string, string>): WorkerChild {
   const stop = defer(`worker ${child.pid}`, async () => {
     stopping = true;
     await stopChild(child, exited, 45_000);
+  });
+  return {
+    pid: child.pid ?? -1,
+    crashed,
+    alive: () => child.exitCode === null && child.signalCode === null,
+    stop,
+  };
+}
+
+/**
+ * A kp-rotor CLI process as deployed (`node --import tsx src/cli/main.ts <command>`), e.g. the
+ * API; its stdout (the JSON log lines) goes to /dev/null, the tail of its stderr is kept for the
+ * error if it exits early.
+ */
+export function spawnService(command: string, env: Record<string, string>): WorkerChild {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", command], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  child.stderr?.on("data", (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString()).slice(-4_000);
+  });
+  const exited = track(child);
+  let stopping = false;
+  const crashed = exited.then((code) => {
+    if (stopping) return new Promise<never>(() => {});
+    throw new Error(`${command} ${child.pid} exited early (code ${code}):\n${stderr}`);
+  });
+  crashed.catch(() => {});
+  const stop = defer(`${command} ${child.pid}`, async () => {
+    stopping = true;
+    await stopChild(child, exited, 30_000);
   });
   return {
     pid: child.pid ?? -1,

@@ -7,6 +7,15 @@
  *                          [--idle-seconds W] [--settle s] [--pgbench-seconds T]
  *                          [--only kp-rotor,poll,bullmq,pgboss,graphile] [--no-limits]
  *                          [--reschedule-seconds T] [--concurrency C] [--report-only]
+ *                          [--ingest-seconds T] [--ingest-connections C] [--api-log-level L]
+ *                          [--scale-n N1,N2 | none] [--scale-systems kp-rotor,poll]
+ *                          [--scale-only] [--scale-steady]
+ *
+ * The scale steps (--scale-n; full profile: 10,000 and 1,000,000) run after the side-by-side:
+ * for each N, fresh private servers, N identities seeded by SQL (generate_series), kp-rotor's
+ * reconcile timed from an empty Redis (after FLUSHALL), then the idle window, then everything
+ * of that N dropped before the next. --scale-only skips the side-by-side (and writes
+ * scale-only.json instead of latest.json, leaving BENCHMARKS.md alone).
  *
  * Writes a table on stdout, bench/results/latest.json and BENCHMARKS.md (regenerated from the
  * JSON). Everything runs on private servers: a redis-server per Redis system on a free port and
@@ -41,7 +50,9 @@ import {
   goalsTable,
   markdown,
   type RunResult,
+  type ScaleResult,
   type SystemResult,
+  scaleTable,
   systemsTable,
 } from "./peers/report.js";
 
@@ -61,6 +72,13 @@ const { values } = parseArgs({
     "no-limits": { type: "boolean", default: false },
     "results-dir": { type: "string" },
     "report-only": { type: "boolean", default: false },
+    "ingest-seconds": { type: "string" },
+    "ingest-connections": { type: "string" },
+    "api-log-level": { type: "string" },
+    "scale-n": { type: "string" },
+    "scale-systems": { type: "string" },
+    "scale-only": { type: "boolean", default: false },
+    "scale-steady": { type: "boolean", default: false },
   },
 });
 
@@ -100,6 +118,18 @@ const RESCHEDULE_S = wholeNumber(
   values["reschedule-seconds"],
   quick ? 3 : 20,
 );
+const INGEST_S = wholeNumber("ingest-seconds", values["ingest-seconds"], quick ? 8 : 30);
+const INGEST_C = wholeNumber("ingest-connections", values["ingest-connections"], 64);
+const API_LOG_LEVEL = values["api-log-level"] ?? "info";
+const SCALE_N = (values["scale-n"] ?? (quick ? "none" : "10000,1000000"))
+  .split(",")
+  .map((x) => x.trim())
+  .filter((x) => x !== "" && x !== "none" && x !== "0")
+  .map((x) => wholeNumber("scale-n", x.replaceAll("_", ""), 0));
+if (SCALE_N.some((n) => n < 2)) throw new Error("--scale-n: sizes >= 2");
+const SCALE_SYSTEMS = (values["scale-systems"] ?? "kp-rotor,poll").split(",").map((x) => x.trim());
+const SCALE_ONLY = values["scale-only"] ?? false;
+const SCALE_STEADY = values["scale-steady"] ?? false;
 const params: Params = {
   identities: N,
   due: M,
@@ -107,10 +137,13 @@ const params: Params = {
   reschedules: K,
   leadMs: 1_500 + 2 * M,
   rescheduleSeconds: RESCHEDULE_S,
+  ingestConnections: INGEST_C,
+  ingestSeconds: INGEST_S,
 };
 
+const kpOptions = { concurrency: CONCURRENCY, steadyState: true, apiLogLevel: API_LOG_LEVEL };
 const FACTORIES: Record<string, (infra: Infra) => Promise<Peer>> = {
-  "kp-rotor": (infra) => kpRotor(infra, CONCURRENCY),
+  "kp-rotor": (infra) => kpRotor(infra, kpOptions),
   poll: pollBaseline,
   bullmq: rawBullmq,
   pgboss: pgBoss,
@@ -135,48 +168,20 @@ async function step<T>(
   }
 }
 
-await runMain(async () => {
-  const startedAt = new Date();
-  const admin = adminSql();
-  const infra = makeInfra(admin, log);
-  const machine = await describeMachine(admin);
-  log(
-    `N=${N} M=${M} over ${S} s, K=${K}, idle ${IDLE_S} s (+${SETTLE_S} s settle); ${ONLY.join(", ")}`,
-  );
-
-  // Machine limits first, while nothing else runs.
-  let limits: Limits | null = null;
-  if (!values["no-limits"]) limits = await machineLimits(infra, PGBENCH_S);
-  if (limits)
-    log(
-      `redis-benchmark SET ${limits.redisBenchmark.setPerS}/s ZADD ${limits.redisBenchmark.zaddPerS}/s; pgbench ${limits.pgbench.tps} tps`,
-    );
-
-  // Set up and schedule the N pending timers, one system at a time.
-  const peers: { peer: Peer; res: SystemResult }[] = [];
-  for (const key of ONLY) {
-    const factory = FACTORIES[key];
-    if (!factory) throw new Error(`--only: unknown system ${key}`);
-    const res: SystemResult = { name: key, settings: {}, errors: [] };
-    const peer = await step(res, "set-up", () => factory(infra));
-    if (!peer) {
-      peers.push({ peer: undefined as unknown as Peer, res });
-      continue;
-    }
-    res.name = peer.name;
-    res.settings = peer.settings;
-    res.schedule = await step(res, `schedule ${N}`, () => peer.schedule(params));
-    peers.push({ peer, res });
-  }
-  const live = peers.filter((p) => p.peer !== undefined);
-
-  // Idle: every system's workers at once; each counter belongs to one system.
-  for (const { peer, res } of live) await step(res, "start workers", () => peer.startWorkers());
+/**
+ * The idle window: settle, then Redis INFO and pg_stat_database of each system's own servers
+ * before and after; every system's workers run at once (each counter belongs to one system).
+ */
+async function idleWindow(
+  live: { peer: Peer; res: SystemResult }[],
+  admin: ReturnType<typeof adminSql> = adminConn(),
+): Promise<void> {
   const measures = new Map<Peer, Redis>();
+  const closers: (() => Promise<void>)[] = [];
   for (const { peer } of live) {
     if (peer.redis) {
       const r = new Redis(peer.redis.url);
-      defer("idle measuring connection", () => r.quit());
+      closers.push(defer("idle measuring connection", () => r.quit()));
       measures.set(peer, r);
     }
   }
@@ -215,7 +220,58 @@ await runMain(async () => {
     };
     res.idle = idle;
   });
-  log("idle window done");
+  for (const close of closers) await close();
+}
+
+let adminSingleton: ReturnType<typeof adminSql> | undefined;
+const adminConn = () => {
+  adminSingleton ??= adminSql();
+  return adminSingleton;
+};
+
+await runMain(async () => {
+  const startedAt = new Date();
+  const admin = adminConn();
+  const infra = makeInfra(admin, log);
+  const machine = await describeMachine(admin);
+  log(
+    SCALE_ONLY
+      ? `scale steps only: N=${SCALE_N.join(", ")}; ${SCALE_SYSTEMS.join(", ")}; idle ${IDLE_S} s (+${SETTLE_S} s settle)`
+      : `N=${N} M=${M} over ${S} s, K=${K}, idle ${IDLE_S} s (+${SETTLE_S} s settle); ${ONLY.join(", ")}; then scale steps N=${SCALE_N.join(", ") || "none"}`,
+  );
+
+  // Machine limits first, while nothing else runs.
+  let limits: Limits | null = null;
+  if (!values["no-limits"]) limits = await machineLimits(infra, PGBENCH_S);
+  if (limits)
+    log(
+      `redis-benchmark SET ${limits.redisBenchmark.setPerS}/s ZADD ${limits.redisBenchmark.zaddPerS}/s; pgbench ${limits.pgbench.tps} tps`,
+    );
+
+  // Set up and schedule the N pending timers, one system at a time.
+  const peers: { peer: Peer; res: SystemResult }[] = [];
+  for (const key of SCALE_ONLY ? [] : ONLY) {
+    const factory = FACTORIES[key];
+    if (!factory) throw new Error(`--only: unknown system ${key}`);
+    const res: SystemResult = { name: key, settings: {}, errors: [] };
+    const peer = await step(res, "set-up", () => factory(infra));
+    if (!peer) {
+      peers.push({ peer: undefined as unknown as Peer, res });
+      continue;
+    }
+    res.name = peer.name;
+    res.settings = peer.settings;
+    res.schedule = await step(res, `schedule ${N}`, () => peer.schedule(params));
+    peers.push({ peer, res });
+  }
+  const live = peers.filter((p) => p.peer !== undefined);
+
+  // Idle: every system's workers at once; each counter belongs to one system.
+  for (const { peer, res } of live) await step(res, "start workers", () => peer.startWorkers());
+  if (live.length > 0) {
+    await idleWindow(live);
+    log("idle window done");
+  }
 
   // Lateness, one system at a time.
   for (const { peer, res } of live) {
@@ -228,10 +284,68 @@ await runMain(async () => {
     res.reschedule = await step(res, `reschedule ${K}`, () => peer.reschedule(params));
   }
 
+  // Welcome ingest over HTTP (kp-rotor's API process), workers stopped.
+  for (const { peer, res } of live) {
+    if (!peer.ingest) continue;
+    const ingest = peer.ingest.bind(peer);
+    res.ingest = await step(res, `HTTP welcome ingest, ${INGEST_C} connections`, () =>
+      ingest(params),
+    );
+  }
+
+  // Release what the side-by-side holds before the scale steps (kp-rotor's Redis and database).
+  for (const { peer, res } of live) await step(res, "close", () => peer.close());
+
+  // Scale steps: idle cost and reconcile at other N, fresh servers for each N.
+  const scale: ScaleResult[] = [];
+  for (const n of SCALE_N) {
+    const started = Date.now();
+    log(`scale N=${n}: ${SCALE_SYSTEMS.join(", ")}`);
+    const sp: { peer: Peer; res: SystemResult }[] = [];
+    const scaleParams = { ...params, identities: n };
+    for (const key of SCALE_SYSTEMS) {
+      const factory =
+        key === "kp-rotor"
+          ? (infra: Infra) => kpRotor(infra, { ...kpOptions, steadyState: SCALE_STEADY })
+          : FACTORIES[key];
+      if (!factory) throw new Error(`--scale-systems: unknown system ${key}`);
+      const res: SystemResult = { name: key, settings: {}, errors: [] };
+      const peer = await step(res, `N=${n} set-up`, () => factory(infra));
+      if (!peer) {
+        sp.push({ peer: undefined as unknown as Peer, res });
+        continue;
+      }
+      res.name = peer.name;
+      res.settings = peer.settings;
+      res.schedule = await step(res, `N=${n} schedule`, () => peer.schedule(scaleParams));
+      sp.push({ peer, res });
+    }
+    const scaleLive = sp.filter((p) => p.peer !== undefined);
+    for (const { peer, res } of scaleLive) {
+      const t = Date.now();
+      await step(res, `N=${n} start workers`, () => peer.startWorkers());
+      res.startWorkersMs = Date.now() - t;
+    }
+    await idleWindow(scaleLive);
+    for (const { peer, res } of scaleLive) await step(res, `N=${n} stop`, () => peer.stopWorkers());
+    for (const { peer, res } of scaleLive) await step(res, `N=${n} close`, () => peer.close());
+    scale.push({
+      identities: n,
+      durationS: Math.round((Date.now() - started) / 1000),
+      systems: sp.map((p) => p.res),
+    });
+    log(`scale N=${n} done in ${Math.round((Date.now() - started) / 1000)} s`);
+  }
+
   const redisHz = await (async () => {
-    const m = [...measures.values()][0];
-    if (!m) return "10";
-    return ((await m.config("GET", "hz")) as string[])[1] ?? "?";
+    const probe = await infra.newRedis();
+    const m = new Redis(probe.url);
+    try {
+      return ((await m.config("GET", "hz")) as string[])[1] ?? "?";
+    } finally {
+      await m.quit();
+      await probe.stop();
+    }
   })();
   const finishedAt = new Date();
   const argv = process.argv.slice(2).join(" ");
@@ -252,19 +366,27 @@ await runMain(async () => {
       settleSeconds: SETTLE_S,
       pgbenchSeconds: PGBENCH_S,
       concurrency: CONCURRENCY,
+      ingestConnections: INGEST_C,
+      ingestSeconds: INGEST_S,
+      scaleOnly: SCALE_ONLY,
     },
+    apiLogLevel: API_LOG_LEVEL,
     machine,
     loadavgEnd: loadavg().map((x) => round(x, 2)),
     limits,
     redisHz,
     systems: peers.map((p) => p.res),
+    scale,
   };
 
   const dir = values["results-dir"] ?? join(ROOT, "bench", "results");
   mkdirSync(dir, { recursive: true });
   const json = JSON.stringify(result, null, 2);
-  writeFileSync(join(dir, "latest.json"), `${json}\n`);
-  writeFileSync(join(dir, `peers-${quick ? "quick" : "full"}-N${N}.json`), `${json}\n`);
+  // A scale-only run has no side-by-side: it leaves latest.json and BENCHMARKS.md alone.
+  const written = join(dir, SCALE_ONLY ? "scale-only.json" : "latest.json");
+  writeFileSync(written, `${json}\n`);
+  if (!SCALE_ONLY)
+    writeFileSync(join(dir, `peers-${quick ? "quick" : "full"}-N${N}.json`), `${json}\n`);
   // Earlier runs at other sizes (one file per mode and N), for the idle-cost-against-N table.
   const others: RunResult[] = [];
   for (const f of readdirSync(dir)) {
@@ -276,7 +398,7 @@ await runMain(async () => {
       // not ours
     }
   }
-  if (values["results-dir"] === undefined) {
+  if (values["results-dir"] === undefined && !SCALE_ONLY) {
     const charts = await renderCharts(dir).catch((err) => {
       log(`charts failed: ${(err as Error).message}`);
       return [] as string[];
@@ -284,8 +406,14 @@ await runMain(async () => {
     writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts));
   }
 
-  console.log();
-  console.log(systemsTable(result));
+  if (result.systems.length > 0) {
+    console.log();
+    console.log(systemsTable(result));
+  }
+  if (scale.length > 0) {
+    console.log();
+    console.log(scaleTable(result));
+  }
   console.log();
   console.log(goalsTable(result));
   if (limits) {
@@ -295,6 +423,6 @@ await runMain(async () => {
     );
   }
   console.log(
-    `\nwrote ${join(dir, "latest.json")}${values["results-dir"] === undefined ? " and BENCHMARKS.md" : ""} (${result.durationS} s)`,
+    `\nwrote ${written}${values["results-dir"] === undefined && !SCALE_ONLY ? " and BENCHMARKS.md" : ""} (${result.durationS} s)`,
   );
 });

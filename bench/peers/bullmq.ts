@@ -16,6 +16,7 @@ import {
   type Peer,
   summarize,
   usedMemory,
+  eventStreamBytes,
   waitFor,
 } from "./common.js";
 import { mapLimit, round } from "../lib.js";
@@ -57,6 +58,7 @@ export async function rawBullmq(infra: Infra): Promise<Peer> {
       }
       const ms = performance.now() - started;
       const bytes = (await usedMemory(measure)) - before;
+      const streams = await eventStreamBytes(measure);
       return {
         what: "queue.addBulk of delayed jobs, pages of 1,000",
         count: p.identities,
@@ -65,6 +67,7 @@ export async function rawBullmq(infra: Infra): Promise<Peer> {
         redisBytesPerTimer: Math.round(bytes / p.identities),
         timersPerIdentity: 1,
         redisBytesPerIdentity: Math.round((2 * bytes) / p.identities),
+        eventStreamBytes: streams,
         extra: {
           note: "per identity = 2 jobs (rotation + deletion), for comparison with kp-rotor",
         },

@@ -35,6 +35,9 @@ export interface Params {
   leadMs: number;
   /** Upper bound of a reschedule loop that goes one call per timer (pg-boss). */
   rescheduleSeconds: number;
+  /** HTTP welcome ingest: concurrent connections, and the upper bound of the measured run. */
+  ingestConnections: number;
+  ingestSeconds: number;
 }
 
 export interface ScheduleResult {
@@ -47,6 +50,18 @@ export interface ScheduleResult {
   redisBytesPerIdentity?: number;
   redisBytesPerTimer?: number;
   timersPerIdentity?: number;
+  /**
+   * kp-rotor: Redis bytes per identity in steady state (a rotation timer for every identity, a
+   * deletion timer only for those rotated within the last deletion grace), measured.
+   */
+  steadyState?: {
+    redisBytesPerIdentity: number;
+    deletionTimersPerIdentity: number;
+    /** The reconcile that removed the other deletion timers, and its length. */
+    reconcileMs: number;
+  };
+  /** Bytes of BullMQ's event streams (capped, not per job) inside the figures above. */
+  eventStreamBytes?: number;
   extra?: Record<string, unknown>;
 }
 
@@ -57,6 +72,38 @@ export interface LatenessResult {
   lateness: Summary;
   /** Secondary figures (kp-rotor: BullMQ pickup, rotations/s …). */
   extra?: Record<string, unknown>;
+}
+
+/** One welcome per HTTP request against the API process, closed loop over `connections`. */
+export interface HttpIngestResult {
+  what: string;
+  connections: number;
+  /** Requests of the measured run (after the warm-up), and how they ended. */
+  requests: number;
+  ok: number;
+  non2xx: number;
+  errors: number;
+  timeouts: number;
+  statusCodes: Record<string, number>;
+  seconds: number;
+  /** 2xx answers per second over the measured run. */
+  perS: number;
+  /** Milliseconds, as the load generator measured them (whole ms). */
+  latency: { mean: number; p50: number; p90: number; p99: number; max: number };
+  /**
+   * Answers of the measured run saying the welcome moved a deadline (`pulledIn: true`; the others
+   * were no-ops: earliest wins), and the same counted in Postgres (identities whose deadline came
+   * within the hour), which also sees requests still in flight when a time-boxed run stopped.
+   */
+  changed: number;
+  changedInDb: number;
+  /** Distinct pre-registered identities the welcomes were spread over, and warm-up requests. */
+  pool: number;
+  warmup: number;
+  loadGenerator: string;
+  /** CPU of the API process and of the benchmark process (the load generator) over the run, % of one core. */
+  apiCpuPercent?: number;
+  loadGeneratorCpuPercent?: number;
 }
 
 export interface RescheduleResult {
@@ -89,6 +136,8 @@ export interface Peer {
   lateness(p: Params): Promise<LatenessResult>;
   stopWorkers(): Promise<void>;
   reschedule(p: Params): Promise<RescheduleResult>;
+  /** Welcome ingest over HTTP, one welcome per request (kp-rotor only). */
+  ingest?(p: Params): Promise<HttpIngestResult>;
   ownQueries?(): number;
   close(): Promise<void>;
 }
@@ -131,6 +180,18 @@ export function measuringRedis(url: string): Redis {
 export async function usedMemory(r: Redis): Promise<number> {
   const info = await redisInfo(r);
   return Number(info.get("used_memory") ?? 0);
+}
+
+/** Bytes of the BullMQ event streams (`…:events`, capped at ~10,000 entries) in a Redis. */
+export async function eventStreamBytes(r: Redis): Promise<number> {
+  let total = 0;
+  let cursor = "0";
+  do {
+    const [nextCursor, keys] = await r.scan(cursor, "MATCH", "*:events", "COUNT", 1000);
+    cursor = nextCursor;
+    for (const key of keys) total += Number((await r.memory("USAGE", key, "SAMPLES", 0)) ?? 0);
+  } while (cursor !== "0");
+  return total;
 }
 
 export { pgStats, redisInfo, redisDelta, pgDelta, sleep, summarize };

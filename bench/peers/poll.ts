@@ -22,7 +22,7 @@ export const POLL_INTERVAL_MS = 5_000;
 export async function pollBaseline(infra: Infra): Promise<Peer> {
   const database = await infra.newDatabase();
   const pool = new pg.Pool({ connectionString: database.url, max: 4 });
-  defer("poll pool", () => pool.end());
+  const endPool = defer("poll pool", () => pool.end());
   await pool.query(`create table installations (
     id text primary key,
     next_rotation timestamptz not null)`);
@@ -145,6 +145,11 @@ export async function pollBaseline(infra: Infra): Promise<Peer> {
         perS: Math.round((n / ms) * 1000),
       };
     },
-    async close() {},
+    async close() {
+      running = false;
+      await loop;
+      await endPool();
+      await database.drop();
+    },
   };
 }
