@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import * as identities from "../../services/identities.service.js";
+import { createPullInBatcher } from "../../services/pull-in-batcher.js";
 import type { Rotor } from "../../services/rotor.js";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
 import {
@@ -48,6 +49,9 @@ export interface IdentityRouteDeps {
 /** Thin routes: validate, call one service function, shape the answer. */
 export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): void {
   const { rotor } = deps;
+  // Single welcomes and rotate-now requests are committed in groups (one transaction for all
+  // that arrive while the previous group commits); each answer still waits for its own commit.
+  const batcher = createPullInBatcher((ids, delayMs) => identities.pullInMany(rotor, ids, delayMs));
 
   app.put<{
     Params: { identityId: string };
@@ -103,7 +107,10 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
       },
     },
     async (request, reply) => {
-      const result = await identities.welcome(rotor, request.params.identityId);
+      const result = await batcher.pullIn(
+        request.params.identityId,
+        rotor.timing.welcomeRotationDelayMs,
+      );
       deps.onWelcomes?.(1);
       return reply.status(202).send({
         identityId: result.identityId,
@@ -129,7 +136,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
       },
     },
     async (request, reply) => {
-      const result = await identities.rotateSoon(rotor, request.params.identityId);
+      const result = await batcher.pullIn(request.params.identityId, 0);
       return reply.status(202).send({
         identityId: result.identityId,
         nextRotationAt: iso(result.rotationDeadline),
