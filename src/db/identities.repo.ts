@@ -1,4 +1,5 @@
-import { and, asc, eq, gt, inArray, isNull, lte, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, isNotNull, isNull, lte, sql } from "drizzle-orm";
+import type { AnyPgColumn } from "drizzle-orm/pg-core";
 import type { RotationState } from "../core/timers.js";
 import type { Db, Tx } from "./client.js";
 import { identities, type IdentityRow, keyPackages } from "./schema.js";
@@ -58,6 +59,37 @@ export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<Lo
   return rows.map(toLocked);
 }
 
+/**
+ * Locks many identities in id order and reads only their deadlines (welcome batches: no key
+ * material fetched; one array parameter instead of one parameter per id).
+ */
+export async function lockDeadlines(
+  tx: Tx,
+  ids: readonly string[],
+): Promise<(RotationState & { id: string })[]> {
+  if (ids.length === 0) return [];
+  const rows = await tx
+    .select({
+      id: identities.id,
+      rotationDeadline: identities.rotationDeadline,
+      deregisteredAt: identities.deregisteredAt,
+    })
+    .from(identities)
+    .where(sql`${identities.id} = any(${toTextArray(ids)})`)
+    .orderBy(asc(identities.id))
+    .for("update");
+  return rows.map((r) => ({
+    id: r.id,
+    rotationDeadline: toMs(r.rotationDeadline),
+    deregistered: r.deregisteredAt !== null,
+  }));
+}
+
+/** A text[] parameter (drizzle would otherwise expand an array into one parameter per item). */
+const toTextArray = (ids: readonly string[]) =>
+  sql`${`{${ids.map(quoteArrayItem).join(",")}}`}::text[]`;
+const quoteArrayItem = (id: string) => `"${id.replaceAll("\\", "\\\\").replaceAll('"', '\\"')}"`;
+
 /** Locks the next page of live identities after `afterId`, for reconcile. */
 export async function lockLivePage(
   tx: Tx,
@@ -78,6 +110,58 @@ export async function lockLivePage(
     .for("update");
   return rows.map(toLocked);
 }
+
+/**
+ * Locks the next page of live identities after `afterId` and reads only their rotation
+ * deadlines, as epoch ms (reconcile's walk: no key material fetched, no Date per row).
+ */
+export async function lockLiveDeadlines(
+  tx: Tx,
+  afterId: string | null,
+  limit: number,
+): Promise<{ id: string; rotationDeadline: number | null }[]> {
+  const rows = await tx
+    .select({ id: identities.id, rotationDeadline: epochMs(identities.rotationDeadline) })
+    .from(identities)
+    .where(
+      and(
+        isNull(identities.deregisteredAt),
+        afterId === null ? undefined : gt(identities.id, afterId),
+      ),
+    )
+    .orderBy(asc(identities.id))
+    .limit(limit)
+    .for("update");
+  return rows;
+}
+
+/**
+ * The deletion deadline (earliest delete_at of the superseded key packages) of each of `ids`
+ * that has one, as epoch ms; run under their row locks (reconcile's walk).
+ */
+export async function nextDeleteAtsOf(
+  tx: Tx,
+  ids: readonly string[],
+): Promise<Map<string, number>> {
+  if (ids.length === 0) return new Map();
+  const rows = await tx
+    .select({ id: keyPackages.identityId, at: sql<number>`min(${epochMs(keyPackages.deleteAt)})` })
+    .from(keyPackages)
+    .where(
+      and(
+        sql`${keyPackages.identityId} = any(${toTextArray(ids)})`,
+        isNotNull(keyPackages.deleteAt),
+      ),
+    )
+    .groupBy(keyPackages.identityId);
+  return new Map(rows.map((r) => [r.id, Number(r.at)]));
+}
+
+/** A timestamptz column as epoch milliseconds (a float8 that holds them exactly). */
+const epochMs = (column: AnyPgColumn) =>
+  sql<number | null>`round(extract(epoch from ${column}) * 1000)::float8`.mapWith((v) =>
+    v === null ? null : Number(v),
+  );
 
 /**
  * Creates (or revives a tombstoned) identity without a key package: its first rotation, due at
@@ -119,22 +203,17 @@ export async function setRotationDeadline(tx: Tx, id: string, deadline: number):
     .where(eq(identities.id, id));
 }
 
-/** Moves many rotation deadlines in one statement (welcome batches). */
+/** Moves many rotation deadlines to one value in one statement (welcome batches). */
 export async function setRotationDeadlines(
   tx: Tx,
-  changes: readonly { identityId: string; rotationDeadline: number }[],
+  ids: readonly string[],
+  deadline: number,
 ): Promise<void> {
-  if (changes.length === 0) return;
-  const rows = JSON.stringify(
-    changes.map((c) => ({
-      id: c.identityId,
-      deadline: new Date(c.rotationDeadline).toISOString(),
-    })),
-  );
-  await tx.execute(sql`
-    update ${identities} set rotation_deadline = v.deadline
-    from jsonb_to_recordset(${rows}::jsonb) as v(id text, deadline timestamptz)
-    where ${identities.id} = v.id`);
+  if (ids.length === 0) return;
+  await tx
+    .update(identities)
+    .set({ rotationDeadline: new Date(deadline) })
+    .where(sql`${identities.id} = any(${toTextArray(ids)})`);
 }
 
 /** Notes a failed rotation attempt for the status endpoint; the deadline stays due. */
@@ -183,7 +262,9 @@ export async function liveAmong(db: Db, ids: readonly string[]): Promise<Set<str
   const rows = await db
     .select({ id: identities.id })
     .from(identities)
-    .where(and(inArray(identities.id, [...ids]), isNull(identities.deregisteredAt)));
+    .where(
+      and(sql`${identities.id} = any(${toTextArray(ids)})`, isNull(identities.deregisteredAt)),
+    );
   return new Set(rows.map((r) => r.id));
 }
 

@@ -1,6 +1,7 @@
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
+import { ARM_LUA, VIEW_LUA } from "./arm-script.js";
 
 /**
  * The wake-up queues. This directory holds the only files that import bullmq. A job is only a
@@ -17,9 +18,13 @@ export const QUEUE_NAMES: Record<TimerKind, string> = {
 };
 const JOB_NAMES: Record<TimerKind, string> = { rotation: "rotate", deletion: "delete" };
 
-/** What a wake-up job carries; `failures` counts consecutive failed attempts for the backoff. */
+/**
+ * What a wake-up job carries: nothing while all is well (`{}`; the identity id is in the job id),
+ * and `failures`, the count of consecutive failed attempts for the backoff, while retrying.
+ * `identityId` is only read from jobs written before it was dropped from the data.
+ */
 export interface WakeData {
-  identityId: string;
+  identityId?: string;
   failures?: number;
 }
 
@@ -44,10 +49,38 @@ export function createRedis(url: string, mode: "client" | "worker" = "client"): 
     : new Redis(url, { maxRetriesPerRequest: 1, commandTimeout: 5_000, connectTimeout: 5_000 });
 }
 
+/** One identity's wanted fire time (null: no wake-up), for `armMany`. */
+export interface ArmItem {
+  identityId: string;
+  desired: number | null;
+}
+
+/** The opts field of every job armed here: BullMQ's default, short enough for a listpack hash. */
+const JOB_OPTS = JSON.stringify({ attempts: 0 });
+
+/** Items per arm-script call: bounds how long one call keeps Redis busy (about a few ms). */
+const ARM_CHUNK = 1_000;
+
+/** How often an item whose job changed state under us (a worker took it) is planned again. */
+const MAX_REPLANS = 5;
+
+type RedisWithScripts = Redis & {
+  kpRotorView(delayedKey: string, prefix: string, ...jobIds: string[]): Promise<string[]>;
+  kpRotorArm(
+    delayedKey: string,
+    markerKey: string,
+    prefix: string,
+    now: string,
+    name: string,
+    opts: string,
+    ...items: string[]
+  ): Promise<number[]>;
+};
+
 export interface Timers {
   readonly prefix: string;
   readonly queues: Record<TimerKind, Queue<WakeData>>;
-  /** Reads the state and fire time of identities' wake-up jobs, pipelined. */
+  /** Reads the state and fire time of identities' wake-up jobs (one script call per 1,000). */
   view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]>;
   /** Carries out a planned action; losing a race to a worker that took the job is not an error. */
   apply(kind: TimerKind, identityId: string, action: ArmAction): Promise<void>;
@@ -56,6 +89,13 @@ export interface Timers {
    * identity's row lock (DESIGN.md, "One lock per identity"). Returns what was done.
    */
   arm(kind: TimerKind, identityId: string, desired: number | null, now: number): Promise<ArmAction>;
+  /**
+   * `arm` for many identities at once (the caller holds all their row locks): one view, planArm
+   * per identity, then every add and every move of a delayed job in one arm-script call per
+   * chunk of 1,000, applied in the order given, with exact fire times. Replacing a finished
+   * job and removals go through BullMQ one by one. Returns the action per item, in order.
+   */
+  armMany(kind: TimerKind, items: readonly ArmItem[], now: number): Promise<ArmAction[]>;
   /** Records that Redis holds reconciled wake-ups; the mark vanishes if Redis loses its data. */
   markReconciled(): Promise<void>;
   isReconciled(): Promise<boolean>;
@@ -64,6 +104,8 @@ export interface Timers {
   releaseLease(name: string, owner: string): Promise<void>;
   /** Yields the identity ids of all wake-up jobs of a queue, in pages (SCAN: no blocking). */
   scanIdentityIds(kind: TimerKind, pageSize: number): AsyncGenerator<string[]>;
+  /** Like scanIdentityIds for both queues in one pass over the keyspace. */
+  scanAllIdentityIds(pageSize: number): AsyncGenerator<Record<TimerKind, string[]>>;
   close(): Promise<void>;
 }
 
@@ -81,26 +123,30 @@ export function createTimers(
     deletion: new Queue<WakeData>(QUEUE_NAMES.deletion, { connection: redis, prefix }),
   };
   for (const queue of Object.values(queues)) queue.on("error", onError);
+  // EVALSHA, falling back to EVAL once per connection (ioredis defineCommand).
+  const scripted = redis as RedisWithScripts;
+  if (typeof scripted.kpRotorView !== "function") {
+    redis.defineCommand("kpRotorView", { numberOfKeys: 1, lua: VIEW_LUA });
+    redis.defineCommand("kpRotorArm", { numberOfKeys: 2, lua: ARM_LUA });
+  }
 
   async function view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]> {
+    if (identityIds.length === 0) return [];
     const queue = queues[kind];
-    const pipeline = redis.pipeline();
-    for (const id of identityIds) {
-      const jobId = jobIdFor(id);
-      pipeline.zscore(queue.toKey("delayed"), jobId);
-      pipeline.exists(queue.toKey(jobId));
+    const calls: Promise<string[]>[] = [];
+    for (let i = 0; i < identityIds.length; i += ARM_CHUNK) {
+      const jobIds = identityIds.slice(i, i + ARM_CHUNK).map(jobIdFor);
+      calls.push(scripted.kpRotorView(queue.toKey("delayed"), queue.toKey(""), ...jobIds));
     }
-    const replies = (await pipeline.exec()) ?? [];
-    const views: JobView[] = [];
-    for (let i = 0; i < identityIds.length; i++) {
-      const [scoreErr, score] = replies[2 * i] ?? [];
-      const [existsErr, exists] = replies[2 * i + 1] ?? [];
-      if (scoreErr || existsErr) throw scoreErr ?? existsErr;
-      if (typeof score === "string") views.push({ state: "delayed", fireAt: fireAtOf(score) });
-      else if (exists === 0) views.push({ state: "missing" });
-      else views.push(await slowState(kind, identityIds[i] as string));
-    }
-    return views;
+    const replies = (await Promise.all(calls)).flat();
+    return Promise.all(
+      identityIds.map((id, i): JobView | Promise<JobView> => {
+        const reply = replies[i];
+        if (reply === "m") return { state: "missing" };
+        if (reply === "x" || reply === undefined) return slowState(kind, id);
+        return { state: "delayed", fireAt: fireAtOf(reply) };
+      }),
+    );
   }
 
   /** Jobs that are not delayed are rare (about to run, running, or finished); ask BullMQ. */
@@ -126,45 +172,37 @@ export function createTimers(
     }
   }
 
-  async function add(kind: TimerKind, identityId: string, fireAt: number): Promise<void> {
-    const now = Date.now();
-    await queues[kind].add(
-      JOB_NAMES[kind],
-      { identityId },
-      // An explicit timestamp makes the fire time exactly timestamp + delay = fireAt.
-      { jobId: jobIdFor(identityId), timestamp: now, delay: Math.max(0, fireAt - now) },
-    );
-  }
-
   /**
-   * Moves a delayed job to `fireAt`. BullMQ's changeDelay takes a delay and adds it to its own
-   * Date.now(), read after an await, so under load the fire time can land a few ms late. We read
-   * the score back (we hold the row lock, nobody else moves it) and correct by the measured
-   * overshoot until it is not later than `fireAt`: a wake-up may come a little early (it then
-   * re-arms to the deadline), never late.
+   * Adds missing jobs ("a") and moves delayed ones ("r") to exactly their fire time, in order,
+   * one script call per chunk. Returns, per item, whether it was done; an item that was not is
+   * no longer in the planned state (a worker took the job) and must be planned again.
    */
-  async function reschedule(kind: TimerKind, identityId: string, fireAt: number): Promise<void> {
+  async function armScript(
+    kind: TimerKind,
+    ops: readonly { op: "a" | "r"; identityId: string; fireAt: number }[],
+    now: number,
+  ): Promise<boolean[]> {
     const queue = queues[kind];
-    const jobId = jobIdFor(identityId);
-    const job = await queue.getJob(jobId);
-    if (job === undefined) return add(kind, identityId, fireAt);
-    // The margin is what the last attempt landed late by, so a correction lands early by only
-    // about the time BullMQ took to read its clock (usually 0 or 1 ms).
-    for (let margin = 0; ; ) {
-      const delay = Math.max(0, fireAt - Date.now() - margin);
-      try {
-        await job.changeDelay(delay);
-      } catch (err) {
-        // It left the delayed set (promoted, so it runs now and reads Postgres under the lock
-        // we hold) or vanished (then it must be added again).
-        if (!isNotDelayed(err)) throw err;
-        if (!(await queue.getJob(jobId))) await add(kind, identityId, fireAt);
-        return;
+    const calls: Promise<number[]>[] = [];
+    for (let i = 0; i < ops.length; i += ARM_CHUNK) {
+      const args: string[] = [];
+      for (const { op, identityId, fireAt } of ops.slice(i, i + ARM_CHUNK)) {
+        args.push(op, jobIdFor(identityId), String(Math.round(fireAt)));
       }
-      const score = await redis.zscore(queue.toKey("delayed"), jobId);
-      if (score === null || fireAtOf(score) <= fireAt || delay === 0) return;
-      margin += fireAtOf(score) - fireAt;
+      // Pipelined: ioredis sends the calls back to back, Redis runs them in this order.
+      calls.push(
+        scripted.kpRotorArm(
+          queue.toKey("delayed"),
+          queue.toKey("marker"),
+          queue.toKey(""),
+          String(Math.round(now)),
+          JOB_NAMES[kind],
+          JOB_OPTS,
+          ...args,
+        ),
+      );
     }
+    return (await Promise.all(calls)).flat().map((r) => r === 0);
   }
 
   async function apply(kind: TimerKind, identityId: string, action: ArmAction): Promise<void> {
@@ -174,17 +212,83 @@ export function createTimers(
       case "none":
         return;
       case "add":
-        return add(kind, identityId, action.fireAt);
       case "reschedule":
-        return reschedule(kind, identityId, action.fireAt);
+        // Not done means a worker took the job (it runs now and reads Postgres under the lock
+        // the caller holds) or a job already exists: like BullMQ's add and changeDelay, no error.
+        await armScript(
+          kind,
+          [{ op: action.kind === "add" ? "a" : "r", identityId, fireAt: action.fireAt }],
+          Date.now(),
+        );
+        return;
       case "replace":
         await queue.remove(jobId);
-        return add(kind, identityId, action.fireAt);
+        await armScript(kind, [{ op: "a", identityId, fireAt: action.fireAt }], Date.now());
+        return;
       case "remove":
         // Returns 0 for a job a worker holds; that worker decides under our lock afterwards.
         await queue.remove(jobId);
         return;
     }
+  }
+
+  async function armMany(
+    kind: TimerKind,
+    items: readonly ArmItem[],
+    now: number,
+  ): Promise<ArmAction[]> {
+    const views = await view(
+      kind,
+      items.map((i) => i.identityId),
+    );
+    const actions = items.map((item, i) =>
+      planArm(item.desired, views[i] ?? { state: "missing" }, now),
+    );
+    const fast: { op: "a" | "r"; identityId: string; fireAt: number; index: number }[] = [];
+    const slow: Promise<void>[] = [];
+    items.forEach((item, index) => {
+      const action = actions[index] as ArmAction;
+      if (action.kind === "add" || action.kind === "reschedule") {
+        const op = action.kind === "add" ? "a" : "r";
+        fast.push({ op, identityId: item.identityId, fireAt: action.fireAt, index });
+      } else if (action.kind !== "none") {
+        slow.push(apply(kind, item.identityId, action));
+      }
+    });
+    const fastDone = armScript(kind, fast, now);
+    // Settle everything before returning or throwing: the caller's row locks must outlive
+    // every Redis change made for them.
+    await settled([fastDone, ...slow]);
+    const done = await fastDone;
+    // A worker moved the job between our view and the script: plan that identity again.
+    const replans = fast.flatMap((f, i) => (done[i] ? [] : [f]));
+    await settled(
+      replans.map(async (f) => {
+        actions[f.index] = await armOne(kind, f.identityId, items[f.index]?.desired ?? null, now);
+      }),
+    );
+    return actions;
+  }
+
+  /** One identity, planned again after each state change a worker makes under us. */
+  async function armOne(
+    kind: TimerKind,
+    identityId: string,
+    desired: number | null,
+    now: number,
+  ): Promise<ArmAction> {
+    for (let attempt = 0; attempt < MAX_REPLANS; attempt++) {
+      const [current] = await view(kind, [identityId]);
+      const action = planArm(desired, current ?? { state: "missing" }, now);
+      if (action.kind !== "add" && action.kind !== "reschedule") {
+        await apply(kind, identityId, action);
+        return action;
+      }
+      const op = action.kind === "add" ? "a" : "r";
+      const [ok] = await armScript(kind, [{ op, identityId, fireAt: action.fireAt }], now);
+      if (ok) return action;
+    }
+    throw new Error(`the ${kind} wake-up of ${identityId} kept changing state while being armed`);
   }
 
   async function arm(
@@ -193,10 +297,8 @@ export function createTimers(
     desired: number | null,
     now: number,
   ): Promise<ArmAction> {
-    const [current] = await view(kind, [identityId]);
-    const action = planArm(desired, current ?? { state: "missing" }, now);
-    await apply(kind, identityId, action);
-    return action;
+    const [action] = await armMany(kind, [{ identityId, desired }], now);
+    return action ?? { kind: "none" };
   }
 
   const markKey = `${prefix}:kp-rotor:reconciled`;
@@ -231,12 +333,35 @@ export function createTimers(
     } while (cursor !== "0");
   }
 
+  async function* scanAllIdentityIds(
+    pageSize: number,
+  ): AsyncGenerator<Record<TimerKind, string[]>> {
+    const bases = TIMER_KINDS.map((kind) => [kind, queues[kind].toKey("")] as const);
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*:id-*`, "COUNT", pageSize);
+      cursor = next;
+      const page: Record<TimerKind, string[]> = { rotation: [], deletion: [] };
+      for (const key of keys) {
+        for (const [kind, base] of bases) {
+          if (!key.startsWith(base)) continue;
+          const rest = key.slice(base.length);
+          // As in scanIdentityIds: longer keys (locks, logs) contain ':'.
+          const identityId = rest.includes(":") ? undefined : identityIdOf(rest);
+          if (identityId !== undefined) page[kind].push(identityId);
+        }
+      }
+      if (page.rotation.length > 0 || page.deletion.length > 0) yield page;
+    } while (cursor !== "0");
+  }
+
   return {
     prefix,
     queues,
     view,
     apply,
     arm,
+    armMany,
     async markReconciled() {
       await redis.set(markKey, new Date().toISOString());
     },
@@ -253,14 +378,16 @@ export function createTimers(
       );
     },
     scanIdentityIds,
+    scanAllIdentityIds,
     async close() {
       await Promise.all(Object.values(queues).map((q) => q.close()));
     },
   };
 }
 
-/** BullMQ's changeDelay refuses jobs that are not delayed (code -3) or missing (code -1). */
-function isNotDelayed(err: unknown): boolean {
-  const message = err instanceof Error ? err.message : "";
-  return /is not in the delayed state|Missing key for job/.test(message);
+/** Waits for all promises to settle, then rejects with the first error, if any. */
+async function settled(promises: readonly Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed) throw failed.reason;
 }

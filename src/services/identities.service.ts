@@ -147,7 +147,7 @@ export async function pullInMany(
   for (const id of ids) assertIdentityId(id);
   const unique = [...new Set(ids)];
   return rotor.db.transaction(async (tx) => {
-    const locked = await repo.lockIdentities(tx, unique);
+    const locked = await repo.lockDeadlines(tx, unique);
     const now = rotor.clock();
     const results: PullInResult[] = [];
     for (const identity of locked) {
@@ -160,14 +160,38 @@ export async function pullInMany(
       });
     }
     const changed = results.filter((r) => r.changed);
-    await repo.setRotationDeadlines(tx, changed);
-    // Earlier wake-ups may be armed before the commit: if it fails they only fire early.
-    await Promise.all(
-      changed.map((r) => rotor.timers.arm("rotation", r.identityId, r.rotationDeadline, now)),
-    );
+    // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
+    // be armed before the commit (if it fails they only fire early). Both settle before the
+    // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
+    // the same value, now + delay; the arm is one view and one script call per 1,000 ids.
+    await settleAll([
+      repo.setRotationDeadlines(
+        tx,
+        changed.map((r) => r.identityId),
+        now + delayMs,
+      ),
+      rotor.timers.armMany(
+        "rotation",
+        changed.map((r) => ({ identityId: r.identityId, desired: r.rotationDeadline })),
+        now,
+      ),
+    ]);
     const found = new Set(results.map((r) => r.identityId));
     return { results, notFound: unique.filter((id) => !found.has(id)) };
   });
+}
+
+/**
+ * Like Promise.all, but waits for every promise to settle before rejecting with the first
+ * error, so nothing is still writing when the caller's transaction (and its locks) ends.
+ */
+export async function settleAll<T extends readonly unknown[]>(
+  promises: readonly [...{ [K in keyof T]: Promise<T[K]> }],
+): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 /** A welcome consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY. */

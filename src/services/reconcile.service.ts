@@ -1,7 +1,7 @@
-import { type ArmAction, type JobView, planArm } from "../core/timers.js";
+import type { ArmAction } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
-import * as kps from "../db/key-packages.repo.js";
 import { TIMER_KINDS, type TimerKind } from "../queue/timers.js";
+import { settleAll } from "./identities.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -23,10 +23,19 @@ export interface ReconcileReport {
 }
 
 export interface ReconcileOptions {
+  /** Identities per transaction (row locks held while both queues are armed). */
   pageSize?: number;
+  /**
+   * Pages in flight: the next page's lock query starts as soon as the previous page has
+   * locked its rows (its cursor is known), while that page is still arming in Redis. Pages
+   * lock disjoint id ranges in id order, so they never wait on each other.
+   */
+  pagesInFlight?: number;
   /** Called after each page with identities done so far and the total at the start. */
   onProgress?: (done: number, total: number) => void;
 }
+
+export const RECONCILE_PAGE_SIZE = 5_000;
 
 const emptyCounts = (): RepairCounts => ({
   rotation: { add: 0, reschedule: 0, replace: 0, remove: 0 },
@@ -38,48 +47,77 @@ export async function reconcile(
   options: ReconcileOptions = {},
 ): Promise<ReconcileReport> {
   const started = Date.now();
-  const pageSize = options.pageSize ?? 500;
+  const pageSize = options.pageSize ?? RECONCILE_PAGE_SIZE;
+  const inFlight = Math.max(1, options.pagesInFlight ?? 2);
   // Marked first: if Redis loses its data while we run, the mark goes too and the next check
   // starts another run.
   await rotor.timers.markReconciled();
   const total = await repo.countLive(rotor.db);
   const repairs = emptyCounts();
+  const count = (kind: TimerKind, actions: readonly ArmAction[]) => {
+    for (const action of actions) if (action.kind !== "none") repairs[kind][action.kind]++;
+  };
   const overdue = await armOverdue(rotor, rotor.clock(), pageSize);
-  for (const { action } of overdue) if (action.kind !== "none") repairs.rotation[action.kind]++;
-  let done = 0;
-  let after: string | null = null;
-  for (;;) {
-    const page: number = await rotor.db.transaction(async (tx) => {
-      const locked = await repo.lockLivePage(tx, after, pageSize);
+  count(
+    "rotation",
+    overdue.map((o) => o.action),
+  );
+
+  /** One page under its row locks; hands the next page its cursor once the rows are locked. */
+  const runPage = (after: string | null, handOff: (next: string | undefined) => void) =>
+    rotor.db.transaction(async (tx) => {
+      const locked = await repo.lockLiveDeadlines(tx, after, pageSize);
+      handOff(locked.length === pageSize ? locked[locked.length - 1]?.id : undefined);
       if (locked.length === 0) return 0;
       const ids = locked.map((i) => i.id);
-      const deleteAts = await kps.nextDeleteAts(tx, ids);
-      const [rotationViews, deletionViews] = await Promise.all([
-        rotor.timers.view("rotation", ids),
-        rotor.timers.view("deletion", ids),
-      ]);
       const now = rotor.clock();
-      const work: Promise<void>[] = [];
-      locked.forEach((identity, i) => {
-        const plans: [TimerKind, number | null, JobView | undefined][] = [
-          ["rotation", identity.rotationDeadline, rotationViews[i]],
-          ["deletion", deleteAts.get(identity.id) ?? null, deletionViews[i]],
-        ];
-        for (const [kind, desired, view] of plans) {
-          const action = planArm(desired, view ?? { state: "missing" }, now);
-          if (action.kind === "none") continue;
-          repairs[kind][action.kind]++;
-          work.push(rotor.timers.apply(kind, identity.id, action));
-        }
-      });
-      await Promise.all(work);
-      after = ids[ids.length - 1] ?? null;
+      // Both queues at once; the deletion deadlines are read (under the same locks) while the
+      // rotation wake-ups are being armed. Everything settles before the transaction ends.
+      const [rotation, deletion] = await settleAll([
+        rotor.timers.armMany(
+          "rotation",
+          locked.map((i) => ({ identityId: i.id, desired: i.rotationDeadline })),
+          now,
+        ),
+        repo.nextDeleteAtsOf(tx, ids).then((deleteAts) =>
+          rotor.timers.armMany(
+            "deletion",
+            ids.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null })),
+            now,
+          ),
+        ),
+      ]);
+      count("rotation", rotation);
+      count("deletion", deletion);
       return locked.length;
     });
-    if (page === 0) break;
-    done += page;
-    options.onProgress?.(done, Math.max(total, done));
+
+  let done = 0;
+  const running = new Set<Promise<void>>();
+  let failure: unknown;
+  let next: Promise<string | null | undefined> = Promise.resolve(null);
+  for (;;) {
+    const after = await next;
+    if (after === undefined || failure !== undefined) break;
+    let handOff!: (next: string | undefined) => void;
+    next = new Promise((resolve) => {
+      handOff = resolve;
+    });
+    const page: Promise<void> = runPage(after, handOff)
+      .then((n) => {
+        done += n;
+        if (n > 0) options.onProgress?.(done, Math.max(total, done));
+      })
+      .catch((err: unknown) => {
+        failure ??= err;
+        handOff(undefined);
+      })
+      .finally(() => running.delete(page));
+    running.add(page);
+    if (running.size >= inFlight) await Promise.race(running);
   }
+  await Promise.all(running);
+  if (failure !== undefined) throw failure;
   const orphansRemoved = await removeOrphans(rotor, pageSize);
   const report = {
     identities: done,
@@ -95,9 +133,10 @@ export async function reconcile(
 
 /**
  * Arms live identities whose deadline passed before `before`, most overdue first, each page
- * under its row locks, at most `limit` identities. Their wake-ups are added due now one at a
- * time in deadline order, so BullMQ runs them in that order. Reconcile runs it before its walk;
- * the watchdog runs it for identities overdue beyond any normal delay.
+ * under its row locks, at most `limit` identities. Each page is armed by one arm-script call
+ * that adds in deadline order, and their delayed scores are their deadlines, so BullMQ promotes
+ * and runs them most overdue first. Reconcile runs it before its walk; the watchdog runs it for
+ * identities overdue beyond any normal delay.
  */
 export async function armOverdue(
   rotor: Rotor,
@@ -113,16 +152,19 @@ export async function armOverdue(
     if (page.length === 0) break;
     const ids = page.map((p) => p.id);
     await rotor.db.transaction(async (tx) => {
-      const locked = new Map((await repo.lockIdentities(tx, ids)).map((i) => [i.id, i]));
-      const views = await rotor.timers.view("rotation", ids);
+      const locked = new Map((await repo.lockDeadlines(tx, ids)).map((i) => [i.id, i]));
       const now = rotor.clock();
-      for (const [i, id] of ids.entries()) {
+      // Still in deadline order (the page's order), restricted to identities still live.
+      const items = ids.flatMap((id) => {
         const identity = locked.get(id);
-        if (identity === undefined || identity.deregistered) continue;
-        const action = planArm(identity.rotationDeadline, views[i] ?? { state: "missing" }, now);
-        await rotor.timers.apply("rotation", id, action);
-        armed.push({ id, action });
-      }
+        return identity === undefined || identity.deregistered
+          ? []
+          : [{ identityId: id, desired: identity.rotationDeadline }];
+      });
+      const actions = await rotor.timers.armMany("rotation", items, now);
+      items.forEach((item, i) => {
+        armed.push({ id: item.identityId, action: actions[i] ?? { kind: "none" } });
+      });
     });
     if (page.length < size) break;
     after = page[page.length - 1];
@@ -130,13 +172,23 @@ export async function armOverdue(
   return armed;
 }
 
-/** Removes wake-ups whose identity is not live, each under that identity's lock. */
+/**
+ * Removes wake-ups whose identity is not live, each under that identity's lock. One SCAN pass
+ * covers both queues; the next page is fetched from Redis while Postgres checks this one.
+ */
 async function removeOrphans(rotor: Rotor, pageSize: number): Promise<number> {
   let removed = 0;
-  for (const kind of TIMER_KINDS) {
-    for await (const ids of rotor.timers.scanIdentityIds(kind, pageSize)) {
-      const live = await repo.liveAmong(rotor.db, ids);
-      for (const id of ids.filter((i) => !live.has(i))) {
+  const pages = rotor.timers.scanAllIdentityIds(pageSize);
+  let pending = pages.next();
+  for (;;) {
+    const result = await pending;
+    if (result.done) break;
+    pending = pages.next();
+    pending.catch(() => {}); // surfaces at the next await
+    const page = result.value;
+    const live = await repo.liveAmong(rotor.db, [...new Set([...page.rotation, ...page.deletion])]);
+    for (const kind of TIMER_KINDS) {
+      for (const id of page[kind].filter((i) => !live.has(i))) {
         await rotor.db.transaction(async (tx) => {
           const identity = await repo.lockOrTombstone(tx, id);
           if (!identity.deregistered) return; // registered meanwhile: it armed itself

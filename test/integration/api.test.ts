@@ -102,6 +102,31 @@ describe("identities API", () => {
     }
   });
 
+  it("a welcome batch arms every wake-up at exactly its deadline, adding a lost one", async () => {
+    const ids = ["batch-1", "batch-2", "batch-3"];
+    for (const id of ids) await call("PUT", `/v1/identities/${id}`);
+    // A lost wake-up (the crash windows reconcile heals): the batch adds it back.
+    await env.ctx.rotor.timers.apply("rotation", "batch-2", { kind: "remove" });
+    const res = await call("POST", "/v1/welcomes", { identityIds: ids });
+    expect(res.statusCode).toBe(202);
+    const deadlines = await Promise.all(
+      ids.map(async (id) =>
+        Date.parse((await call("GET", `/v1/identities/${id}`)).json().nextRotationAt),
+      ),
+    );
+    expect(new Set(deadlines).size).toBe(1);
+    expect(await env.ctx.rotor.timers.view("rotation", ids)).toEqual(
+      deadlines.map((fireAt) => ({ state: "delayed", fireAt })),
+    );
+    // The same batch again changes no deadline and so arms nothing.
+    const again = (await call("POST", "/v1/welcomes", { identityIds: ids })).json();
+    expect(again.accepted.map((a: { pulledIn: boolean }) => a.pulledIn)).toEqual([
+      false,
+      false,
+      false,
+    ]);
+  });
+
   it("deregisters: wake-ups and key material gone, then 404", async () => {
     await call("PUT", "/v1/identities/frank");
     const del = await call("DELETE", "/v1/identities/frank");

@@ -167,6 +167,60 @@ describe("crashes and lost Redis data", () => {
     expect(again.orphansRemoved).toBe(0);
   });
 
+  it("reconcile arms both queues exactly, pages in flight, and a second run repairs nothing", async () => {
+    const env = await setup({ ROTATION_INTERVAL: "30d" });
+    const { rotor } = env.ctx;
+    const { sql } = env.ctx.database;
+    const base = Date.now() + 86_400_000;
+    // 40 identities by SQL; every third has a superseded key package (a deletion deadline).
+    await sql`
+      insert into identities (id, rotation_deadline)
+      select 'r-' || lpad(g::text, 3, '0'), to_timestamp((${base}::float8 + g * 1000) / 1000.0)
+      from generate_series(1, 40) g`;
+    await sql`
+      insert into key_packages (identity_id, generation, ref, ciphersuite, key_package,
+        private_key, not_before, not_after, created_at, is_current, delete_at)
+      select 'r-' || lpad(g::text, 3, '0'), 1, 'ref-' || g, 'test', '\\x00'::bytea,
+        '\\x00'::bytea, now(), now(), now(), false,
+        to_timestamp((${base}::float8 + 500 + g * 1000) / 1000.0)
+      from generate_series(1, 40) g where g % 3 = 0`;
+    const ids = Array.from({ length: 40 }, (_, i) => `r-${String(i + 1).padStart(3, "0")}`);
+    // A deletion wake-up nobody wants (no superseded key package): reconcile removes it.
+    await rotor.timers.apply("deletion", "r-001", { kind: "add", fireAt: base });
+
+    const progress: number[] = [];
+    const report = await reconcile(rotor, {
+      pageSize: 7,
+      pagesInFlight: 3,
+      onProgress: (done) => progress.push(done),
+    });
+    expect(report.identities).toBe(40);
+    expect(report.repairs).toEqual({
+      rotation: { add: 40, reschedule: 0, replace: 0, remove: 0 },
+      deletion: { add: 13, reschedule: 0, replace: 0, remove: 1 },
+    });
+    expect(progress.at(-1)).toBe(40);
+    expect(await rotor.timers.view("rotation", ids)).toEqual(
+      ids.map((_, i) => ({ state: "delayed", fireAt: base + (i + 1) * 1000 })),
+    );
+    expect(await rotor.timers.view("deletion", ids)).toEqual(
+      ids.map((_, i) =>
+        (i + 1) % 3 === 0
+          ? { state: "delayed", fireAt: base + 500 + (i + 1) * 1000 }
+          : { state: "missing" },
+      ),
+    );
+    const job = await rotor.timers.queues.deletion.getJob("id-r-003");
+    expect(job?.name).toBe("delete");
+    expect(job?.data).toEqual({});
+
+    const again = await reconcile(rotor, { pageSize: 7 });
+    expect(again.repairs).toEqual({
+      rotation: { add: 0, reschedule: 0, replace: 0, remove: 0 },
+      deletion: { add: 0, reschedule: 0, replace: 0, remove: 0 },
+    });
+  });
+
   it("reconcile removes orphans and moves wake-ups that are later than their deadline", async () => {
     const env = await setup({ ROTATION_INTERVAL: "30d" });
     const { rotor } = env.ctx;

@@ -155,11 +155,11 @@ describe("rotation and deletion wake-ups", () => {
     // The promote commits the new deadline; the welcome pulls it in and finds the job still
     // active, so it leaves the re-arm to the rotation, whose re-arm step queues behind it.
     const armed: string[] = [];
-    const arm = ctx.rotor.timers.arm;
-    ctx.rotor.timers.arm = async (...args) => {
-      const action = await arm(...args);
-      armed.push(action.kind);
-      return action;
+    const armMany = ctx.rotor.timers.armMany;
+    ctx.rotor.timers.armMany = async (...args) => {
+      const actions = await armMany(...args);
+      armed.push(...actions.map((a) => a.kind));
+      return actions;
     };
     const holder = await ctx.database.sql.reserve();
     await holder`begin`;

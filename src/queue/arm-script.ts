@@ -1,0 +1,114 @@
+/**
+ * Two Lua scripts that read and write many wake-up jobs in one call each. They write the same
+ * Redis structures as BullMQ 6.7 (read in node_modules/bullmq/dist/esm/commands), so a job
+ * armed here is an ordinary delayed BullMQ job to Worker, getJob, getJobState and Bull Board:
+ *
+ * - the job hash `<prefix>:<queue>:<jobId>` with the fields BullMQ's storeJob writes, in its
+ *   order: name, data, opts, timestamp, delay, priority;
+ * - the member `<jobId>` of the sorted set `<prefix>:<queue>:delayed`, scored
+ *   fireAt * 4096 + n, where n counts jobs already due in the same millisecond (BullMQ's
+ *   getDelayedScore), so the fire time is exact and same-millisecond jobs keep their order;
+ * - the sorted set `<prefix>:<queue>:marker`, whose member "1" BullMQ scores with the delayed
+ *   head's fire time (addDelayMarkerIfNeeded): a worker blocked in BZPOPMIN on it wakes up and
+ *   recomputes its block time when the head moves earlier.
+ *
+ * Deliberately not written: the events stream (`:events`, read only by QueueEvents, which
+ * nothing here uses; it is capped at ~10,000 entries and says nothing durable), the job-id
+ * counter (`:id`, only used for generated ids) and the `meta` hash (BullMQ writes its defaults
+ * there itself).
+ */
+
+/**
+ * View: KEYS[1] the delayed set; ARGV[1] the job key prefix, ARGV[2..] job ids. Returns per id
+ * its delayed score, or "x" (the job exists and is not delayed), or "m" (no job).
+ */
+export const VIEW_LUA = `
+local delayedKey = KEYS[1]
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local score = redis.call("ZSCORE", delayedKey, ARGV[i])
+  if score then
+    out[i - 1] = score
+  elseif redis.call("EXISTS", prefix .. ARGV[i]) == 1 then
+    out[i - 1] = "x"
+  else
+    out[i - 1] = "m"
+  end
+end
+return out
+`;
+
+/**
+ * Arm: KEYS[1] the delayed set, KEYS[2] the marker; ARGV[1] the job key prefix, ARGV[2] now
+ * (epoch ms, the job's creation timestamp), ARGV[3] the job name, ARGV[4] the opts JSON, then
+ * one triple per item: "r" (reschedule a delayed job) or "a" (add a missing job), the job id,
+ * the fire time (epoch ms). Items are applied in order. Returns per item 0 (done) or 1 (the job
+ * is no longer in the state the caller planned for, nothing done: re-plan it).
+ *
+ * - "r", job delayed: its score becomes exactly fireAt * 4096 + n and its `delay` field
+ *   fireAt - timestamp (so timestamp + delay, which Bull Board shows, is the fire time).
+ * - "r" or "a", no job hash: the job is created delayed to fireAt (a stray delayed member
+ *   without a hash is replaced).
+ * - otherwise (active, waiting, finished; or "a" on a job that exists): 1.
+ * Afterwards the marker gets the delayed head's fire time, once per call.
+ */
+export const ARM_LUA = `
+local rcall = redis.call
+local delayedKey = KEYS[1]
+local markerKey = KEYS[2]
+local prefix = ARGV[1]
+local now = ARGV[2]
+local nowMs = tonumber(now)
+local name = ARGV[3]
+local opts = ARGV[4]
+
+-- BullMQ's getDelayedScore, with the last score per millisecond remembered: within this call
+-- nobody else writes the delayed set.
+local lastScore = {}
+local function scoreFor(fireAt)
+  local minScore = fireAt * 4096
+  local maxScore = minScore + 4095
+  local last = lastScore[fireAt]
+  if last == nil then
+    local top = rcall("ZREVRANGEBYSCORE", delayedKey, maxScore, minScore, "WITHSCORES", "LIMIT", 0, 1)
+    last = tonumber(top[2])
+  end
+  local score = minScore
+  if last ~= nil then score = math.min(last + 1, maxScore) end
+  lastScore[fireAt] = score
+  return score
+end
+
+local results = {}
+local touched = false
+for i = 5, #ARGV, 3 do
+  local op = ARGV[i]
+  local jobId = ARGV[i + 1]
+  local fireAt = tonumber(ARGV[i + 2])
+  local jobKey = prefix .. jobId
+  local result = 1
+  -- A delayed job's hash has a timestamp; none means no hash (a stray member, replaced below).
+  local timestamp = op == "r" and rcall("ZSCORE", delayedKey, jobId)
+    and rcall("HGET", jobKey, "timestamp")
+  if timestamp then
+    rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
+    rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)))
+    result = 0
+  elseif rcall("EXISTS", jobKey) == 0 then
+    rcall("HSET", jobKey, "name", name, "data", "{}", "opts", opts, "timestamp", now,
+      "delay", math.max(0, fireAt - nowMs), "priority", 0)
+    -- ZADD also overwrites the score of a stray member left without its hash.
+    rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
+    result = 0
+  end
+  if result == 0 then touched = true end
+  results[#results + 1] = result
+end
+
+if touched then
+  local head = rcall("ZRANGE", delayedKey, 0, 0, "WITHSCORES")
+  if head[2] then rcall("ZADD", markerKey, tonumber(head[2]) / 4096, "1") end
+end
+return results
+`;

@@ -1,0 +1,289 @@
+import { type Job, Queue, Worker } from "bullmq";
+import { Redis } from "ioredis";
+import { afterEach, describe, expect, it } from "vitest";
+import { createTimers, jobIdFor, type Timers } from "../../src/queue/timers.js";
+import { deletePrefix, REDIS_URL, randomName } from "../helpers/env.js";
+
+/**
+ * The arm script writes BullMQ's structures itself. These tests hold it against BullMQ: a job it
+ * adds must look and behave like one Queue.add makes, and it must never move a job that left
+ * the delayed set (a worker took it) nor duplicate one that exists.
+ */
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const HOUR = 3_600_000;
+
+function connect(): Redis {
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: null });
+  cleanups.push(() => redis.quit());
+  return redis;
+}
+
+function setup(): { redis: Redis; prefix: string; timers: Timers; queue: Queue } {
+  const redis = connect();
+  const prefix = randomName("kpa");
+  const timers = createTimers(redis, prefix);
+  cleanups.push(() => deletePrefix(REDIS_URL, prefix));
+  cleanups.push(() => timers.close());
+  return { redis, prefix, timers, queue: timers.queues.rotation };
+}
+
+function worker(
+  prefix: string,
+  processor: (job: Job) => Promise<unknown>,
+  name = "rotation",
+): Worker {
+  const w = new Worker(name, processor, {
+    connection: connect(),
+    prefix,
+    concurrency: 4,
+  });
+  w.on("error", () => {});
+  cleanups.push(() => w.close());
+  return w;
+}
+
+function latch() {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
+const delayedScore = async (redis: Redis, queue: Queue, jobId: string) =>
+  redis.zscore(queue.toKey("delayed"), jobId);
+
+describe("the arm script against BullMQ", () => {
+  it("adds a job BullMQ cannot tell from its own: fields, state, score, processing", async () => {
+    const ours = setup();
+    // BullMQ's own job, in a queue of its own, for the same fire time.
+    const theirsPrefix = randomName("kpb");
+    cleanups.push(() => deletePrefix(REDIS_URL, theirsPrefix));
+    const theirs = new Queue("rotation", { connection: ours.redis, prefix: theirsPrefix });
+    cleanups.push(() => theirs.close());
+
+    const now = Date.now();
+    const fireAt = now + 1_500;
+    const actions = await ours.timers.armMany(
+      "rotation",
+      [{ identityId: "alice", desired: fireAt }],
+      now,
+    );
+    expect(actions).toEqual([{ kind: "add", fireAt }]);
+    await theirs.add(
+      "rotate",
+      {},
+      { jobId: jobIdFor("alice"), timestamp: now, delay: fireAt - now },
+    );
+
+    const ourHash = await ours.redis.hgetall(ours.queue.toKey(jobIdFor("alice")));
+    const theirHash = await ours.redis.hgetall(theirs.toKey(jobIdFor("alice")));
+    expect(Object.keys(ourHash).sort()).toEqual(Object.keys(theirHash).sort());
+    expect(ourHash).toEqual({
+      name: "rotate",
+      data: "{}",
+      opts: '{"attempts":0}',
+      timestamp: String(now),
+      delay: String(fireAt - now),
+      priority: "0",
+    });
+    expect({ ...theirHash, opts: undefined }).toEqual({ ...ourHash, opts: undefined });
+    expect(await ours.redis.object("ENCODING", ours.queue.toKey(jobIdFor("alice")))).toBe(
+      "listpack",
+    );
+
+    // Same delayed score for the same fire time, same marker.
+    const ourScore = await delayedScore(ours.redis, ours.queue, jobIdFor("alice"));
+    expect(ourScore).toBe(String(fireAt * 4096));
+    expect(await delayedScore(ours.redis, theirs, jobIdFor("alice"))).toBe(ourScore);
+    expect(await ours.redis.zscore(ours.queue.toKey("marker"), "1")).toBe(
+      await ours.redis.zscore(theirs.toKey("marker"), "1"),
+    );
+
+    // getJob and getJobState read it as an ordinary delayed job.
+    expect(await ours.queue.getJobState(jobIdFor("alice"))).toBe("delayed");
+    const job = await ours.queue.getJob(jobIdFor("alice"));
+    expect(job?.id).toBe(jobIdFor("alice"));
+    expect(job?.name).toBe("rotate");
+    expect(job?.data).toEqual({});
+    expect(job?.timestamp).toBe(now);
+    expect(job?.delay).toBe(fireAt - now);
+    expect(job?.opts.attempts).toBe(0);
+    expect(await ours.queue.getDelayedCount()).toBe(1);
+
+    // A plain BullMQ worker runs it once, not before its fire time.
+    const processed: { id?: string; name: string; data: unknown; processedOn?: number }[] = [];
+    const ran = latch();
+    worker(ours.prefix, async (j) => {
+      processed.push({ id: j.id, name: j.name, data: j.data, processedOn: j.processedOn });
+      ran.open();
+    });
+    await ran.promise;
+    expect(processed).toHaveLength(1);
+    expect(processed[0]).toMatchObject({ id: jobIdFor("alice"), name: "rotate", data: {} });
+    expect(processed[0]?.processedOn).toBeGreaterThanOrEqual(fireAt);
+  });
+
+  it("moves a delayed job to exactly the fire time, earlier and later, and keeps timestamp + delay = fire time", async () => {
+    const { redis, timers, queue } = setup();
+    const now = Date.now();
+    await timers.armMany("rotation", [{ identityId: "bob", desired: now + 10 * HOUR }], now);
+    const earlier = now + HOUR + 1;
+    expect(
+      await timers.armMany("rotation", [{ identityId: "bob", desired: earlier }], now),
+    ).toEqual([{ kind: "reschedule", fireAt: earlier }]);
+    expect(await delayedScore(redis, queue, jobIdFor("bob"))).toBe(String(earlier * 4096));
+    expect(Math.floor(Number(await redis.zscore(queue.toKey("marker"), "1")))).toBe(earlier);
+    const later = now + 20 * HOUR;
+    await timers.arm("rotation", "bob", later, now);
+    expect(await timers.view("rotation", ["bob"])).toEqual([{ state: "delayed", fireAt: later }]);
+    const job = await queue.getJob(jobIdFor("bob"));
+    expect((job?.timestamp ?? 0) + (job?.delay ?? 0)).toBe(later);
+    // The marker follows the head (now the only job, later).
+    expect(Math.floor(Number(await redis.zscore(queue.toKey("marker"), "1")))).toBe(later);
+  });
+
+  it("numbers same-millisecond jobs like BullMQ and applies items in the order given", async () => {
+    const { redis, timers, queue } = setup();
+    const now = Date.now();
+    const fireAt = now + HOUR;
+    const ids = ["c", "a", "b"];
+    await timers.armMany(
+      "rotation",
+      ids.map((identityId) => ({ identityId, desired: fireAt })),
+      now,
+    );
+    const scores = await Promise.all(ids.map((id) => delayedScore(redis, queue, jobIdFor(id))));
+    expect(scores).toEqual([0, 1, 2].map((n) => String(fireAt * 4096 + n)));
+    // BullMQ's own add numbers after them, in the same millisecond window.
+    await queue.add("rotate", {}, { jobId: "other", timestamp: now, delay: fireAt - now });
+    expect(await delayedScore(redis, queue, "other")).toBe(String(fireAt * 4096 + 3));
+  });
+
+  it("reschedule of a job that vanished adds it; add of a job that exists changes nothing", async () => {
+    const { redis, timers, queue } = setup();
+    const now = Date.now();
+    await timers.apply("rotation", "carol", { kind: "reschedule", fireAt: now + HOUR });
+    expect(await timers.view("rotation", ["carol"])).toEqual([
+      { state: "delayed", fireAt: now + HOUR },
+    ]);
+    expect(await redis.hget(queue.toKey(jobIdFor("carol")), "name")).toBe("rotate");
+
+    await timers.apply("rotation", "carol", { kind: "add", fireAt: now + 2 * HOUR });
+    expect(await timers.view("rotation", ["carol"])).toEqual([
+      { state: "delayed", fireAt: now + HOUR },
+    ]);
+    expect(await queue.getDelayedCount()).toBe(1);
+  });
+
+  it("a planned add that finds the job there (a duplicate item) is planned again", async () => {
+    const { timers } = setup();
+    const now = Date.now();
+    const actions = await timers.armMany(
+      "rotation",
+      [
+        { identityId: "dave", desired: now + 2 * HOUR },
+        { identityId: "dave", desired: now + HOUR },
+      ],
+      now,
+    );
+    expect(actions).toEqual([
+      { kind: "add", fireAt: now + 2 * HOUR },
+      { kind: "reschedule", fireAt: now + HOUR },
+    ]);
+    expect(await timers.view("rotation", ["dave"])).toEqual([
+      { state: "delayed", fireAt: now + HOUR },
+    ]);
+  });
+
+  it("leaves an active job alone, and never puts it back in the delayed set", async () => {
+    const { redis, prefix, timers, queue } = setup();
+    const now = Date.now();
+    await timers.armMany("rotation", [{ identityId: "erin", desired: now }], now);
+    const taken = latch();
+    const release = latch();
+    worker(prefix, async () => {
+      taken.open();
+      await release.promise;
+    });
+    await taken.promise;
+    expect(await timers.view("rotation", ["erin"])).toEqual([{ state: "active" }]);
+    expect(
+      await timers.armMany("rotation", [{ identityId: "erin", desired: now + HOUR }], now),
+    ).toEqual([{ kind: "none" }]);
+    // A stale plan (the job was delayed when viewed) is refused by the script itself.
+    await timers.apply("rotation", "erin", { kind: "reschedule", fireAt: now + HOUR });
+    expect(await delayedScore(redis, queue, jobIdFor("erin"))).toBeNull();
+    expect(await queue.getJobState(jobIdFor("erin"))).toBe("active");
+    release.open();
+  });
+
+  it("a job a worker promoted after the view stays waiting: no job in two states", async () => {
+    const { redis, timers, queue } = setup();
+    const now = Date.now();
+    await timers.armMany("rotation", [{ identityId: "frank", desired: now + HOUR }], now);
+    const [view] = await timers.view("rotation", ["frank"]);
+    expect(view).toEqual({ state: "delayed", fireAt: now + HOUR });
+    // What a worker's moveToActive does to a due job: delayed -> wait.
+    await (await queue.getJob(jobIdFor("frank")))?.promote();
+    await timers.apply("rotation", "frank", { kind: "reschedule", fireAt: now + 2 * HOUR });
+    expect(await delayedScore(redis, queue, jobIdFor("frank"))).toBeNull();
+    expect(await queue.getJobState(jobIdFor("frank"))).toBe("waiting");
+    expect(await queue.getWaitingCount()).toBe(1);
+    // And arming it again plans nothing (a waiting job fires as soon as a worker is free).
+    expect(await timers.arm("rotation", "frank", now + 3 * HOUR, now)).toEqual({ kind: "none" });
+  });
+
+  it("replaces a finished job, removes on null", async () => {
+    const { prefix, timers, queue } = setup();
+    const now = Date.now();
+    await timers.armMany("rotation", [{ identityId: "gina", desired: now }], now);
+    const done = latch();
+    const w = worker(prefix, async () => "ok");
+    w.on("completed", () => done.open());
+    await done.promise;
+    await w.close();
+    expect(await timers.view("rotation", ["gina"])).toEqual([{ state: "finished" }]);
+    expect(await timers.arm("rotation", "gina", now + HOUR, now)).toEqual({
+      kind: "replace",
+      fireAt: now + HOUR,
+    });
+    expect(await timers.view("rotation", ["gina"])).toEqual([
+      { state: "delayed", fireAt: now + HOUR },
+    ]);
+    const job = await queue.getJob(jobIdFor("gina"));
+    expect(job?.data).toEqual({});
+    expect(await timers.arm("rotation", "gina", null, now)).toEqual({ kind: "remove" });
+    expect(await timers.view("rotation", ["gina"])).toEqual([{ state: "missing" }]);
+  });
+
+  it("an overdue batch is promoted and run most overdue first", async () => {
+    const { prefix, timers } = setup();
+    const now = Date.now();
+    const ids = ["k3", "k1", "k2"];
+    // Deadline order (the order armOverdue passes them in): k3 is the most overdue.
+    await timers.armMany(
+      "rotation",
+      ids.map((identityId, i) => ({ identityId, desired: now - 3_000 + i * 1_000 })),
+      now,
+    );
+    const order: string[] = [];
+    const all = latch();
+    const w = new Worker(
+      "rotation",
+      async (job) => {
+        order.push(job.id ?? "");
+        if (order.length === ids.length) all.open();
+      },
+      { connection: connect(), prefix, concurrency: 1 },
+    );
+    cleanups.push(() => w.close());
+    await all.promise;
+    expect(order).toEqual(ids.map(jobIdFor));
+  });
+});
