@@ -1,4 +1,4 @@
-import { and, asc, eq, inArray, isNotNull, isNull, lte, min } from "drizzle-orm";
+import { and, asc, eq, inArray, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
 import type { Db, Tx } from "./client.js";
 import { identities, keyPackages } from "./schema.js";
 
@@ -48,9 +48,9 @@ export async function insertPending(
   const [row] = await tx
     .insert(keyPackages)
     .values({ identityId, generation, ...kp, createdAt: new Date(now), isCurrent: false })
-    .returning();
+    .returning({ id: keyPackages.id });
   if (row === undefined) throw new Error("insert returned no row");
-  return row;
+  return { ...kp, id: row.id, generation };
 }
 
 /** Drops a pending key package that no longer fits (its generation is stale). */
@@ -58,10 +58,97 @@ export async function deletePending(tx: Tx, id: number): Promise<void> {
   await tx.delete(keyPackages).where(eq(keyPackages.id, id));
 }
 
+export interface RotationWrite {
+  identityId: string;
+  /** The generation the rotation installs; the identity must still be at generation - 1. */
+  generation: number;
+  now: number;
+  rotationDeadline: number;
+  supersededDeleteAt: number;
+}
+
+/**
+ * The fenced half of a promote, in one statement: moves the identity to `generation` (only if it
+ * is still at generation - 1 and live), rolls its deadline forward, supersedes its current key
+ * package, and returns the identity's deletion deadline as it will be committed (the earliest
+ * delete_at, the one just set included). `fenced` means nothing was written. The caller holds
+ * the identity's row lock, then makes the new package current in a second statement (a current
+ * package and its successor cannot both be current within one statement: the unique index is
+ * checked row by row).
+ */
+export async function supersedeCurrent(
+  tx: Tx,
+  input: RotationWrite,
+): Promise<{ fenced: boolean; nextDeleteAt: number | null }> {
+  const [row] = await tx.execute<{ fenced: boolean; next_delete_at: number | null }>(sql`
+    with fence as (
+      update ${identities} set
+        generation = ${input.generation},
+        rotation_deadline = ${new Date(input.rotationDeadline).toISOString()}::timestamptz,
+        last_rotated_at = ${new Date(input.now).toISOString()}::timestamptz,
+        rotation_failures = 0,
+        last_error = null
+      where id = ${input.identityId}
+        and generation = ${input.generation - 1}
+        and deregistered_at is null
+      returning id
+    ), superseded as (
+      update ${keyPackages} set
+        is_current = false,
+        delete_at = ${new Date(input.supersededDeleteAt).toISOString()}::timestamptz
+      where identity_id in (select id from fence) and is_current
+      returning delete_at
+    )
+    select
+      not exists (select 1 from fence) as fenced,
+      round(extract(epoch from least(
+        (select min(delete_at) from superseded),
+        (select min(delete_at) from ${keyPackages}
+          where identity_id = ${input.identityId} and delete_at is not null)
+      )) * 1000)::float8 as next_delete_at`);
+  if (row === undefined) throw new Error("supersede returned no row");
+  return { fenced: row.fenced, nextDeleteAt: row.next_delete_at };
+}
+
+/** Makes a pending key package current (after supersedeCurrent passed its fence). */
+export async function markCurrent(tx: Tx, id: number, now: number): Promise<void> {
+  const promoted = await tx
+    .update(keyPackages)
+    .set({ isCurrent: true, publishedAt: new Date(now) })
+    .where(
+      and(eq(keyPackages.id, id), eq(keyPackages.isCurrent, false), isNull(keyPackages.deleteAt)),
+    )
+    .returning({ id: keyPackages.id });
+  if (promoted.length !== 1)
+    throw new Error("pending key package vanished under the identity lock");
+}
+
+/**
+ * Stores a generated key package directly as current: a rotation whose publishing is making it
+ * current (the directory publisher), in the transaction that generated it and after
+ * supersedeCurrent passed its fence.
+ */
+export async function insertCurrent(
+  tx: Tx,
+  identityId: string,
+  generation: number,
+  now: number,
+  kp: NewKeyPackage,
+): Promise<number> {
+  const at = new Date(now);
+  const [row] = await tx
+    .insert(keyPackages)
+    .values({ identityId, generation, ...kp, createdAt: at, publishedAt: at, isCurrent: true })
+    .returning({ id: keyPackages.id });
+  if (row === undefined) throw new Error("insert returned no row");
+  return row.id;
+}
+
 /**
  * Makes a published pending key package current, in the same transaction as the identity's new
  * deadline. Fenced: the identity's generation must still be the one before the pending package's,
- * and the pending package must still exist. Returns false, writing nothing, otherwise.
+ * and the pending package must still exist. Returns null, writing nothing, when fenced; otherwise
+ * the identity's deletion deadline as committed.
  */
 export async function promotePending(
   tx: Tx,
@@ -72,43 +159,17 @@ export async function promotePending(
     rotationDeadline: number;
     supersededDeleteAt: number;
   },
-): Promise<boolean> {
-  const updated = await tx
-    .update(identities)
-    .set({
-      generation: input.pending.generation,
-      rotationDeadline: new Date(input.rotationDeadline),
-      lastRotatedAt: new Date(input.now),
-      rotationFailures: 0,
-      lastError: null,
-    })
-    .where(
-      and(
-        eq(identities.id, input.identityId),
-        eq(identities.generation, input.pending.generation - 1),
-        isNull(identities.deregisteredAt),
-      ),
-    )
-    .returning({ id: identities.id });
-  if (updated.length !== 1) return false;
-  await tx
-    .update(keyPackages)
-    .set({ isCurrent: false, deleteAt: new Date(input.supersededDeleteAt) })
-    .where(and(eq(keyPackages.identityId, input.identityId), eq(keyPackages.isCurrent, true)));
-  const promoted = await tx
-    .update(keyPackages)
-    .set({ isCurrent: true, publishedAt: new Date(input.now) })
-    .where(
-      and(
-        eq(keyPackages.id, input.pending.id),
-        eq(keyPackages.isCurrent, false),
-        isNull(keyPackages.deleteAt),
-      ),
-    )
-    .returning({ id: keyPackages.id });
-  if (promoted.length !== 1)
-    throw new Error("pending key package vanished under the identity lock");
-  return true;
+): Promise<{ nextDeleteAt: number | null } | null> {
+  const superseded = await supersedeCurrent(tx, {
+    identityId: input.identityId,
+    generation: input.pending.generation,
+    now: input.now,
+    rotationDeadline: input.rotationDeadline,
+    supersededDeleteAt: input.supersededDeleteAt,
+  });
+  if (superseded.fenced) return null;
+  await markCurrent(tx, input.pending.id, input.now);
+  return { nextDeleteAt: superseded.nextDeleteAt };
 }
 
 /** Deletes the superseded key packages whose delete_at has passed; returns how many. */

@@ -7,6 +7,14 @@
  * {@link GeneratedKeyPackage.privateBytes}).
  */
 import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  sign,
+} from "node:crypto";
+import {
   type CiphersuiteImpl,
   type CiphersuiteName,
   ciphersuites,
@@ -106,9 +114,42 @@ export async function createKeyPackageFactory(
 ): Promise<KeyPackageFactory> {
   const impl = await loadCiphersuite(ciphersuite);
   const suiteId = ciphersuites[impl.name];
-  const isEd25519 = getCiphersuiteFromName(impl.name).signature === "Ed25519";
+  const suite = getCiphersuiteFromName(impl.name);
+  const isEd25519 = suite.signature === "Ed25519";
   const normalizeSignatureKey = (key: Uint8Array): Uint8Array =>
     isEd25519 ? ed25519Seed(key) : key;
+  // X25519 suites: the init and leaf encryption key pairs come from Node's synchronous X25519
+  // keygen, exported in the KEM's serialized form (RFC 9180: the raw 32-byte private and public
+  // keys, which is also what ts-mls's own export gives and its importPrivateKey takes back).
+  const hpke: CiphersuiteImpl =
+    suite.hpke.kem === "DHKEM-X25519-HKDF-SHA256"
+      ? {
+          ...impl,
+          hpke: {
+            ...impl.hpke,
+            generateKeyPair: async () => {
+              const { privateKey } = generateKeyPairSync("x25519");
+              const jwk = privateKey.export({ format: "jwk" });
+              return {
+                privateKey: rawKey(jwk.d) as unknown as HpkeKeyPair["privateKey"],
+                publicKey: rawKey(jwk.x) as unknown as HpkeKeyPair["publicKey"],
+              };
+            },
+            exportPrivateKey: async (key) => exportRaw(key),
+            exportPublicKey: async (key) => exportRaw(key),
+          },
+        }
+      : impl;
+  // The KeyPackageRef is one hash of the encoded package: Node's synchronous hash gives the same
+  // digest as ts-mls's WebCrypto one without a trip through the crypto job queue.
+  const nodeHash = NODE_HASHES[suite.hash];
+  const refHash: CiphersuiteImpl["hash"] =
+    nodeHash === undefined
+      ? impl.hash
+      : {
+          ...impl.hash,
+          digest: async (data) => new Uint8Array(createHash(nodeHash).update(data).digest()),
+        };
 
   return {
     ciphersuite: impl.name,
@@ -139,6 +180,20 @@ export async function createKeyPackageFactory(
         extensionData: new Uint8Array(0),
       };
       const signKey = normalizeSignatureKey(signatureKeys.privateKey);
+      // Ed25519: import the signature key once (ts-mls's default signer imports it from PKCS#8
+      // for each of its two signatures, which is OpenSSL's slow decoder path) and sign with
+      // Node's synchronous Ed25519; signatures are deterministic, so the bytes are the same.
+      const ed25519 = isEd25519 ? importEd25519(signKey, signatureKeys.publicKey) : undefined;
+      const signer: CiphersuiteImpl =
+        ed25519 === undefined
+          ? hpke
+          : {
+              ...hpke,
+              signature: {
+                ...hpke.signature,
+                sign: async (_key, message) => new Uint8Array(sign(null, message, ed25519)),
+              },
+            };
 
       const { publicPackage, privatePackage } = await generateKeyPackageWithKey(
         // Copy: ts-mls keeps references, and the caller may reuse its buffer.
@@ -147,14 +202,14 @@ export async function createKeyPackageFactory(
         { notBefore: BigInt(notBeforeS), notAfter: BigInt(notAfterS) },
         [lastResort],
         { signKey, publicKey: signatureKeys.publicKey },
-        impl,
+        signer,
       );
       // ts-mls signs with the private key and embeds the public key without checking that they
-      // belong together; a mismatched pair would publish a package nobody can verify.
-      if (!(await verifyKeyPackage(publicPackage, impl.signature))) {
-        throw new Error(
-          "the signature key pair does not verify: public and private key do not match",
-        );
+      // belong together; a mismatched pair would publish a package nobody can verify. For
+      // Ed25519, importEd25519 already checked that the public key is the private key's own
+      // (which is what makes the signatures verify); other schemes verify the package.
+      if (ed25519 === undefined && !(await verifyKeyPackage(publicPackage, impl.signature))) {
+        throw new Error(MISMATCHED_KEYS);
       }
 
       const privateBytes = encodePrivate(suiteId, [
@@ -173,7 +228,7 @@ export async function createKeyPackageFactory(
           keyPackage: publicPackage,
         }),
         privateBytes,
-        ref: toHex(await makeKeyPackageRef(publicPackage, impl.hash)),
+        ref: toHex(await makeKeyPackageRef(publicPackage, refHash)),
         notBefore: new Date(notBeforeS * 1000),
         notAfter: new Date(notAfterS * 1000),
       };
@@ -273,6 +328,55 @@ async function verifiesSafely(verify: () => Promise<boolean>): Promise<boolean> 
   } catch {
     return false;
   }
+}
+
+type HpkeKeyPair = Awaited<ReturnType<CiphersuiteImpl["hpke"]["generateKeyPair"]>>;
+
+/** An X25519 key from the fast path above, already in its serialized form. */
+class RawKey {
+  constructor(readonly bytes: Uint8Array) {}
+}
+const rawKey = (base64url: string | undefined): RawKey => {
+  if (base64url === undefined) throw new Error("X25519 key export without key material");
+  return new RawKey(new Uint8Array(Buffer.from(base64url, "base64url")));
+};
+// Only keys from the fast path's generateKeyPair reach its exports: generateKeyPackageWithKey
+// exports the pairs it has just generated, nothing else.
+const exportRaw = (key: unknown): Uint8Array => {
+  if (!(key instanceof RawKey)) throw new TypeError("not a key from the X25519 fast path");
+  return key.bytes.slice();
+};
+
+const MISMATCHED_KEYS =
+  "the signature key pair does not verify: public and private key do not match";
+
+const NODE_HASHES: Partial<Record<string, string>> = {
+  "SHA-256": "sha256",
+  "SHA-384": "sha384",
+  "SHA-512": "sha512",
+};
+
+/**
+ * Imports an Ed25519 seed for Node's signer, from JWK (a raw import: about ten times cheaper than
+ * PKCS#8 through OpenSSL 3's decoders), and checks that `publicKey` is the seed's own public key.
+ * Node derives the public key from `d` alone, so comparing it with `publicKey` is the check.
+ */
+function importEd25519(seed: Uint8Array, publicKey: Uint8Array): KeyObject {
+  if (seed.length !== 32 || publicKey.length !== 32) throw new Error(MISMATCHED_KEYS);
+  const x = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString(
+    "base64url",
+  );
+  const key = createPrivateKey({
+    key: {
+      kty: "OKP",
+      crv: "Ed25519",
+      d: Buffer.from(seed.buffer, seed.byteOffset, seed.byteLength).toString("base64url"),
+      x,
+    },
+    format: "jwk",
+  });
+  if (createPublicKey(key).export({ format: "jwk" }).x !== x) throw new Error(MISMATCHED_KEYS);
+  return key;
 }
 
 // Stores the RFC 8032 seed, the form other MLS libraries use and that both of ts-mls's Ed25519

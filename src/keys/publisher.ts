@@ -34,7 +34,20 @@ export class PublishError extends KpRotorError {
  * nothing to send anywhere.
  */
 export function createDirectoryPublisher(): Publisher {
-  return { kind: "directory", publish: async () => {} };
+  return { kind: "directory", publish: publishInDirectory };
+}
+
+/** The directory publisher's publish: there is nothing to send. */
+const publishInDirectory = async (): Promise<void> => {};
+
+/**
+ * True when publishing is only making the key package current: the directory publisher, with its
+ * own publish (not one wrapped or replaced, by a test or anything else, which may do something
+ * and must then run between the store and the promote). A rotation can then store, publish and
+ * promote in one transaction.
+ */
+export function publishesByPromoting(publisher: Publisher): boolean {
+  return publisher.kind === "directory" && publisher.publish === publishInDirectory;
 }
 
 export interface WebhookOptions {

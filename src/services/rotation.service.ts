@@ -2,6 +2,7 @@ import { afterRotation, decideRotation } from "../core/timers.js";
 import type { Tx } from "../db/client.js";
 import { type LockedIdentity, lockIdentity } from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
+import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -15,35 +16,121 @@ import type { Rotor } from "./rotor.js";
  *  3. promote, under the row lock again: fenced on the generation, so of two attempts that both
  *     published the same package only one supersedes.
  * A failure anywhere leaves the deadline due; the caller retries with backoff.
+ *
+ * With the directory publisher, publishing *is* making the package current (the service serves
+ * the current row; nothing goes anywhere; see publishesByPromoting), so steps 1 to 3 are one
+ * transaction under one lock:
+ * the package is stored already current, in the transaction that supersedes the old one, fenced
+ * on the generation read under that lock. There is no state between the steps to recover from:
+ * a failure rolls everything back and leaves the deadline due.
  */
+
+/** A prepared key package; `promotedAt` is set when prepare already made it current. */
+export interface PreparedPackage extends kps.PendingKeyPackage {
+  /** Directory publisher: published and promoted at this time, in prepare's transaction. */
+  promotedAt?: number;
+}
 
 export type Prepared =
   | { kind: "gone" }
   | { kind: "not-due"; deadline: number }
-  | { kind: "publish"; pending: kps.PendingKeyPackage; dueDeadline: number };
+  | { kind: "publish"; pending: PreparedPackage; dueDeadline: number };
 
 /**
  * Step 1; runs inside the caller's transaction, which holds the identity's row lock.
  * `firstPublish` lets registration publish an identity's first key package before its deadline,
  * when it has no current one (new, or revived after deregistration).
+ *
+ * With the directory publisher this also publishes and promotes (steps 2 and 3) in the same
+ * transaction and arms the deletion wake-up before the commit; the returned package then has
+ * `promotedAt` set, and completeRotation only re-arms.
  */
 export async function prepareRotation(
   rotor: Rotor,
   tx: Tx,
   identity: LockedIdentity,
   now: number,
-  options: { firstPublish?: boolean } = {},
+  options: {
+    firstPublish?: boolean;
+    /** The identity's pending package, when the caller read it under the lock already. */
+    pending?: kps.PendingKeyPackage | null;
+  } = {},
 ): Promise<Prepared> {
   const decision = decideRotation(identity, now);
   const first = options.firstPublish === true && !(await kps.hasCurrent(tx, identity.id));
   if (decision.kind === "gone" || (decision.kind === "not-due" && !first)) return decision;
   const dueDeadline = identity.rotationDeadline as number;
   const generation = identity.generation + 1;
-  const existing = await kps.findPending(tx, identity.id);
-  if (existing?.generation === generation && existing.ciphersuite === rotor.keys.ciphersuite) {
-    return { kind: "publish", pending: existing, dueDeadline };
+  const direct = publishesByPromoting(rotor.publisher);
+  const existing =
+    options.pending === undefined ? await kps.findPending(tx, identity.id) : options.pending;
+  const reuse =
+    existing?.generation === generation && existing.ciphersuite === rotor.keys.ciphersuite;
+  if (existing && !reuse) await kps.deletePending(tx, existing.id);
+
+  if (reuse && !direct) return { kind: "publish", pending: existing, dueDeadline };
+  if (reuse) {
+    // A pending package left by an earlier attempt (say, under the webhook publisher): it is
+    // published by becoming current, here.
+    const at = await promoteInPrepare(rotor, tx, identity.id, generation, (promotedAt) =>
+      kps.markCurrent(tx, existing.id, promotedAt),
+    );
+    return { kind: "publish", pending: { ...existing, promotedAt: at }, dueDeadline };
   }
-  if (existing) await kps.deletePending(tx, existing.id);
+  const fresh = await generateSealed(rotor, identity, now);
+  if (!direct) {
+    const pending = await kps.insertPending(tx, identity.id, generation, now, fresh);
+    return { kind: "publish", pending, dueDeadline };
+  }
+  let id = 0;
+  const at = await promoteInPrepare(rotor, tx, identity.id, generation, async (promotedAt) => {
+    id = await kps.insertCurrent(tx, identity.id, generation, promotedAt, fresh);
+  });
+  return { kind: "publish", pending: { ...fresh, id, generation, promotedAt: at }, dueDeadline };
+}
+
+/**
+ * The directory publisher's promote inside prepare's transaction: supersede (the fence), then
+ * `makeCurrent`, then arm the deletion wake-up before the commit, as promoteRotation does.
+ * Returns the promote time.
+ *
+ * The two statements go out together, in one round trip: Postgres runs them in order on the
+ * transaction's connection. supersedeCurrent is dispatched first (a plain execute, sent when
+ * called; a query builder is only sent when awaited). Were the order ever reversed, the new
+ * current row would meet the old one in the unique index and the transaction would fail and be
+ * retried: never a wrong state. The fence cannot fail (the generation was read under the lock
+ * this transaction holds); if it did, everything rolls back.
+ */
+async function promoteInPrepare(
+  rotor: Rotor,
+  tx: Tx,
+  identityId: string,
+  generation: number,
+  makeCurrent: (now: number) => Promise<void>,
+): Promise<number> {
+  const now = rotor.clock();
+  const next = afterRotation(now, rotor.timing);
+  const [superseded] = await settleAll([
+    kps.supersedeCurrent(tx, {
+      identityId,
+      generation,
+      now,
+      rotationDeadline: next.rotationDeadline,
+      supersededDeleteAt: next.supersededDeleteAt,
+    }),
+    makeCurrent(now),
+  ] as const);
+  if (superseded.fenced) throw new Error(`identity ${identityId} changed generation under lock`);
+  await rotor.timers.arm("deletion", identityId, superseded.nextDeleteAt, now);
+  return now;
+}
+
+/** A fresh key package for the identity, its private half sealed. */
+async function generateSealed(
+  rotor: Rotor,
+  identity: LockedIdentity,
+  now: number,
+): Promise<kps.NewKeyPackage> {
   if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
     throw new Error("live identity without a signature key");
   }
@@ -59,15 +146,14 @@ export async function prepareRotation(
     },
     now,
   });
-  const pending = await kps.insertPending(tx, identity.id, generation, now, {
+  return {
     ref: generated.ref,
     ciphersuite: rotor.keys.ciphersuite,
     keyPackage: generated.publicBytes,
     privateKey: rotor.keyring.seal(generated.privateBytes, identity.id, "key-package-private"),
     notBefore: generated.notBefore,
     notAfter: generated.notAfter,
-  });
-  return { kind: "publish", pending, dueDeadline };
+  };
 }
 
 /** Step 2. */
@@ -105,34 +191,66 @@ async function promoteRotation(
     // The superseded package's deletion is armed before the commit (an earlier wake-up is always
     // safe): if the re-arm step after the commit fails, or the worker dies there, nothing else
     // would arm it until the next rotation.
-    if (promoted)
-      await rotor.timers.arm("deletion", identityId, await kps.nextDeleteAt(tx, identityId), now);
+    if (promoted) await rotor.timers.arm("deletion", identityId, promoted.nextDeleteAt, now);
     return { outcome: promoted ? "rotated" : "fenced", at: now };
   });
 }
 
 /**
- * Steps 2 to 4 for a prepared rotation: publish, promote, then re-arm under the lock. The
- * rotation wake-up is re-armed through `rearmRotation` (a worker's own job re-arm, or a plain
- * arm from registration); the deletion wake-up is armed to the earliest delete_at.
+ * Steps 2 to 4 for a prepared rotation: publish, promote, then re-arm under the lock (for a
+ * package prepare already promoted, only the re-arm). The rotation wake-up is re-armed through
+ * `rearmRotation` (a worker's own job re-arm, or a plain arm from registration); the deletion
+ * wake-up is armed to the earliest delete_at.
  */
 export async function completeRotation(
   rotor: Rotor,
   identityId: string,
-  pending: kps.PendingKeyPackage,
+  pending: PreparedPackage,
   rearmRotation: (deadline: number | null) => Promise<unknown>,
 ): Promise<{ outcome: "rotated" | "fenced"; at: number }> {
-  await publishPending(rotor, identityId, pending);
-  const promoted = await promoteRotation(rotor, identityId, pending);
+  let promoted: { outcome: "rotated" | "fenced"; at: number };
+  if (pending.promotedAt !== undefined) {
+    promoted = { outcome: "rotated", at: pending.promotedAt };
+  } else {
+    await publishPending(rotor, identityId, pending);
+    promoted = await promoteRotation(rotor, identityId, pending);
+  }
+  // A promote that passed armed the deletion wake-up under the lock, before its commit, to the
+  // state it committed; anything that changed delete_at since arms it too, under the same lock.
+  // Only an attempt that was fenced (another one promoted) arms it again here.
+  const armDeletion = promoted.outcome !== "rotated";
   await rotor.db.transaction(async (tx) => {
     const identity = await lockIdentity(tx, identityId);
     const now = rotor.clock();
     const decision = decideRotation(identity, now);
     // Due again already (a zero interval in tests): fire at once rather than lose it.
-    await rearmRotation(
+    const rearmed = rearmRotation(
       decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
     );
-    await rotor.timers.arm("deletion", identityId, await kps.nextDeleteAt(tx, identityId), now);
+    if (!armDeletion) {
+      await rearmed;
+      return;
+    }
+    // Two different jobs: arm them side by side, and let both settle before the commit.
+    await settleAll([
+      rearmed,
+      kps
+        .nextDeleteAt(tx, identityId)
+        .then((next) => rotor.timers.arm("deletion", identityId, next, now)),
+    ]);
   });
   return promoted;
+}
+
+/**
+ * Like Promise.all, but waits for every promise to settle before rejecting with the first error,
+ * so no Redis change is still in flight when the caller's transaction (and its lock) ends.
+ */
+export async function settleAll<T extends readonly unknown[]>(
+  promises: readonly [...{ [K in keyof T]: Promise<T[K]> }],
+): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }

@@ -1,7 +1,7 @@
 import { backoffMs } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
-import { completeRotation, prepareRotation } from "./rotation.service.js";
+import { completeRotation, prepareRotation, settleAll } from "./rotation.service.js";
 import type { ActiveWakeup, Rotor } from "./rotor.js";
 
 /**
@@ -23,8 +23,19 @@ export async function handleRotationWake(
   const id = wake.identityId;
   const startedAt = rotor.clock();
   const prepared = await rotor.db.transaction(async (tx) => {
-    const identity = await repo.lockOrTombstone(tx, id);
-    const step = await prepareRotation(rotor, tx, identity, rotor.clock());
+    // A wake-up nearly always has its row: lock it, and leave a tombstone only when it is missing.
+    // The pending package is read in the same round trip: Postgres runs the two statements in
+    // order on the transaction's connection (both are sent when awaited, lock first), so the
+    // read takes its snapshot after the lock is granted. (Were the order ever reversed, prepare
+    // would at worst miss a pending package and fail on the unique index: a retry, no harm.)
+    const [locked, pending] = await settleAll([
+      repo.lockIdentity(tx, id),
+      kps.findPending(tx, id),
+    ] as const);
+    const identity = locked ?? (await repo.lockOrTombstone(tx, id));
+    const step = await prepareRotation(rotor, tx, identity, rotor.clock(), {
+      pending: pending ?? null,
+    });
     // Nothing was written for these two: re-arm or finish in the same transaction.
     if (step.kind === "gone") await wake.finish();
     if (step.kind === "not-due") await wake.rearm(step.deadline);
