@@ -22,16 +22,9 @@
  * checks that both sides produced a complete, verifiable last-resort package of the same suite.
  */
 import { parseArgs } from "node:util";
-import {
-  ciphersuites,
-  defaultCapabilities,
-  encodeMlsMessage,
-  generateKeyPackageWithKey,
-  getCiphersuiteFromName,
-  getCiphersuiteImpl,
-  type CiphersuiteName,
-} from "ts-mls";
 import * as kps from "../src/db/key-packages.repo.js";
+import { bareTsMls } from "./bare-ts-mls.js";
+import { type CiphersuiteName, ciphersuites } from "ts-mls";
 import {
   createKeyPackageFactory,
   DEFAULT_CIPHERSUITE,
@@ -56,38 +49,6 @@ const rounds = Number(values.rounds);
 const ciphersuite = process.env.MLS_CIPHERSUITE || DEFAULT_CIPHERSUITE;
 const identity = new TextEncoder().encode("bench");
 const WARMUP = 50;
-
-/** One complete KeyPackage straight from ts-mls: generate, sign, encode. */
-async function bareTsMls(n: number): Promise<{ perSecond: number; sample: Uint8Array }> {
-  const impl = await getCiphersuiteImpl(getCiphersuiteFromName(ciphersuite as CiphersuiteName));
-  const signatureKeys = await impl.signature.keygen();
-  const once = async () => {
-    const now = Date.now();
-    const capabilities = defaultCapabilities();
-    capabilities.extensions.push(0x000a);
-    const { publicPackage } = await generateKeyPackageWithKey(
-      { credentialType: "basic", identity },
-      capabilities,
-      {
-        notBefore: BigInt(Math.floor(now / 1000) - 3600),
-        notAfter: BigInt(Math.floor(now / 1000) + 84 * 86400),
-      },
-      [{ extensionType: 0x000a, extensionData: new Uint8Array(0) }],
-      signatureKeys,
-      impl,
-    );
-    return encodeMlsMessage({
-      version: "mls10",
-      wireformat: "mls_key_package",
-      keyPackage: publicPackage,
-    });
-  };
-  for (let i = 0; i < WARMUP; i++) await once();
-  let sample: Uint8Array = new Uint8Array(0);
-  const started = performance.now();
-  for (let i = 0; i < n; i++) sample = await once();
-  return { perSecond: n / ((performance.now() - started) / 1000), sample };
-}
 
 /** The service's own generator alone (what prepareRotation calls). */
 async function factory(n: number): Promise<{ perSecond: number; sample: Uint8Array }> {
@@ -203,15 +164,15 @@ for (let round = 1; round <= rounds; round++) {
     continue;
   }
   if (values.only === "bare") {
-    const b = await bareTsMls(bareN);
+    const b = await bareTsMls(bareN, ciphersuite);
     const f = await factory(bareN);
     console.log(`bare ts-mls/s: ${rate(b.perSecond)}, factory/s: ${rate(f.perSecond)}`);
     continue;
   }
-  const bare1 = await bareTsMls(bareN);
+  const bare1 = await bareTsMls(bareN, ciphersuite);
   const fact1 = await factory(bareN);
   const svc = await service(count);
-  const bare2 = await bareTsMls(bareN);
+  const bare2 = await bareTsMls(bareN, ciphersuite);
   const fact2 = await factory(bareN);
   await checkComplete("bare ts-mls", bare2.sample);
   await checkComplete("factory", fact2.sample);

@@ -332,7 +332,7 @@ export function goals(r: RunResult): GoalRow[] {
     value:
       ratio === undefined
         ? "-"
-        : `${fmt(rps)} rotations/s vs ${fmt(bare)} generations/s = ${pct(ratio)} (${kp?.lateness?.extra?.rotationsBurst} rotations, concurrency ${r.params.concurrency})`,
+        : `${fmt(rps)} rotations/s vs ${fmt(bare)} bare ts-mls generations/s = ${pct(ratio)} (${kp?.lateness?.extra?.rotationsBurst} rotations, concurrency ${r.params.concurrency}; the service's own generator alone: ${fmt(kp?.lateness?.extra?.ownGenerationsPerS as number | undefined)}/s)`,
     met: ratio === undefined ? null : ratio >= 0.8,
     note:
       ratio === undefined || !rps || !bare

@@ -4,9 +4,11 @@ import { assertIdentityId, type PullInResult } from "./identities.service.js";
 /**
  * Group commit for single welcomes (and rotate-now requests). Each HTTP request names one
  * identity, but a transaction per request spends most of its time on round trips; here the
- * requests that arrive while a batch is being committed wait for it and then go together as
- * the next batch, in one transaction (pullInMany). Nothing waits on a timer: an idle service
- * commits a lone request at once, a busy one commits as many as arrived meanwhile.
+ * requests that arrive while `concurrency` batches are being committed wait, and then go
+ * together as the next batch, in one transaction (pullInMany). Nothing waits on a timer: an idle
+ * service commits a lone request at once, a busy one commits as many as arrived meanwhile.
+ * Concurrent batches lock their rows in id order (pullInMany), so they never deadlock; two that
+ * name one identity commit one after the other.
  *
  * Every caller's promise settles only after its own batch committed (or failed, and then the
  * whole batch failed: nothing of it was acknowledged). Requests for different delays never
@@ -32,14 +34,25 @@ interface Waiter {
 
 interface Lane {
   waiting: Waiter[];
-  committing: boolean;
+  /** Batches of this lane being committed now. */
+  committing: number;
 }
 
-export function createPullInBatcher(pullInMany: PullInMany, maxBatch = 1_000): PullInBatcher {
+export interface BatcherOptions {
+  /** Most requests in one batch (one transaction). */
+  maxBatch?: number;
+  /** Batches committed at once, per delay. */
+  concurrency?: number;
+}
+
+export function createPullInBatcher(
+  pullInMany: PullInMany,
+  { maxBatch = 1_000, concurrency = 4 }: BatcherOptions = {},
+): PullInBatcher {
   const lanes = new Map<number, Lane>();
 
   async function drain(delayMs: number, lane: Lane): Promise<void> {
-    lane.committing = true;
+    lane.committing++;
     try {
       while (lane.waiting.length > 0) {
         const batch = lane.waiting.splice(0, maxBatch);
@@ -54,8 +67,8 @@ export function createPullInBatcher(pullInMany: PullInMany, maxBatch = 1_000): P
         }
       }
     } finally {
-      lane.committing = false;
-      lanes.delete(delayMs);
+      lane.committing--;
+      if (lane.committing === 0 && lane.waiting.length === 0) lanes.delete(delayMs);
     }
   }
 
@@ -66,11 +79,11 @@ export function createPullInBatcher(pullInMany: PullInMany, maxBatch = 1_000): P
         assertIdentityId(id);
         let lane = lanes.get(delayMs);
         if (lane === undefined) {
-          lane = { waiting: [], committing: false };
+          lane = { waiting: [], committing: 0 };
           lanes.set(delayMs, lane);
         }
         lane.waiting.push({ id, resolve, reject });
-        if (!lane.committing) void drain(delayMs, lane);
+        if (lane.committing < concurrency) void drain(delayMs, lane);
       });
     },
   };
