@@ -26,6 +26,11 @@ export interface Config {
   workerLockDurationMs: number;
   /** How often workers look for wake-ups whose claim lapsed, i.e. whose worker died. */
   workerStalledIntervalMs: number;
+  /**
+   * The longest an idle worker blocks on Redis before it asks its queue again (BullMQ: 10 s).
+   * Wake-ups do not wait for it; it bounds how long a silently dead connection goes unnoticed.
+   */
+  workerMaxBlockMs: number;
   /** How often a worker runs the backstop query for overdue identities; 0 disables it. */
   watchdogIntervalMs: number;
   logLevel: string;
@@ -54,6 +59,7 @@ const DEFAULTS = {
   WORKER_CONCURRENCY: "16",
   WORKER_LOCK_DURATION: "30s",
   WORKER_STALLED_INTERVAL: "30s",
+  WORKER_MAX_BLOCK: "60s",
   WATCHDOG_INTERVAL: "10m",
   LOG_LEVEL: "info",
   RATE_LIMIT_MAX: "60000",
@@ -134,6 +140,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     workerConcurrency: integer("WORKER_CONCURRENCY", 1, 1000),
     workerLockDurationMs: duration("WORKER_LOCK_DURATION", 500),
     workerStalledIntervalMs: duration("WORKER_STALLED_INTERVAL", 500),
+    workerMaxBlockMs: duration("WORKER_MAX_BLOCK", 1_000),
     watchdogIntervalMs: duration("WATCHDOG_INTERVAL", 0),
     logLevel: read("LOG_LEVEL"),
     metricsPort: integer("METRICS_PORT", 0, 65535),
@@ -151,6 +158,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     ["WATCHDOG_INTERVAL", config.watchdogIntervalMs],
     ["WORKER_LOCK_DURATION", config.workerLockDurationMs],
     ["WORKER_STALLED_INTERVAL", config.workerStalledIntervalMs],
+    ["WORKER_MAX_BLOCK", config.workerMaxBlockMs],
   ] as const) {
     // These feed setTimeout/setInterval, which fire at once beyond 2^31-1 ms (about 24.8 days).
     if (ms > MAX_TIMER_MS) problems.push(`${name}: at most ${formatDuration(MAX_TIMER_MS)}`);

@@ -35,6 +35,7 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
     concurrency: config.workerConcurrency,
     lockDurationMs: config.workerLockDurationMs,
     stalledIntervalMs: config.workerStalledIntervalMs,
+    maxBlockMs: config.workerMaxBlockMs,
   };
   const workers = Object.entries(handlers).map(([kind, factory]) =>
     startWorker(connection, config.queuePrefix, kind as TimerKind, factory(rotor), settings, log),

@@ -1,8 +1,9 @@
-import { DelayedError, type Job, Worker } from "bullmq";
+import { DelayedError, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Logger } from "../logger.js";
 import type { ActiveWakeup } from "../services/rotor.js";
-import { jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
+import { PreciseWorker } from "./precise-worker.js";
+import { identityIdOf, jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
 
 /** Lock and stall settings; DESIGN.md explains how they bound the delay after a crash. */
 export interface WorkerSettings {
@@ -11,6 +12,12 @@ export interface WorkerSettings {
   lockDurationMs: number;
   /** How often workers look for jobs whose claim expired (BullMQ default 30 s). */
   stalledIntervalMs: number;
+  /**
+   * The longest a worker blocks on Redis before it asks its queue again (BullMQ: 10 s). Wake-ups
+   * do not depend on it (markers and the in-process nudge wake the worker); it bounds how long a
+   * silently dead blocking connection goes unnoticed.
+   */
+  maxBlockMs: number;
 }
 
 /** Where a finished job is parked before it is removed, in case the removal is lost. */
@@ -20,7 +27,7 @@ export type WakeHandler = (wake: ActiveWakeup) => Promise<void>;
 
 export interface RunningWorker {
   readonly kind: TimerKind;
-  readonly worker: Worker<WakeData>;
+  readonly worker: PreciseWorker<WakeData>;
   /** Stops taking jobs and waits for the active ones, at most `timeoutMs`. */
   close(timeoutMs: number): Promise<void>;
 }
@@ -38,7 +45,7 @@ export function startWorker(
   settings: WorkerSettings,
   log: Logger,
 ): RunningWorker {
-  const worker = new Worker<WakeData>(
+  const worker = new PreciseWorker<WakeData>(
     QUEUE_NAMES[kind],
     async (job, token) => {
       try {
@@ -59,6 +66,7 @@ export function startWorker(
       lockDuration: settings.lockDurationMs,
       stalledInterval: settings.stalledIntervalMs,
       maxStalledCount: Number.MAX_SAFE_INTEGER,
+      maxBlockMs: settings.maxBlockMs,
     },
   );
   worker.on("error", (err) => log.error({ err, kind }, "worker error"));
@@ -79,11 +87,19 @@ export function startWorker(
   };
 }
 
+/**
+ * The identity comes from the job id (`id-<identityId>`); jobs written by older versions also
+ * carry it in their data. The data holds only `failures`, and only while attempts fail.
+ */
 function toActiveWakeup(job: Job<WakeData>, token: string | undefined): ActiveWakeup {
-  const identityId = job.data.identityId;
-  const failures = job.data.failures ?? 0;
+  const data = job.data;
+  const identityId = (job.id === undefined ? undefined : identityIdOf(job.id)) ?? data.identityId;
+  if (identityId === undefined) {
+    throw new Error(`wake-up job ${job.id} names no identity (expected an id-<identityId> job id)`);
+  }
+  const failures = data.failures ?? 0;
   const clearFailures = async () => {
-    if (failures > 0) await job.updateData({ identityId });
+    if (failures > 0) await job.updateData({});
   };
   return {
     identityId,
@@ -99,7 +115,7 @@ function toActiveWakeup(job: Job<WakeData>, token: string | undefined): ActiveWa
       await job.remove();
     },
     async retryLater(fireAt, nextFailures) {
-      await job.updateData({ identityId, failures: nextFailures });
+      await job.updateData({ failures: nextFailures });
       await job.moveToDelayed(fireAt, token);
     },
   };

@@ -5,7 +5,8 @@ import { KpRotorError } from "../../src/errors.js";
 const DAY = 86_400_000;
 /** Every environment gets a key-encryption key: without one the service refuses to start. */
 const KEY = Buffer.alloc(32, 7).toString("base64");
-const load = (env: Record<string, string | undefined>) => loadConfig({ KEY_ENCRYPTION_KEY: KEY, ...env });
+const load = (env: Record<string, string | undefined>) =>
+  loadConfig({ KEY_ENCRYPTION_KEY: KEY, ...env });
 const TOKEN = "0123456789abcdef";
 
 /** Runs loadConfig expecting it to throw; returns the KpRotorError. */
@@ -24,7 +25,10 @@ const problems = (error: KpRotorError) =>
   error.message.split("\n").filter((line) => line.startsWith("  - "));
 
 describe("loadConfig defaults", () => {
-  const expected: Omit<Config, "keys" | "metricsPort" | "boardUser" | "boardPassword" | "boardReadOnly" | "docsPublic"> = {
+  const expected: Omit<
+    Config,
+    "keys" | "metricsPort" | "boardUser" | "boardPassword" | "boardReadOnly" | "docsPublic"
+  > = {
     databaseUrl: "postgres://postgres@127.0.0.1:5432/postgres",
     redisUrl: "redis://127.0.0.1:6379",
     port: 3000,
@@ -40,6 +44,7 @@ describe("loadConfig defaults", () => {
     workerConcurrency: 16,
     workerLockDurationMs: 30_000,
     workerStalledIntervalMs: 30_000,
+    workerMaxBlockMs: 60_000,
     watchdogIntervalMs: 600_000,
     logLevel: "info",
   };
@@ -81,6 +86,9 @@ describe("loadConfig overrides", () => {
     [{ WORKER_CONCURRENCY: "1000" }, { workerConcurrency: 1000 }],
     [{ WORKER_LOCK_DURATION: "500ms" }, { workerLockDurationMs: 500 }],
     [{ WORKER_STALLED_INTERVAL: "24d" }, { workerStalledIntervalMs: 24 * DAY }],
+    [{ WORKER_MAX_BLOCK: "1s" }, { workerMaxBlockMs: 1_000 }],
+    [{ WORKER_MAX_BLOCK: "10m" }, { workerMaxBlockMs: 600_000 }],
+    [{ WORKER_MAX_BLOCK: "24d" }, { workerMaxBlockMs: 24 * DAY }],
     [{ WATCHDOG_INTERVAL: "0" }, { watchdogIntervalMs: 0 }],
     [{ WATCHDOG_INTERVAL: "24d" }, { watchdogIntervalMs: 24 * DAY }],
     [{ LOG_LEVEL: "silent" }, { logLevel: "silent" }],
@@ -145,6 +153,12 @@ describe("loadConfig rejects", () => {
       { WORKER_STALLED_INTERVAL: "577h" },
       "WORKER_STALLED_INTERVAL: at most 24d",
     ],
+    [
+      "max block below 1 s",
+      { WORKER_MAX_BLOCK: "999ms" },
+      'WORKER_MAX_BLOCK="999ms": expected milliseconds',
+    ],
+    ["max block beyond 24 d", { WORKER_MAX_BLOCK: "25d" }, "WORKER_MAX_BLOCK: at most 24d"],
     [
       "short API_TOKEN",
       { API_TOKEN: TOKEN.slice(1) },
