@@ -217,6 +217,8 @@ export async function seedIdentities(sql: postgres.Sql, o: SeedOptions): Promise
   const identityColumns = await columns("identities", ["id", "rotation_deadline"]);
   const packageColumns = await columns("key_packages", ["id", "identity_id"]);
   await sql.begin(async (tx) => {
+    // The service's connections cap statements at 15 s; seeding a million rows takes longer.
+    await tx`set local statement_timeout = 0`;
     await tx`select setseed(${o.seed ?? 0.5}::float8)`;
     await tx.unsafe(
       `insert into identities (id, rotation_deadline, ${identityColumns.map(quote).join(", ")})
