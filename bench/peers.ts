@@ -17,11 +17,12 @@
  * of that N dropped before the next. --scale-only skips the side-by-side (and writes
  * scale-only.json instead of latest.json, leaving BENCHMARKS.md alone).
  *
- * Writes a table on stdout, bench/results/latest.json and BENCHMARKS.md (regenerated from the
- * JSON). Everything runs on private servers: a redis-server per Redis system on a free port and
+ * Writes a table on stdout, bench/results/latest.json, the PNG charts and BENCHMARKS.md
+ * (regenerated from the JSON; --report-only does only that, from the committed JSON, and runs
+ * no benchmark). Everything runs on private servers: a redis-server per Redis system on a free port and
  * a database per system on the shared Postgres, all removed at the end (also on Ctrl-C).
  */
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -39,7 +40,7 @@ import {
   wholeNumber,
 } from "./lib.js";
 import { rawBullmq } from "./peers/bullmq.js";
-import { renderCharts } from "./peers/charts.js";
+import { earlierRuns, renderCharts } from "./peers/charts.js";
 import { type IdleResult, type Infra, makeInfra, type Params, type Peer } from "./peers/common.js";
 import { graphileWorker } from "./peers/graphile.js";
 import { kpRotor } from "./peers/kprotor.js";
@@ -82,15 +83,13 @@ const { values } = parseArgs({
   },
 });
 
-// --report-only: regenerate BENCHMARKS.md (and the tables) from bench/results/latest.json.
+// --report-only: regenerate the PNG charts and BENCHMARKS.md (and print the tables) from
+// bench/results/latest.json and the earlier peers-*.json; runs no benchmark.
 if (values["report-only"]) {
   const dir = values["results-dir"] ?? join(ROOT, "bench", "results");
   const result = JSON.parse(readFileSync(join(dir, "latest.json"), "utf8")) as RunResult;
-  const others = readdirSync(dir)
-    .filter((f) => /^peers-.*\.json$/.test(f))
-    .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")) as RunResult)
-    .filter((o) => o.params.identities !== result.params.identities);
-  const charts = await renderCharts(dir);
+  const others = earlierRuns(dir).filter((o) => o.params.identities !== result.params.identities);
+  const charts = await renderCharts(dir, others);
   writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts));
   console.log(systemsTable(result));
   console.log();
@@ -387,19 +386,10 @@ await runMain(async () => {
   writeFileSync(written, `${json}\n`);
   if (!SCALE_ONLY)
     writeFileSync(join(dir, `peers-${quick ? "quick" : "full"}-N${N}.json`), `${json}\n`);
-  // Earlier runs at other sizes (one file per mode and N), for the idle-cost-against-N table.
-  const others: RunResult[] = [];
-  for (const f of readdirSync(dir)) {
-    if (!/^peers-.*\.json$/.test(f) || f === `peers-${quick ? "quick" : "full"}-N${N}.json`)
-      continue;
-    try {
-      others.push(JSON.parse(readFileSync(join(dir, f), "utf8")) as RunResult);
-    } catch {
-      // not ours
-    }
-  }
+  // Earlier runs at other sizes (one file per mode and N), for the idle cost against N.
+  const others = earlierRuns(dir, [`peers-${quick ? "quick" : "full"}-N${N}.json`]);
   if (values["results-dir"] === undefined && !SCALE_ONLY) {
-    const charts = await renderCharts(dir).catch((err) => {
+    const charts = await renderCharts(dir, others).catch((err) => {
       log(`charts failed: ${(err as Error).message}`);
       return [] as string[];
     });

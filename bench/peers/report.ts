@@ -502,6 +502,28 @@ export function goalsTable(r: RunResult): string {
   );
 }
 
+/**
+ * Idle cost against N: this run's side-by-side and scale steps, then earlier runs' points at
+ * other N (one point per N, this run first), sorted by N. The table and the idle-vs-N chart.
+ */
+export function idleAgainstN(
+  r: RunResult,
+  others: RunResult[] = [],
+): { n: number; systems: SystemResult[]; run: string }[] {
+  const rows: { n: number; systems: SystemResult[]; run: string }[] = points(r).map((p) => ({
+    n: p.n,
+    systems: p.systems,
+    run: `this run (${p.where})`,
+  }));
+  for (const o of others) {
+    for (const p of points(o)) {
+      if (!rows.some((x) => x.n === p.n))
+        rows.push({ n: p.n, systems: p.systems, run: `${o.finishedAt} (${p.where})` });
+    }
+  }
+  return rows.sort((a, b) => a.n - b.n);
+}
+
 const mdEscape = (s: string) => s.replaceAll("|", "\\|").replaceAll("\n", " ");
 
 export function markdown(r: RunResult, others: RunResult[] = [], charts: string[] = []): string {
@@ -549,25 +571,14 @@ export function markdown(r: RunResult, others: RunResult[] = [], charts: string[
     );
     out.push("");
   }
-  // Idle cost against N: this run's side-by-side and scale steps, then earlier runs at other N.
-  const idleRows: { n: number; systems: SystemResult[]; run: string }[] = points(r).map((p) => ({
-    n: p.n,
-    systems: p.systems,
-    run: `this run (${p.where})`,
-  }));
-  for (const o of others) {
-    for (const p of points(o)) {
-      if (!idleRows.some((x) => x.n === p.n))
-        idleRows.push({ n: p.n, systems: p.systems, run: `${o.finishedAt} (${p.where})` });
-    }
-  }
+  const idleRows = idleAgainstN(r, others);
   if (idleRows.length > 0) {
     out.push("## Idle cost against N");
     out.push("");
     const names = [...new Set(idleRows.flatMap((x) => x.systems.map((s) => s.name)))];
     out.push(`| N | ${names.map((n) => `${n} Redis cmds/s / PG xact/s`).join(" | ")} | run |`);
     out.push(`|---|${names.map(() => "---").join("|")}|---|`);
-    for (const row of idleRows.sort((a, b) => a.n - b.n)) {
+    for (const row of idleRows) {
       const cells = names.map((n) => {
         const idle = row.systems.find((s) => s.name === n)?.idle;
         return idle ? `${idle.redisCommandsPerS ?? "-"} / ${idle.pgXactCommitPerS ?? "-"}` : "-";
@@ -656,7 +667,7 @@ export function markdown(r: RunResult, others: RunResult[] = [], charts: string[
   out.push("```");
   out.push("");
   out.push(
-    `This run: \`${r.command}\`. Options: \`--identities N\`, \`--due M\`, \`--spread S\`, \`--reschedules K\`, \`--idle-seconds W\`, \`--settle s\`, \`--pgbench-seconds T\`, \`--only a,b\` (kp-rotor, poll, bullmq, pgboss, graphile), \`--no-limits\`, \`--reschedule-seconds T\` (time box of the one-call-per-job reschedule loops), \`--concurrency C\` (kp-rotor workers), \`--ingest-seconds T\` (upper bound of the measured HTTP ingest run), \`--ingest-connections C\` (default 64), \`--api-log-level L\` (the API process's LOG_LEVEL, default info as the service), \`--scale-n N1,N2\` or \`none\` (scale steps; full profile 10000,1000000, quick none), \`--scale-systems a,b\` (default kp-rotor,poll), \`--scale-only\` (skip the side-by-side), \`--scale-steady\` (also steady-state memory in the scale steps), \`--report-only\` (rewrite this file from bench/results/latest.json).`,
+    `This run: \`${r.command}\`. Options: \`--identities N\`, \`--due M\`, \`--spread S\`, \`--reschedules K\`, \`--idle-seconds W\`, \`--settle s\`, \`--pgbench-seconds T\`, \`--only a,b\` (kp-rotor, poll, bullmq, pgboss, graphile), \`--no-limits\`, \`--reschedule-seconds T\` (time box of the one-call-per-job reschedule loops), \`--concurrency C\` (kp-rotor workers), \`--ingest-seconds T\` (upper bound of the measured HTTP ingest run), \`--ingest-connections C\` (default 64), \`--api-log-level L\` (the API process's LOG_LEVEL, default info as the service), \`--scale-n N1,N2\` or \`none\` (scale steps; full profile 10000,1000000, quick none), \`--scale-systems a,b\` (default kp-rotor,poll), \`--scale-only\` (skip the side-by-side), \`--scale-steady\` (also steady-state memory in the scale steps), \`--report-only\` (no benchmark: rewrite this file and the PNG charts from bench/results/latest.json and the earlier bench/results/peers-*.json).`,
   );
   out.push("");
   out.push(
