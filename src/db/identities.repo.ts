@@ -90,27 +90,6 @@ const toTextArray = (ids: readonly string[]) =>
   sql`${`{${ids.map(quoteArrayItem).join(",")}}`}::text[]`;
 const quoteArrayItem = (id: string) => `"${id.replaceAll("\\", "\\\\").replaceAll('"', '\\"')}"`;
 
-/** Locks the next page of live identities after `afterId`, for reconcile. */
-export async function lockLivePage(
-  tx: Tx,
-  afterId: string | null,
-  limit: number,
-): Promise<LockedIdentity[]> {
-  const rows = await tx
-    .select()
-    .from(identities)
-    .where(
-      and(
-        isNull(identities.deregisteredAt),
-        afterId === null ? undefined : gt(identities.id, afterId),
-      ),
-    )
-    .orderBy(asc(identities.id))
-    .limit(limit)
-    .for("update");
-  return rows.map(toLocked);
-}
-
 /**
  * Locks the next page of live identities after `afterId` and reads only their rotation
  * deadlines, as epoch ms (reconcile's walk: no key material fetched, no Date per row).
@@ -193,14 +172,6 @@ export async function insertIdentity(
     .insert(identities)
     .values({ id: input.id, createdAt: new Date(input.now), ...values })
     .onConflictDoUpdate({ target: identities.id, set: values });
-}
-
-/** Moves the rotation deadline (the caller holds the lock and decided the value). */
-export async function setRotationDeadline(tx: Tx, id: string, deadline: number): Promise<void> {
-  await tx
-    .update(identities)
-    .set({ rotationDeadline: new Date(deadline) })
-    .where(eq(identities.id, id));
 }
 
 /** Moves many rotation deadlines to one value in one statement (welcome batches). */

@@ -1,4 +1,4 @@
-import { and, asc, eq, inArray, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
+import { and, asc, eq, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
 import type { Db, Tx } from "./client.js";
 import { identities, keyPackages } from "./schema.js";
 
@@ -198,19 +198,6 @@ export async function nextDeleteAt(tx: Tx | Db, identityId: string): Promise<num
     .from(keyPackages)
     .where(and(eq(keyPackages.identityId, identityId), isNotNull(keyPackages.deleteAt)));
   return toMs(row?.at ?? null);
-}
-
-/** Deletion deadlines of many identities at once (reconcile). */
-export async function nextDeleteAts(tx: Tx, ids: readonly string[]): Promise<Map<string, number>> {
-  if (ids.length === 0) return new Map();
-  const rows = await tx
-    .select({ id: keyPackages.identityId, at: min(keyPackages.deleteAt) })
-    .from(keyPackages)
-    .where(and(inArray(keyPackages.identityId, [...ids]), isNotNull(keyPackages.deleteAt)))
-    .groupBy(keyPackages.identityId);
-  const result = new Map<string, number>();
-  for (const row of rows) if (row.at !== null) result.set(row.id, row.at.getTime());
-  return result;
 }
 
 /** The public columns of an identity's key packages, oldest generation first. */

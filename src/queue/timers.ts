@@ -102,9 +102,10 @@ export interface Timers {
   /** Takes (or renews) a lease so that one process at a time runs the start-up reconcile. */
   tryLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
   releaseLease(name: string, owner: string): Promise<void>;
-  /** Yields the identity ids of all wake-up jobs of a queue, in pages (SCAN: no blocking). */
-  scanIdentityIds(kind: TimerKind, pageSize: number): AsyncGenerator<string[]>;
-  /** Like scanIdentityIds for both queues in one pass over the keyspace. */
+  /**
+   * Yields the identity ids of all wake-up jobs of both queues, in pages, in one pass over the
+   * keyspace (SCAN: no blocking).
+   */
   scanAllIdentityIds(pageSize: number): AsyncGenerator<Record<TimerKind, string[]>>;
   close(): Promise<void>;
 }
@@ -319,20 +320,6 @@ export function createTimers(
     return renewed === 1;
   }
 
-  async function* scanIdentityIds(kind: TimerKind, pageSize: number): AsyncGenerator<string[]> {
-    const base = queues[kind].toKey("");
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${base}id-*`, "COUNT", pageSize);
-      cursor = next;
-      // Job hashes are <base>id-<identity>; an identity id never contains ':', so longer keys
-      // (locks, logs) are skipped.
-      const ids = keys.map((k) => k.slice(base.length)).filter((rest) => !rest.includes(":"));
-      const identityIds = ids.flatMap((jobId) => identityIdOf(jobId) ?? []);
-      if (identityIds.length > 0) yield identityIds;
-    } while (cursor !== "0");
-  }
-
   async function* scanAllIdentityIds(
     pageSize: number,
   ): AsyncGenerator<Record<TimerKind, string[]>> {
@@ -346,7 +333,8 @@ export function createTimers(
         for (const [kind, base] of bases) {
           if (!key.startsWith(base)) continue;
           const rest = key.slice(base.length);
-          // As in scanIdentityIds: longer keys (locks, logs) contain ':'.
+          // Job hashes are <base>id-<identity>; an identity id never contains ':', so longer
+          // keys (locks, logs) are skipped.
           const identityId = rest.includes(":") ? undefined : identityIdOf(rest);
           if (identityId !== undefined) page[kind].push(identityId);
         }
@@ -377,7 +365,6 @@ export function createTimers(
         owner,
       );
     },
-    scanIdentityIds,
     scanAllIdentityIds,
     async close() {
       await Promise.all(Object.values(queues).map((q) => q.close()));
