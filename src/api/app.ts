@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../logger.js";
 import { type Metrics, metricsFor } from "../metrics/metrics.js";
 import type { Rotor } from "../services/rotor.js";
@@ -45,7 +45,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Errors say which field is wrong, all of them; a string is never taken for an array of one.
     ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false } },
     // One access-log line per request (below) instead of Fastify's two.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
   });
   app.addHook("onResponse", (request, reply, done) => {
     request.log.info(
