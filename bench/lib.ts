@@ -273,32 +273,7 @@ export interface WorkerChild {
 }
 
 export function spawnWorker(env: Record<string, string>): WorkerChild {
-  const child = spawn(process.execPath, ["--import", "tsx", "workers/index.ts"], {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr?.on("data", (chunk: Buffer) => {
-    stderr = (stderr + chunk.toString()).slice(-4_000);
-  });
-  const exited = track(child);
-  let stopping = false;
-  const crashed = exited.then((code) => {
-    if (stopping) return new Promise<never>(() => {});
-    throw new Error(`worker ${child.pid} exited early (code ${code}):\n${stderr}`);
-  });
-  crashed.catch(() => {});
-  const stop = defer(`worker ${child.pid}`, async () => {
-    stopping = true;
-    await stopChild(child, exited, 45_000);
-  });
-  return {
-    pid: child.pid ?? -1,
-    crashed,
-    alive: () => child.exitCode === null && child.signalCode === null,
-    stop,
-  };
+  return spawnChild(["workers/index.ts"], "worker", env, 45_000);
 }
 
 /**
@@ -307,7 +282,17 @@ export function spawnWorker(env: Record<string, string>): WorkerChild {
  * error if it exits early.
  */
 export function spawnService(command: string, env: Record<string, string>): WorkerChild {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", command], {
+  return spawnChild(["src/cli/main.ts", command], command, env, 30_000);
+}
+
+/** A child `node --import tsx <args>` with the tail of its stderr kept for an early exit. */
+function spawnChild(
+  args: string[],
+  label: string,
+  env: Record<string, string>,
+  stopTimeoutMs: number,
+): WorkerChild {
+  const child = spawn(process.execPath, ["--import", "tsx", ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "pipe"],
@@ -320,12 +305,12 @@ export function spawnService(command: string, env: Record<string, string>): Work
   let stopping = false;
   const crashed = exited.then((code) => {
     if (stopping) return new Promise<never>(() => {});
-    throw new Error(`${command} ${child.pid} exited early (code ${code}):\n${stderr}`);
+    throw new Error(`${label} ${child.pid} exited early (code ${code}):\n${stderr}`);
   });
   crashed.catch(() => {});
-  const stop = defer(`${command} ${child.pid}`, async () => {
+  const stop = defer(`${label} ${child.pid}`, async () => {
     stopping = true;
-    await stopChild(child, exited, 30_000);
+    await stopChild(child, exited, stopTimeoutMs);
   });
   return {
     pid: child.pid ?? -1,

@@ -6,6 +6,7 @@ import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
+import { settleAll } from "./settle.js";
 
 /**
  * Register, welcome, rotate-now and deregister. Each runs in one transaction that holds the
@@ -179,19 +180,6 @@ export async function pullInMany(
     const found = new Set(results.map((r) => r.identityId));
     return { results, notFound: unique.filter((id) => !found.has(id)) };
   });
-}
-
-/**
- * Like Promise.all, but waits for every promise to settle before rejecting with the first
- * error, so nothing is still writing when the caller's transaction (and its locks) ends.
- */
-export async function settleAll<T extends readonly unknown[]>(
-  promises: readonly [...{ [K in keyof T]: Promise<T[K]> }],
-): Promise<T> {
-  const settled = await Promise.allSettled(promises);
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
-  if (failed) throw failed.reason;
-  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 /** A welcome consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY. */

@@ -4,6 +4,7 @@ import { type LockedIdentity, lockIdentity } from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
+import { settleAll } from "./settle.js";
 
 /**
  * A rotation in libxmtp's order: generate and store (pending), publish, and only then make the
@@ -240,17 +241,4 @@ export async function completeRotation(
     ]);
   });
   return promoted;
-}
-
-/**
- * Like Promise.all, but waits for every promise to settle before rejecting with the first error,
- * so no Redis change is still in flight when the caller's transaction (and its lock) ends.
- */
-export async function settleAll<T extends readonly unknown[]>(
-  promises: readonly [...{ [K in keyof T]: Promise<T[K]> }],
-): Promise<T> {
-  const settled = await Promise.allSettled(promises);
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
-  if (failed) throw failed.reason;
-  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
