@@ -42,7 +42,8 @@ return out
 /**
  * Arm: KEYS[1] the delayed set, KEYS[2] the marker; ARGV[1] the job key prefix, ARGV[2] now
  * (epoch ms, the job's creation timestamp), ARGV[3] the job name, ARGV[4] the opts JSON, then
- * one triple per item: "r" (reschedule a delayed job) or "a" (add a missing job), the job id,
+ * one triple per item: "r" (reschedule a delayed job), "e" (move a delayed job earlier) or "a"
+ * (add a missing job), the job id,
  * the fire time (epoch ms). Items are applied in order. Returns per item 0 (done) or 1 (the job
  * is no longer in the state the caller planned for, nothing done: re-plan it).
  *
@@ -50,7 +51,10 @@ return out
  *   fireAt - timestamp (so timestamp + delay, which Bull Board shows, is the fire time).
  * - "r" or "a", no job hash: the job is created delayed to fireAt (a stray delayed member
  *   without a hash is replaced).
- * - otherwise (active, waiting, finished; or "a" on a job that exists): 1.
+ * - "e" (earlier only), job delayed: moved to fireAt if it fires later (0), left alone if it
+ *   fires at or before fireAt (2: an early wake-up re-arms itself).
+ * - otherwise (active, waiting, finished; "a" on a job that exists; "e" on a job that is not
+ *   delayed): 1.
  * Afterwards the marker gets the delayed head's fire time, once per call.
  */
 export const ARM_LUA = `
@@ -89,9 +93,21 @@ for i = 5, #ARGV, 3 do
   local jobKey = prefix .. jobId
   local result = 1
   -- A delayed job's hash has a timestamp; none means no hash (a stray member, replaced below).
-  local timestamp = op == "r" and rcall("ZSCORE", delayedKey, jobId)
-    and rcall("HGET", jobKey, "timestamp")
-  if timestamp then
+  local score = op ~= "a" and rcall("ZSCORE", delayedKey, jobId)
+  local timestamp = score and rcall("HGET", jobKey, "timestamp")
+  if op == "e" then
+    -- Earlier only: a delayed job firing after fireAt moves to it, one firing at or before it
+    -- stays; any other state is left for the caller to plan (result 1).
+    if timestamp then
+      result = 2
+      if math.floor(tonumber(score) / 4096) > fireAt then
+        rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
+        rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)))
+        touched = true
+        result = 0
+      end
+    end
+  elseif timestamp then
     rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
     rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)))
     result = 0
@@ -102,7 +118,7 @@ for i = 5, #ARGV, 3 do
     rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
     result = 0
   end
-  if result == 0 then touched = true end
+  if result == 0 and op ~= "e" then touched = true end
   results[#results + 1] = result
 end
 

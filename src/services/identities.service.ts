@@ -164,16 +164,17 @@ export async function pullInMany(
     // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
     // be armed before the commit (if it fails they only fire early). Both settle before the
     // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
-    // the same value, now + delay; the arm is one view and one script call per 1,000 ids.
+    // the same value, now + delay; the arm is one script call per 1,000 ids that moves every
+    // delayed wake-up earlier, and planArm only for the few whose job is in another state.
     await settleAll([
       repo.setRotationDeadlines(
         tx,
         changed.map((r) => r.identityId),
         now + delayMs,
       ),
-      rotor.timers.armMany(
+      rotor.timers.armEarlier(
         "rotation",
-        changed.map((r) => ({ identityId: r.identityId, desired: r.rotationDeadline })),
+        changed.map((r) => ({ identityId: r.identityId, fireAt: r.rotationDeadline })),
         now,
       ),
     ]);

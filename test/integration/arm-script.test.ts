@@ -223,6 +223,50 @@ describe("the arm script against BullMQ", () => {
     release.open();
   });
 
+  it("armEarlier moves later jobs to exactly the fire time, keeps sooner ones, plans the rest", async () => {
+    const { redis, prefix, timers, queue } = setup();
+    const now = Date.now();
+    await timers.armMany(
+      "rotation",
+      [
+        { identityId: "late", desired: now + 30 * 24 * HOUR },
+        { identityId: "soon", desired: now + HOUR },
+        { identityId: "busy", desired: now },
+      ],
+      now,
+    );
+    const taken = latch();
+    const release = latch();
+    worker(prefix, async () => {
+      taken.open();
+      await release.promise;
+    });
+    await taken.promise;
+    const fireAt = now + 2 * HOUR;
+    const ids = ["late", "soon", "busy", "gone"];
+    const actions = await timers.armEarlier(
+      "rotation",
+      ids.map((identityId) => ({ identityId, fireAt })),
+      now,
+    );
+    expect(actions).toEqual([
+      { kind: "reschedule", fireAt },
+      { kind: "none" },
+      { kind: "none" },
+      { kind: "add", fireAt },
+    ]);
+    expect(await timers.view("rotation", ids)).toEqual([
+      { state: "delayed", fireAt },
+      { state: "delayed", fireAt: now + HOUR },
+      { state: "active" },
+      { state: "delayed", fireAt },
+    ]);
+    expect(await delayedScore(redis, queue, jobIdFor("late"))).toBe(String(fireAt * 4096));
+    const late = await queue.getJob(jobIdFor("late"));
+    expect((late?.timestamp ?? 0) + (late?.delay ?? 0)).toBe(fireAt);
+    release.open();
+  });
+
   it("a job a worker promoted after the view stays waiting: no job in two states", async () => {
     const { redis, timers, queue } = setup();
     const now = Date.now();

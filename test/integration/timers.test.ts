@@ -155,9 +155,9 @@ describe("rotation and deletion wake-ups", () => {
     // The promote commits the new deadline; the welcome pulls it in and finds the job still
     // active, so it leaves the re-arm to the rotation, whose re-arm step queues behind it.
     const armed: string[] = [];
-    const armMany = ctx.rotor.timers.armMany;
-    ctx.rotor.timers.armMany = async (...args) => {
-      const actions = await armMany(...args);
+    const armEarlier = ctx.rotor.timers.armEarlier;
+    ctx.rotor.timers.armEarlier = async (...args) => {
+      const actions = await armEarlier(...args);
       armed.push(...actions.map((a) => a.kind));
       return actions;
     };
