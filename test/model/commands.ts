@@ -15,6 +15,7 @@ import {
   type Fault,
   type Id,
   PRODUCTION_TIMING,
+  type PublisherMode,
   SEC,
   Sim,
   type SimOptions,
@@ -32,6 +33,11 @@ export type Command =
   | { t: "runTx"; pick: number }
   /** Same, but that commit fails: before it happens, or after (the answer is lost). */
   | { t: "failCommit"; pick: number; fault: "before" | "after" }
+  /**
+   * One process runs up to its next Redis call or publish (or until it ends or blocks), and that
+   * call fails: before its effect, or after (the answer is lost).
+   */
+  | { t: "failRemote"; pick: number; fault: "before" | "after" }
   | { t: "advance"; ms: number }
   | { t: "advanceToNext" }
   | { t: "crashWorker"; worker: number }
@@ -57,6 +63,8 @@ export function showCommand(c: Command): string {
       return `runTx(#${c.pick})`;
     case "failCommit":
       return `runTx(#${c.pick}, commit fails ${c.fault})`;
+    case "failRemote":
+      return `runToRemote(#${c.pick}, fails ${c.fault})`;
     case "advance":
       return `advance(${c.ms} ms)`;
     case "crashWorker":
@@ -137,6 +145,14 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
         weight: 1,
         arbitrary: fc.record({ t: fc.constant("crashWorker" as const), worker: fc.nat(1) }),
       },
+      {
+        weight: 2,
+        arbitrary: fc.record({
+          t: fc.constant("failRemote" as const),
+          pick,
+          fault: fc.constantFrom("before" as const, "after" as const),
+        }),
+      },
       { weight: 1, arbitrary: fc.constant({ t: "crashApi" as const }) },
       { weight: 1, arbitrary: fc.constant({ t: "flush" as const }) },
     );
@@ -144,18 +160,36 @@ export function commandArb(options: CommandOptions): fc.Arbitrary<Command> {
   return fc.oneof(...arbs).map(withName);
 }
 
-/** One run: a clock scale and the commands that follow the prelude. */
+/** One run: a clock scale, the publisher ("webhook" when absent) and the commands after the prelude. */
 export interface Scenario {
   timing: "production" | "compressed";
+  publisher?: PublisherMode;
   commands: Command[];
 }
 
-export function scenarioArb(options: CommandOptions, maxLength = 25): fc.Arbitrary<Scenario> {
+export const PUBLISHER_MODES: readonly PublisherMode[] = ["webhook", "directory", "mixed"];
+
+/**
+ * `publisher` fixes the publisher mode (a constant draws nothing from the random stream, so a
+ * fixed seed explores the same command sequences whatever mode is fixed); otherwise each run
+ * picks one.
+ */
+export function scenarioArb(
+  options: CommandOptions,
+  maxLength = 25,
+  publisher?: PublisherMode,
+): fc.Arbitrary<Scenario> {
   return fc.record({
     timing: fc.constantFrom("production" as const, "compressed" as const),
+    publisher:
+      publisher === undefined ? fc.constantFrom(...PUBLISHER_MODES) : fc.constant(publisher),
     commands: fc.array(commandArb(options), { maxLength }),
   });
 }
+
+/** The labels of the simulator's Redis calls and publishes. */
+const REMOTE_STEP =
+  /^(view |add |getJob |changeDelay |remove |moveToDelayed |updateData\(|job\.remove |moveToCompleted |scan |publish\()/;
 
 function pickProc(sim: Sim, pick: number) {
   const procs = [...sim.procs].sort((a, b) => a.pid - b.pid);
@@ -213,6 +247,14 @@ export function exec(sim: Sim, c: Command): void {
       }
       return;
     }
+    case "failRemote": {
+      const p = pickProc(sim, c.pick);
+      for (let i = 0; p && i < 200; i++) {
+        const remote = REMOTE_STEP.test(p.pause?.label ?? "");
+        if (sim.stepProc(p, remote ? c.fault : "none") !== "stepped" || remote) break;
+      }
+      return;
+    }
     case "advance":
       sim.advance(c.ms);
       return;
@@ -255,17 +297,18 @@ const afterPrelude = new Map<string, Sim>();
 /** One scenario: throws InvariantViolation when an invariant fails. */
 export function runScenario(scenario: Scenario, options: SimOptions): Sim {
   const timing = scenario.timing === "production" ? PRODUCTION_TIMING : COMPRESSED_TIMING;
-  // The prelude runs once per timing and options (it is checked like any other step).
+  const publisher = scenario.publisher ?? "webhook";
+  // The prelude runs once per timing, publisher and options (it is checked like any other step).
   const { trace, ...rest } = options;
-  const key = JSON.stringify([scenario.timing, rest]);
+  const key = JSON.stringify([scenario.timing, publisher, rest]);
   let base = afterPrelude.get(key);
   if (base === undefined) {
-    base = new Sim({ ...rest, timing });
+    base = new Sim({ ...rest, timing, publisher });
     for (const c of PRELUDE) exec(base, c);
     afterPrelude.set(key, base);
   }
-  const sim = base.fork({ ...options, timing });
-  sim.log(`--- ${scenario.timing} timing, after the prelude`);
+  const sim = base.fork({ ...options, timing, publisher });
+  sim.log(`--- ${scenario.timing} timing, ${publisher} publisher, after the prelude`);
   sim.log("--- commands");
   for (const c of scenario.commands) exec(sim, c);
   sim.finalPhase();

@@ -17,8 +17,12 @@
  *  - Every service function as src runs it, one atomic step per Postgres statement, Redis call
  *    or publish, so that any other request, worker fetch, failure, crash or clock jump can come in
  *    between: register (store + arm, then the first rotation inline), welcome / rotate-now
- *    (pullInMany), deregister (two transactions), the rotation wake-up (prepare, publish, promote,
- *    re-arm), the deletion wake-up (delete, re-arm or finish), the failure path (backoff), and
+ *    (pullInMany), deregister (two transactions), the rotation wake-up and registration's inline
+ *    first rotation with either publisher (PublisherMode: the webhook's four steps prepare,
+ *    publish, promote, re-arm; or the directory publisher's one transaction that prepares,
+ *    publishes, promotes and arms the deletion wake-up under one row lock, then the re-arm step
+ *    under the lock again, which arms the deletion wake-up only when the promote was fenced),
+ *    the deletion wake-up (delete, re-arm or finish), the failure path (backoff), and
  *    reconcile (mark, overdue first, pages, orphans). Every decision is made by the REAL pure
  *    functions of src/core/timers.ts.
  *  - A reference model of what must be committed (deadlines, generations, key packages), fed by
@@ -30,7 +34,11 @@
  * status columns (rotation_failures, last_error), logs, events and metrics, the watchdog (the
  * final phase reconciles when Redis lost data or a worker died, as a restarted worker or the
  * watchdog would), welcome batches (one identity per request), lock renewal (a live worker keeps
- * its locks), the order of lock waiters (any waiter may get a freed lock), ciphersuite changes.
+ * its locks), the order of lock waiters (any waiter may get a freed lock), ciphersuite changes,
+ * concurrency inside one process (settleAll: the re-arm step's two arms, and the wake-up's lock
+ * and findPending, run one after the other here; supersedeCurrent and the new current row are one
+ * step), and reconcile's pipelining (src keeps two pages of 5 000 in flight; here one page of
+ * PAGE_SIZE at a time, so a page's lock query never overlaps the previous page's arming).
  */
 import {
   type ArmAction,
@@ -91,7 +99,23 @@ export interface Variant {
   deletionCompletesAfterUnlock?: boolean;
   /** BROKEN: a rotation moves its wake-up to the new deadline before its commit, not after. */
   rotationRearmsBeforeCommit?: boolean;
+  /**
+   * BROKEN: the directory publisher's one-transaction rotation does not arm the deletion wake-up
+   * before its commit; completeRotation's re-arm step (after the commit) arms it instead.
+   */
+  directoryArmsDeletionAfterCommit?: boolean;
 }
+
+/**
+ * Which publisher each process runs with (src/keys/publisher.ts, publishesByPromoting):
+ *  - "webhook": every rotation runs the four steps (prepare; publish, no lock; promote; re-arm);
+ *  - "directory": prepare, publish and promote are one transaction (the deletion wake-up armed
+ *    before its commit), then the re-arm step;
+ *  - "mixed": a rolling deploy: worker w0 runs the directory publisher, w1 and the API the
+ *    webhook one, so a pending package a webhook attempt left (its publish failed, say) can be
+ *    made current in place by w0's one transaction (markCurrent), racing w1's promote.
+ */
+export type PublisherMode = "webhook" | "directory" | "mixed";
 
 export interface SimOptions {
   variant: Variant;
@@ -107,6 +131,8 @@ export interface SimOptions {
   armExemption: "lock" | "in-flight";
   /** Known issues of src whose proposed fix the simulator applies (see KnownIssue). */
   patches?: readonly KnownIssue[];
+  /** "webhook" unless given. */
+  publisher?: PublisherMode;
   trace?: string[];
 }
 
@@ -184,7 +210,13 @@ const kpState = (k: Kp) =>
 type Prepared =
   | { kind: "gone" }
   | { kind: "not-due"; deadline: number }
-  | { kind: "publish"; pending: { uid: number; gen: number }; dueDeadline: number };
+  | { kind: "publish"; pending: PreparedKp; dueDeadline: number };
+/** A prepared key package; `promotedAt` is set when prepare already made it current. */
+interface PreparedKp {
+  uid: number;
+  gen: number;
+  promotedAt?: number;
+}
 
 interface Tx {
   n: number;
@@ -854,6 +886,12 @@ export class Sim {
     return this.opts.patches?.includes(issue) ?? false;
   }
 
+  /** publishesByPromoting(rotor.publisher) for the process's rotor. */
+  private direct(p: Proc): boolean {
+    const mode = this.opts.publisher ?? "webhook";
+    return mode === "directory" || (mode === "mixed" && p.owner === "w0");
+  }
+
   /** Timers.arm: view, planArm (the real one), apply. The caller holds the row lock. */
   *arm(kind: Kind, id: string, desired: number | null, now: number): Gen<ArmAction> {
     const view = yield* this.io(`view ${kind}(${id})`, () => this.view(kind, id));
@@ -935,21 +973,26 @@ export class Sim {
     return firstDeadline;
   }
 
-  /** identities.service rotateInline: prepare (first publish allowed early), publish, promote, re-arm. */
+  /** identities.service rotateInline: prepare (first publish allowed early), then completeRotation. */
   private *rotateInline(p: Proc, id: string): Gen<void> {
-    const prepared = yield* this.transaction(p, (tx) => this.prepareTx(tx, id, true));
+    const direct = this.direct(p);
+    const prepared = yield* this.transaction(p, (tx) => this.prepareTx(tx, id, true, direct));
     if (prepared.kind === "publish") {
-      yield* this.publish(id, prepared.pending);
-      yield* this.promoteRotation(p, id, prepared.pending);
-      yield* this.rearmAfterRotation(p, id, (deadline) =>
+      yield* this.completeRotation(p, id, prepared.pending, (deadline) =>
         this.arm("rotation", id, deadline, this.now),
       );
     }
   }
 
-  private *prepareTx(tx: Tx, id: string, firstPublish: boolean): Gen<Prepared> {
+  private *prepareTx(
+    tx: Tx,
+    id: string,
+    firstPublish: boolean,
+    direct: boolean,
+    w?: Wake,
+  ): Gen<Prepared> {
     const identity = yield* this.lockOrTombstone(tx, id);
-    return yield* this.prepareRotation(tx, id, identity, this.now, firstPublish);
+    return yield* this.prepareRotation(tx, id, identity, this.now, firstPublish, direct, w);
   }
 
   /** rotation.service prepareRotation: step 1, inside the caller's locked transaction. */
@@ -959,6 +1002,8 @@ export class Sim {
     identity: Row,
     now: number,
     firstPublish: boolean,
+    direct: boolean,
+    w: Wake | undefined,
   ): Gen<Prepared> {
     const decision = decideRotation(identity, now);
     const first =
@@ -971,15 +1016,26 @@ export class Sim {
       const k = this.staged(tx, id).kps.find(isPending);
       return k === undefined ? undefined : { uid: k.uid, gen: k.gen };
     });
-    if (existing?.gen === generation) return { kind: "publish", pending: existing, dueDeadline };
-    if (existing !== undefined) {
+    const reuse = existing?.gen === generation;
+    if (existing !== undefined && !reuse) {
       yield* this.io(`deletePending(${id}/${existing.gen})`, () => {
         const row = this.staged(tx, id);
         row.kps = row.kps.filter((k) => k.uid !== existing.uid);
         tx.onCommit.push(() => this.refDeletePending(id, existing.uid));
       });
     }
+    if (existing !== undefined && reuse) {
+      if (!direct) return { kind: "publish", pending: existing, dueDeadline };
+      // A pending package an earlier (webhook) attempt left: published by becoming current, here.
+      const at = yield* this.promoteInPrepare(tx, id, generation, existing.uid, false, w);
+      return { kind: "publish", pending: { ...existing, promotedAt: at }, dueDeadline };
+    }
     yield* this.io("keys.generate", () => undefined);
+    if (direct) {
+      const uid = this.nextUid++;
+      const at = yield* this.promoteInPrepare(tx, id, generation, uid, true, w);
+      return { kind: "publish", pending: { uid, gen: generation, promotedAt: at }, dueDeadline };
+    }
     const pending = yield* this.io(`insertPending(${id}/${generation})`, () => {
       const uid = this.nextUid++;
       this.staged(tx, id).kps.push({ uid, gen: generation, isCurrent: false, deleteAt: null });
@@ -987,6 +1043,88 @@ export class Sim {
       return { uid, gen: generation };
     });
     return { kind: "publish", pending, dueDeadline };
+  }
+
+  /**
+   * rotation.service promoteInPrepare (directory publisher): supersedeCurrent (the fence) and
+   * insertCurrent / markCurrent in one round trip, then the deletion wake-up armed before the
+   * commit, all in prepare's transaction under its row lock. Returns the promote time.
+   */
+  private *promoteInPrepare(
+    tx: Tx,
+    id: string,
+    generation: number,
+    uid: number,
+    insert: boolean,
+    w: Wake | undefined,
+  ): Gen<number> {
+    const now = this.now;
+    const readSeq = this.seq;
+    const next = afterRotation(now, this.timing);
+    const what = insert ? "insertCurrent" : "markCurrent";
+    const superseded = yield* this.io(`supersedeCurrent + ${what}(${id}/${generation})`, () => {
+      const row = this.staged(tx, id);
+      if (row.generation !== generation - 1 || row.deregistered) return { fenced: true };
+      if (insert) {
+        row.kps.push({ uid, gen: generation, isCurrent: false, deleteAt: null });
+      }
+      const kp = row.kps.find((k) => k.uid === uid && isPending(k));
+      if (kp === undefined) throw new ProtocolError("pending key package vanished under the lock");
+      row.generation = generation;
+      row.rotationDeadline = next.rotationDeadline;
+      for (const k of row.kps) {
+        if (k.isCurrent) {
+          k.isCurrent = false;
+          k.deleteAt = next.supersededDeleteAt;
+        }
+      }
+      kp.isCurrent = true;
+      tx.onCommit.push(() => {
+        if (insert) this.refInsertPending(id, uid, generation);
+        // Publishing is making it current: it goes out with the commit.
+        this.recordPublish(id, { uid, gen: generation });
+        this.refPromote(id, uid, now, readSeq);
+      });
+      return { fenced: false, nextDeleteAt: deletionDeadline(Sim.deleteAts(row)) };
+    });
+    if (superseded.fenced) {
+      throw new ProtocolError(`identity ${id} changed generation under lock`);
+    }
+    if (!this.variant.directoryArmsDeletionAfterCommit) {
+      yield* this.arm("deletion", id, superseded.nextDeleteAt ?? null, now);
+    }
+    if (this.variant.rotationRearmsBeforeCommit && w !== undefined) {
+      yield* this.rearm(w, next.rotationDeadline);
+    }
+    return now;
+  }
+
+  /**
+   * rotation.service completeRotation: publish and promote (unless prepare did both), then the
+   * re-arm step; the deletion wake-up is armed there only when this attempt did not promote
+   * (it was armed before the promote's commit otherwise).
+   */
+  private *completeRotation(
+    p: Proc,
+    id: string,
+    pending: PreparedKp,
+    rearmRotation: (deadline: number | null) => Gen<unknown>,
+    w?: Wake,
+  ): Gen<"rotated" | "fenced"> {
+    let outcome: "rotated" | "fenced";
+    if (pending.promotedAt !== undefined) {
+      outcome = "rotated";
+    } else {
+      yield* this.publish(id, pending);
+      outcome = yield* this.promoteRotation(p, id, pending, w);
+    }
+    // Without the patch (the src of before), the re-arm step always armed the deletion wake-up.
+    const armDeletion =
+      outcome !== "rotated" ||
+      !this.patched("deletion-armed-only-after-rotation") ||
+      (this.variant.directoryArmsDeletionAfterCommit === true && pending.promotedAt !== undefined);
+    yield* this.rearmAfterRotation(p, id, rearmRotation, armDeletion);
+    return outcome;
   }
 
   /** rotation.service publishPending: step 2, no lock (a network call). */
@@ -1054,14 +1192,18 @@ export class Sim {
     p: Proc,
     id: string,
     rearmRotation: (deadline: number | null) => Gen<unknown>,
+    armDeletion: boolean,
   ): Gen<void> {
-    yield* this.transaction(p, (tx) => this.rearmAfterRotationTx(tx, id, rearmRotation));
+    yield* this.transaction(p, (tx) =>
+      this.rearmAfterRotationTx(tx, id, rearmRotation, armDeletion),
+    );
   }
 
   private *rearmAfterRotationTx(
     tx: Tx,
     id: string,
     rearmRotation: (deadline: number | null) => Gen<unknown>,
+    armDeletion: boolean,
   ): Gen<void> {
     const identity = yield* this.lockIdentity(tx, id);
     const now = this.now;
@@ -1070,6 +1212,7 @@ export class Sim {
     yield* rearmRotation(
       decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
     );
+    if (!armDeletion) return;
     const next = yield* this.io(`nextDeleteAt(${id})`, () =>
       deletionDeadline(Sim.deleteAts(tx.staged.get(id))),
     );
@@ -1159,25 +1302,29 @@ export class Sim {
 
   /** wakeups.service handleRotationWake */
   *handleRotationWake(p: Proc, w: Wake): Gen<void> {
-    const prepared = yield* this.transaction(p, (tx) => this.rotationWakeTx(tx, w));
+    const direct = this.direct(p);
+    const prepared = yield* this.transaction(p, (tx) => this.rotationWakeTx(tx, w, direct));
     if (prepared.kind !== "publish") {
       this.log(`${p.name}: ${prepared.kind}`);
       return;
     }
-    yield* this.publish(w.id, prepared.pending);
-    const outcome = yield* this.promoteRotation(p, w.id, prepared.pending, w);
-    yield* this.rearmAfterRotation(p, w.id, (deadline) =>
-      this.variant.rotationRearmsBeforeCommit
-        ? this.io("(rotation wake-up already moved)", () => undefined)
-        : deadline === null
-          ? this.finishWake(w)
-          : this.rearm(w, deadline),
+    const outcome = yield* this.completeRotation(
+      p,
+      w.id,
+      prepared.pending,
+      (deadline) =>
+        this.variant.rotationRearmsBeforeCommit
+          ? this.io("(rotation wake-up already moved)", () => undefined)
+          : deadline === null
+            ? this.finishWake(w)
+            : this.rearm(w, deadline),
+      w,
     );
     this.log(`${p.name}: ${outcome}`);
   }
 
-  private *rotationWakeTx(tx: Tx, w: Wake): Gen<Prepared> {
-    const step = yield* this.prepareTx(tx, w.id, false);
+  private *rotationWakeTx(tx: Tx, w: Wake, direct: boolean): Gen<Prepared> {
+    const step = yield* this.prepareTx(tx, w.id, false, direct, w);
     // Nothing was written for these two: re-arm or finish in the same transaction.
     if (step.kind === "gone") yield* this.finishWake(w);
     if (step.kind === "not-due") yield* this.rearm(w, step.deadline);
