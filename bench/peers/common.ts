@@ -4,6 +4,7 @@
  */
 import { Redis } from "ioredis";
 import type postgres from "postgres";
+import type { LoadRun } from "./ingest.js";
 import {
   createPrivateDatabase,
   defer,
@@ -75,21 +76,11 @@ export interface LatenessResult {
 }
 
 /** One welcome per HTTP request against the API process, closed loop over `connections`. */
-export interface HttpIngestResult {
+export interface HttpIngestResult extends Omit<LoadRun, "pulledIn"> {
   what: string;
   connections: number;
-  /** Requests of the measured run (after the warm-up), and how they ended. */
-  requests: number;
-  ok: number;
-  non2xx: number;
-  errors: number;
-  timeouts: number;
-  statusCodes: Record<string, number>;
-  seconds: number;
   /** 2xx answers per second over the measured run. */
   perS: number;
-  /** Milliseconds, as the load generator measured them (whole ms). */
-  latency: { mean: number; p50: number; p90: number; p99: number; max: number };
   /**
    * Answers of the measured run saying the welcome moved a deadline (`pulledIn: true`; the others
    * were no-ops: earliest wins), and the same counted in Postgres (identities whose deadline came

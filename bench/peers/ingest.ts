@@ -6,6 +6,7 @@
 import autocannon from "autocannon";
 
 export interface LoadRun {
+  /** Requests of the run, and how they ended. */
   requests: number;
   ok: number;
   non2xx: number;
@@ -13,6 +14,7 @@ export interface LoadRun {
   timeouts: number;
   statusCodes: Record<string, number>;
   seconds: number;
+  /** Milliseconds, as the load generator measured them (whole ms). */
   latency: { mean: number; p50: number; p90: number; p99: number; max: number };
   /** 202 answers that said `"pulledIn":true` (the welcome moved the deadline). */
   pulledIn: number;
