@@ -53,6 +53,7 @@ import {
   jobIdentityId,
   mapLimit,
   round,
+  mulberry32,
   runMain,
   type Summary,
   seedIdentities,
@@ -348,14 +349,7 @@ async function baseline(redisUrl: string, offsets: number[]): Promise<Summary> {
   await worker.waitUntilReady();
 
   const chunk = 1000;
-  let seed = 42;
-  const random = () => {
-    // Mulberry32: reproducible far-future delays.
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = mulberry32(42);
   const pendingStarted = Date.now();
   for (let i = 0; i < PENDING; i += chunk) {
     const now = Date.now();

@@ -439,6 +439,17 @@ export interface Summary {
   min: number;
 }
 
+/** A seeded pseudo-random generator (Mulberry32): reproducible values in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 /** Nearest-rank percentiles. */
 export function summarize(values: readonly number[]): Summary {
   const s = [...values].sort((a, b) => a - b);

@@ -8,6 +8,7 @@ import type { LoadRun } from "./ingest.js";
 import {
   createPrivateDatabase,
   defer,
+  mulberry32,
   pgStats,
   type PrivateDatabase,
   type PrivateRedis,
@@ -194,25 +195,13 @@ export async function waitFor(count: () => number, target: number, deadline: num
 
 /** Deadlines for the lateness test: uniform over [t0, t0 + spread), fixed seed. */
 export function dueTimes(p: Params, t0: number): number[] {
-  let seed = 7;
-  const random = () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = mulberry32(7);
   return Array.from({ length: p.due }, () => Math.round(t0 + random() * p.spreadS * 1000));
 }
 
 /** Far-future fire times for the pending set, 1 to 30 days out, fixed seed. */
 export function farTimes(n: number, now: number): number[] {
-  let seed = 42;
-  const random = () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = mulberry32(42);
   return Array.from({ length: n }, () => Math.round(now + DAY + random() * 29 * DAY));
 }
 

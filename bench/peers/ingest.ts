@@ -4,6 +4,7 @@
  * process), against a separate kp-rotor API process started as deployed (`src/cli/main.ts api`).
  */
 import autocannon from "autocannon";
+import { mulberry32 } from "../lib.js";
 
 export interface LoadRun {
   /** Requests of the run, and how they ended. */
@@ -91,13 +92,7 @@ export async function welcomeLoad(o: {
 /** A fixed-seed shuffle, so the welcomes are spread over the identities, not in id order. */
 export function shuffled<T>(items: readonly T[], seed = 11): T[] {
   const out = [...items];
-  let s = seed;
-  const random = () => {
-    s = (s + 0x6d2b79f5) | 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = mulberry32(seed);
   for (let i = out.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));
     [out[i], out[j]] = [out[j] as T, out[i] as T];
