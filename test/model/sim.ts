@@ -768,8 +768,7 @@ export class Sim {
     this.spawn(
       `w${worker}`,
       `${kind}-wake(${id})@w${worker}`,
-      (p) =>
-        kind === "rotation" ? rotationProcessor(this, p, wake) : deletionProcessor(this, p, wake),
+      (p) => wakeProcessor(this, p, wake),
       { wake },
     );
     this.check();
@@ -1852,27 +1851,16 @@ export class Sim {
   }
 }
 
-/** The BullMQ processor of src/queue/workers.ts around workers/rotation.ts. */
-function* rotationProcessor(s: Sim, p: Proc, w: Wake): Gen<void> {
+/**
+ * The BullMQ processor of src/queue/workers.ts around workers/rotation.ts and
+ * workers/deletion.ts: a failed wake-up retries after the backoff; if even that fails, the job
+ * stays where it is.
+ */
+function* wakeProcessor(s: Sim, p: Proc, w: Wake): Gen<void> {
   try {
     try {
-      yield* s.handleRotationWake(p, w);
-    } catch (e) {
-      if (!isCaught(e)) throw e;
-      s.log(`${p.name}: failed (${e.message}); retry after backoff`);
-      yield* s.handleWakeFailure(w);
-    }
-  } catch (e) {
-    if (!isCaught(e)) throw e;
-    s.log(`${p.name}: ${e.message}; the job stays where it is`);
-  }
-}
-
-/** The BullMQ processor of src/queue/workers.ts around workers/deletion.ts. */
-function* deletionProcessor(s: Sim, p: Proc, w: Wake): Gen<void> {
-  try {
-    try {
-      yield* s.handleDeletionWake(p, w);
+      if (w.kind === "rotation") yield* s.handleRotationWake(p, w);
+      else yield* s.handleDeletionWake(p, w);
     } catch (e) {
       if (!isCaught(e)) throw e;
       s.log(`${p.name}: failed (${e.message}); retry after backoff`);
