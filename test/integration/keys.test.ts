@@ -62,6 +62,23 @@ async function storedPrivateKey(ctx: Context, ref: string): Promise<Uint8Array |
   return rows[0] ? new Uint8Array(rows[0].private_key) : undefined;
 }
 
+/** Rotates `id` now and waits for the rotation and for the deletion of the superseded package. */
+async function rotateUntilDeleted(ctx: Context, id: string): Promise<void> {
+  const rotated = nextEvent<RotationEvent>(
+    ctx.rotor.events,
+    "rotation",
+    (e) => e.outcome === "rotated",
+  );
+  const deleted = nextEvent<{ deleted: number }>(
+    ctx.rotor.events,
+    "deletion",
+    (e) => e.deleted > 0,
+  );
+  await identities.rotateSoon(ctx.rotor, id);
+  await rotated;
+  await deleted;
+}
+
 describe("key packages", () => {
   it("publishes a real MLS KeyPackage whose sealed private half matches it", async () => {
     const { ctx } = await setup();
@@ -113,19 +130,7 @@ describe("key packages", () => {
     await identities.register(ctx.rotor, "bob");
     const old = await identities.currentKeyPackage(ctx.rotor, "bob");
     const sealed = await storedPrivateKey(ctx, old.ref);
-    const rotated = nextEvent<RotationEvent>(
-      ctx.rotor.events,
-      "rotation",
-      (e) => e.outcome === "rotated",
-    );
-    const deleted = nextEvent<{ deleted: number }>(
-      ctx.rotor.events,
-      "deletion",
-      (e) => e.deleted > 0,
-    );
-    await identities.rotateSoon(ctx.rotor, "bob");
-    await rotated;
-    await deleted;
+    await rotateUntilDeleted(ctx, "bob");
     expect(await storedPrivateKey(ctx, old.ref)).toBeUndefined();
     const anywhere = await ctx.database.sql`
       select 1 from key_packages where private_key = ${Buffer.from(sealed as Uint8Array)}
@@ -154,19 +159,7 @@ describe("key packages", () => {
     startWorkers(ctx);
     await identities.register(ctx.rotor, "carol");
     const first = await identities.currentKeyPackage(ctx.rotor, "carol");
-    const rotated = nextEvent<RotationEvent>(
-      ctx.rotor.events,
-      "rotation",
-      (e) => e.outcome === "rotated",
-    );
-    const deleted = nextEvent<{ deleted: number }>(
-      ctx.rotor.events,
-      "deletion",
-      (e) => e.deleted > 0,
-    );
-    await identities.rotateSoon(ctx.rotor, "carol");
-    await rotated;
-    await deleted;
+    await rotateUntilDeleted(ctx, "carol");
     const second = await identities.currentKeyPackage(ctx.rotor, "carol");
     const sealed = await storedPrivateKey(ctx, second.ref);
     const opened = decodePrivateKeyPackage(
