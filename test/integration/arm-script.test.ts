@@ -55,6 +55,18 @@ function latch() {
   return { promise, open };
 }
 
+/** Starts a worker that takes the next due job and holds it (active) until released. */
+async function holdNextJob(prefix: string): Promise<() => void> {
+  const taken = latch();
+  const release = latch();
+  worker(prefix, async () => {
+    taken.open();
+    await release.promise;
+  });
+  await taken.promise;
+  return release.open;
+}
+
 const delayedScore = async (redis: Redis, queue: Queue, jobId: string) =>
   redis.zscore(queue.toKey("delayed"), jobId);
 
@@ -205,13 +217,7 @@ describe("the arm script against BullMQ", () => {
     const { redis, prefix, timers, queue } = setup();
     const now = Date.now();
     await timers.armMany("rotation", [{ identityId: "erin", desired: now }], now);
-    const taken = latch();
-    const release = latch();
-    worker(prefix, async () => {
-      taken.open();
-      await release.promise;
-    });
-    await taken.promise;
+    const release = await holdNextJob(prefix);
     expect(await timers.view("rotation", ["erin"])).toEqual([{ state: "active" }]);
     expect(
       await timers.armMany("rotation", [{ identityId: "erin", desired: now + HOUR }], now),
@@ -220,7 +226,7 @@ describe("the arm script against BullMQ", () => {
     await timers.apply("rotation", "erin", { kind: "reschedule", fireAt: now + HOUR });
     expect(await delayedScore(redis, queue, jobIdFor("erin"))).toBeNull();
     expect(await queue.getJobState(jobIdFor("erin"))).toBe("active");
-    release.open();
+    release();
   });
 
   it("armEarlier moves later jobs to exactly the fire time, keeps sooner ones, plans the rest", async () => {
@@ -235,13 +241,7 @@ describe("the arm script against BullMQ", () => {
       ],
       now,
     );
-    const taken = latch();
-    const release = latch();
-    worker(prefix, async () => {
-      taken.open();
-      await release.promise;
-    });
-    await taken.promise;
+    const release = await holdNextJob(prefix);
     const fireAt = now + 2 * HOUR;
     const ids = ["late", "soon", "busy", "gone"];
     const actions = await timers.armEarlier(
@@ -264,7 +264,7 @@ describe("the arm script against BullMQ", () => {
     expect(await delayedScore(redis, queue, jobIdFor("late"))).toBe(String(fireAt * 4096));
     const late = await queue.getJob(jobIdFor("late"));
     expect((late?.timestamp ?? 0) + (late?.delay ?? 0)).toBe(fireAt);
-    release.open();
+    release();
   });
 
   it("a job a worker promoted after the view stays waiting: no job in two states", async () => {
