@@ -1,4 +1,4 @@
-import { and, asc, count, eq, gt, isNull, lt, min, sql } from "drizzle-orm";
+import { and, asc, count, eq, gt, isNull, lt, min, type SQL, sql } from "drizzle-orm";
 import { identities, keyPackages } from "../db/schema.js";
 import type { Rotor } from "./rotor.js";
 
@@ -34,62 +34,56 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
   };
   const join = eq(identities.id, keyPackages.identityId);
 
-  const [stale, staleCount, expiring, expiringCount, failing, failingCount, oldest] =
-    await Promise.all([
+  // Current key packages matching `where`: the first `limit` in `order`, and how many in all.
+  const currentPackages = async (where: SQL, order: Parameters<typeof asc>[0]) => {
+    const [rows, counted] = await Promise.all([
       db
         .select(currentColumns)
         .from(keyPackages)
         .innerJoin(identities, join)
-        .where(and(current, lt(keyPackages.createdAt, staleBefore)))
-        .orderBy(asc(keyPackages.createdAt))
+        .where(and(current, where))
+        .orderBy(asc(order))
         .limit(limit),
       db
         .select({ n: count() })
         .from(keyPackages)
         .innerJoin(identities, join)
-        .where(and(current, lt(keyPackages.createdAt, staleBefore))),
-      db
-        .select(currentColumns)
-        .from(keyPackages)
-        .innerJoin(identities, join)
-        .where(and(current, lt(keyPackages.notAfter, expiringBefore)))
-        .orderBy(asc(keyPackages.notAfter))
-        .limit(limit),
-      db
-        .select({ n: count() })
-        .from(keyPackages)
-        .innerJoin(identities, join)
-        .where(and(current, lt(keyPackages.notAfter, expiringBefore))),
-      db
-        .select({
-          identityId: identities.id,
-          failures: identities.rotationFailures,
-          lastError: identities.lastError,
-          lastFailureAt: identities.lastFailureAt,
-          rotationDeadline: identities.rotationDeadline,
-        })
-        .from(identities)
-        .where(and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt)))
-        .orderBy(asc(identities.lastFailureAt))
-        .limit(limit),
-      db
-        .select({ n: count() })
-        .from(identities)
-        .where(and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt))),
-      db
-        .select(currentColumns)
-        .from(keyPackages)
-        .innerJoin(identities, join)
-        .where(current)
-        .orderBy(asc(keyPackages.createdAt))
-        .limit(1),
+        .where(and(current, where)),
     ]);
+    return { count: counted[0]?.n ?? 0, identities: rows };
+  };
+  const failingWhere = and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt));
+
+  const [stale, expiringSoon, failing, failingCount, oldest] = await Promise.all([
+    currentPackages(lt(keyPackages.createdAt, staleBefore), keyPackages.createdAt),
+    currentPackages(lt(keyPackages.notAfter, expiringBefore), keyPackages.notAfter),
+    db
+      .select({
+        identityId: identities.id,
+        failures: identities.rotationFailures,
+        lastError: identities.lastError,
+        lastFailureAt: identities.lastFailureAt,
+        rotationDeadline: identities.rotationDeadline,
+      })
+      .from(identities)
+      .where(failingWhere)
+      .orderBy(asc(identities.lastFailureAt))
+      .limit(limit),
+    db.select({ n: count() }).from(identities).where(failingWhere),
+    db
+      .select(currentColumns)
+      .from(keyPackages)
+      .innerJoin(identities, join)
+      .where(current)
+      .orderBy(asc(keyPackages.createdAt))
+      .limit(1),
+  ]);
   const oldestRow = oldest[0];
   return {
     at: new Date(now),
     thresholds: { staleBefore, expiringBefore },
-    stale: { count: staleCount[0]?.n ?? 0, identities: stale },
-    expiringSoon: { count: expiringCount[0]?.n ?? 0, identities: expiring },
+    stale,
+    expiringSoon,
     failing: { count: failingCount[0]?.n ?? 0, identities: failing },
     oldestCurrentKeyPackage: oldestRow
       ? { ...oldestRow, ageSeconds: Math.round((now - oldestRow.createdAt.getTime()) / 1000) }
