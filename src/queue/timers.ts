@@ -1,6 +1,7 @@
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
+import { settleAll } from "../settle.js";
 import { ARM_LUA, VIEW_LUA } from "./arm-script.js";
 
 /**
@@ -187,9 +188,10 @@ export function createTimers(
   }
 
   /**
-   * Adds missing jobs ("a") and moves delayed ones ("r") to exactly their fire time, in order,
-   * one script call per chunk. Returns, per item, whether it was done; an item that was not is
-   * no longer in the planned state (a worker took the job) and must be planned again.
+   * Adds missing jobs ("a"), moves delayed ones ("r") or moves delayed ones earlier only ("e") to
+   * exactly their fire time, in order, one script call per chunk. Returns the script's code per
+   * item (ARM_LUA): 0 done; 1 not in the planned state (a worker took the job, or it exists
+   * when an add was planned), to be planned again; 2 ("e" only) already fires at or before it.
    */
   async function armScript(
     kind: TimerKind,
@@ -272,17 +274,18 @@ export function createTimers(
     const fastDone = armScript(kind, fast, now);
     // Settle everything before returning or throwing: the caller's row locks must outlive
     // every Redis change made for them.
-    await settled([fastDone, ...slow]);
+    await settleAll([fastDone, ...slow]);
     const done = await fastDone;
     // A worker moved the job between our view and the script: plan that identity again.
     const replans = fast.flatMap((f, i) => (done[i] === 0 ? [] : [f]));
-    await settled(
+    await settleAll(
       replans.map(async (f) => {
         actions[f.index] = await armOne(kind, f.identityId, items[f.index]?.desired ?? null, now);
       }),
     );
     return actions;
   }
+
   async function armEarlier(
     kind: TimerKind,
     items: readonly { identityId: string; fireAt: number }[],
@@ -410,11 +413,4 @@ export function createTimers(
       await Promise.all(Object.values(queues).map((q) => q.close()));
     },
   };
-}
-
-/** Waits for all promises to settle, then rejects with the first error, if any. */
-async function settled(promises: readonly Promise<unknown>[]): Promise<void> {
-  const results = await Promise.allSettled(promises);
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-  if (failed) throw failed.reason;
 }

@@ -6,7 +6,7 @@ import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
-import { settleAll } from "./settle.js";
+import { settleAll } from "../settle.js";
 
 /**
  * Register, welcome, rotate-now and deregister. Each runs in one transaction that holds the

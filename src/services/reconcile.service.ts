@@ -1,7 +1,7 @@
 import type { ArmAction } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import { TIMER_KINDS, type TimerKind } from "../queue/timers.js";
-import { settleAll } from "./settle.js";
+import { settleAll } from "../settle.js";
 import type { Rotor } from "./rotor.js";
 
 /**

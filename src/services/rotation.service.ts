@@ -4,7 +4,7 @@ import { type LockedIdentity, lockIdentity } from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
-import { settleAll } from "./settle.js";
+import { settleAll } from "../settle.js";
 
 /**
  * A rotation in libxmtp's order: generate and store (pending), publish, and only then make the

@@ -2,7 +2,7 @@ import { backoffMs } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
-import { settleAll } from "./settle.js";
+import { settleAll } from "../settle.js";
 import type { ActiveWakeup, Rotor } from "./rotor.js";
 
 /**
