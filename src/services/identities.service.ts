@@ -19,7 +19,8 @@ export function assertIdentityId(id: unknown): asserts id is string {
   if (problem) throw new KpRotorError(ErrorCodes.invalidIdentityId, problem);
 }
 
-const notFound = (id: string) =>
+/** The error for an identity id that names no registered identity (404). */
+export const notFound = (id: string) =>
   new KpRotorError(ErrorCodes.notFound, `identity ${JSON.stringify(id)} is not registered`);
 
 export interface RegisterInput {

@@ -1,5 +1,4 @@
-import { ErrorCodes, KpRotorError } from "../errors.js";
-import { assertIdentityId, type PullInResult } from "./identities.service.js";
+import { assertIdentityId, notFound, type PullInResult } from "./identities.service.js";
 
 /**
  * Group commit for single welcomes (and rotate-now requests). Each HTTP request names one
@@ -61,7 +60,7 @@ export function createPullInBatcher(
             batch.map((w) => w.id),
             delayMs,
           );
-          settle(batch, results);
+          answer(batch, results);
         } catch (err) {
           for (const waiter of batch) waiter.reject(err);
         }
@@ -94,17 +93,12 @@ export function createPullInBatcher(
  * first request moved the deadline; the later ones see it already pulled in, as they would have
  * one transaction later.
  */
-function settle(batch: readonly Waiter[], results: readonly PullInResult[]): void {
+function answer(batch: readonly Waiter[], results: readonly PullInResult[]): void {
   const byId = new Map(results.map((r) => [r.identityId, r]));
   for (const waiter of batch) {
     const result = byId.get(waiter.id);
     if (result === undefined) {
-      waiter.reject(
-        new KpRotorError(
-          ErrorCodes.notFound,
-          `identity ${JSON.stringify(waiter.id)} is not registered`,
-        ),
-      );
+      waiter.reject(notFound(waiter.id));
       continue;
     }
     waiter.resolve(result);
