@@ -31,8 +31,13 @@ export interface Config {
    * Wake-ups do not wait for it; it bounds how long a silently dead connection goes unnoticed.
    */
   workerMaxBlockMs: number;
-  /** How often a worker runs the backstop query for overdue identities; 0 disables it. */
+  /**
+   * How often a worker runs the watchdog: the wakeup census (finds wake-ups lost while the
+   * reconcile mark survived) and the overdue scans. 0 disables it.
+   */
   watchdogIntervalMs: number;
+  /** How often a worker checks the reconcile mark (one EXISTS; finds a full loss); 0: only on reconnect. */
+  markCheckIntervalMs: number;
   logLevel: string;
   /** Port of a worker process's Prometheus endpoint (GET /metrics); 0: none. */
   metricsPort: number;
@@ -61,6 +66,7 @@ const DEFAULTS = {
   WORKER_STALLED_INTERVAL: "30s",
   WORKER_MAX_BLOCK: "60s",
   WATCHDOG_INTERVAL: "10m",
+  RECONCILE_CHECK_INTERVAL: "15s",
   LOG_LEVEL: "info",
   RATE_LIMIT_MAX: "60000",
   RATE_LIMIT_WINDOW: "1m",
@@ -142,6 +148,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     workerStalledIntervalMs: duration("WORKER_STALLED_INTERVAL", 500),
     workerMaxBlockMs: duration("WORKER_MAX_BLOCK", 1_000),
     watchdogIntervalMs: duration("WATCHDOG_INTERVAL", 0),
+    markCheckIntervalMs: duration("RECONCILE_CHECK_INTERVAL", 0),
     logLevel: read("LOG_LEVEL"),
     metricsPort: integer("METRICS_PORT", 0, 65535),
     boardUser: env.BOARD_USER === "" ? undefined : env.BOARD_USER,
@@ -156,6 +163,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   for (const [name, ms] of [
     ["WATCHDOG_INTERVAL", config.watchdogIntervalMs],
+    ["RECONCILE_CHECK_INTERVAL", config.markCheckIntervalMs],
     ["WORKER_LOCK_DURATION", config.workerLockDurationMs],
     ["WORKER_STALLED_INTERVAL", config.workerStalledIntervalMs],
     ["WORKER_MAX_BLOCK", config.workerMaxBlockMs],

@@ -9,21 +9,22 @@ import { type MetricsServer, startMetricsServer } from "./metrics/server.js";
 import { createRedis, type TimerKind } from "./queue/timers.js";
 import { type RunningWorker, startWorker, type WakeHandler } from "./queue/workers.js";
 import type { Rotor } from "./services/rotor.js";
-import { reconcileOnce, runWatchdog } from "./services/watchdog.service.js";
+import { startHealer } from "./services/watchdog.service.js";
 import { BACKOFF } from "./core/timers.js";
 
 export type HandlerFactories = Partial<Record<TimerKind, (rotor: Rotor) => WakeHandler>>;
 
 export interface WorkerRuntime {
   workers: RunningWorker[];
-  /** Resolves when the start-up reconcile has finished (or was left to another process). */
+  /** Resolves when the start-up reconcile has ended (done, failed and retrying, or left to another process). */
   startupReconcile: Promise<void>;
   close(): Promise<void>;
 }
 
 /**
- * Starts the BullMQ workers for the given processors, the start-up reconcile (one process at a
- * time, in the background: reconcile is safe while workers run) and the watchdog timer.
+ * Starts the BullMQ workers for the given processors and the healer: the start-up reconcile (one
+ * process at a time, in the background: reconcile is safe while workers run), the reconcile-mark
+ * check and the watchdog (src/services/watchdog.service.ts).
  */
 export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): WorkerRuntime {
   const { rotor, config } = ctx;
@@ -40,39 +41,24 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
   const workers = Object.entries(handlers).map(([kind, factory]) =>
     startWorker(connection, config.queuePrefix, kind as TimerKind, factory(rotor), settings, log),
   );
-  const startupReconcile = reconcileOnce(rotor, owner, "worker start")
-    .then(() => undefined)
-    .catch((err) => log.error({ err }, "start-up reconcile failed; the watchdog will retry"));
-
-  let watchdog: NodeJS.Timeout | undefined;
-  if (config.watchdogIntervalMs > 0) {
-    const overdueGraceMs =
-      settings.lockDurationMs + settings.stalledIntervalMs + BACKOFF.maxMs + 60_000;
-    let running = false;
-    watchdog = setInterval(() => {
-      if (running) return;
-      running = true;
-      runWatchdog(rotor, { overdueGraceMs, owner })
-        .then((report) => {
-          if (report.reconciled || report.rearmed > 0)
-            log.warn(report, "watchdog repaired wake-ups");
-        })
-        .catch((err) => log.error({ err }, "watchdog failed"))
-        .finally(() => {
-          running = false;
-        });
-    }, config.watchdogIntervalMs);
-  }
+  const healer = startHealer(rotor, {
+    owner,
+    overdueGraceMs: settings.lockDurationMs + settings.stalledIntervalMs + BACKOFF.maxMs + 60_000,
+    markCheckIntervalMs: config.markCheckIntervalMs,
+    watchdogIntervalMs: config.watchdogIntervalMs,
+  });
+  // After a reconnect Redis may be a new, empty server: look for the mark at once.
+  connection.on("ready", () => healer.checkMark());
 
   let closing: Promise<void> | undefined;
   return {
     workers,
-    startupReconcile,
+    startupReconcile: healer.started,
     close() {
       closing ??= (async () => {
-        clearInterval(watchdog);
+        // A running reconcile stops between pages and writes no mark; the next process redoes it.
+        await healer.close();
         await Promise.all(workers.map((w) => w.close(settings.lockDurationMs)));
-        await startupReconcile;
         await connection.quit().catch(() => {});
       })();
       return closing;

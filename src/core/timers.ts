@@ -31,15 +31,50 @@ export function decideRotation(state: RotationState | undefined, now: number): R
   return { kind: "rotate" };
 }
 
-/** The deadlines a successful rotation at `now` writes. */
+/**
+ * The deadlines a successful rotation at `now` writes. `welcomeDeadline` is the earliest deadline
+ * asked for by welcomes acknowledged while the new package was being published: such a welcome
+ * may have consumed the new package already, so the next rotation is due then, not a full
+ * interval later.
+ */
 export function afterRotation(
   now: number,
   timing: Timing,
+  welcomeDeadline: number | null = null,
 ): { rotationDeadline: number; supersededDeleteAt: number } {
+  const interval = now + timing.rotationIntervalMs;
   return {
-    rotationDeadline: now + timing.rotationIntervalMs,
+    rotationDeadline: welcomeDeadline === null ? interval : Math.min(interval, welcomeDeadline),
     supersededDeleteAt: now + timing.deletionGraceMs,
   };
+}
+
+/**
+ * The fire time to give a wake-up that should run at `deadline` (Postgres' clock), from a
+ * process whose clock reads `localNow` when Postgres reads `dbNow`. BullMQ fires a job by the
+ * clock of the worker that promotes it; a worker running ahead would otherwise fire early, find
+ * nothing due, re-arm to the same deadline and fire again at once until the deadline. Shifted by
+ * the skew, it fires when the deadline has passed by Postgres' clock. A clock running behind is
+ * not corrected (it fires late by its skew; an earlier wake-up is never made later).
+ */
+export function fireTimeFor(deadline: number, localNow: number, dbNow: number): number {
+  return deadline + Math.max(0, localNow - dbNow);
+}
+
+/** Wake-up jobs counted in Redis against the census kept in Postgres, per queue. */
+export interface CensusReading {
+  expected: number;
+  counted: number;
+}
+
+/**
+ * Whether the queues may have lost wake-ups. Every path arms before its commit and removes after
+ * it, so without loss Redis never holds fewer jobs than Postgres expects, and more only for a
+ * moment (or orphans that a reconcile removes). A difference either way that is still there on
+ * a second reading is a loss (or lasting orphans, which can hide one): run a diff reconcile.
+ */
+export function censusMismatch(readings: readonly CensusReading[]): boolean {
+  return readings.some((r) => r.counted !== r.expected);
 }
 
 /**

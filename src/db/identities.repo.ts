@@ -1,8 +1,19 @@
-import { and, asc, eq, gt, inArray, isNotNull, isNull, lte, sql } from "drizzle-orm";
+import {
+  and,
+  asc,
+  eq,
+  getTableColumns,
+  gt,
+  inArray,
+  isNotNull,
+  isNull,
+  lte,
+  sql,
+} from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
 import type { RotationState } from "../core/timers.js";
 import type { Db, Tx } from "./client.js";
-import { identities, type IdentityRow, keyPackages } from "./schema.js";
+import { identities, type IdentityRow, keyPackages, wakeupCensus } from "./schema.js";
 
 export interface LockedIdentity extends RotationState {
   id: string;
@@ -11,11 +22,26 @@ export interface LockedIdentity extends RotationState {
   signaturePublicKey: Uint8Array | null;
   /** Sealed; open with the keyring. */
   signaturePrivateKey: Uint8Array | null;
+  /** A rotation's key package is being published (pending, visible before its promote). */
+  publishing: boolean;
+  /** The earliest deadline asked for by welcomes acknowledged while publishing. */
+  welcomeDeadline: number | null;
+  /**
+   * Postgres' clock when the row was read, epoch ms: the one clock that decides what is due and
+   * stamps deadlines (DESIGN.md, "One clock"). Read before any wait for the lock, so it is never
+   * later than the moment the lock was granted.
+   */
+  now: number;
 }
 
 const toMs = (d: Date | null): number | null => (d === null ? null : d.getTime());
 
-function toLocked(row: IdentityRow): LockedIdentity {
+/** Postgres' clock as epoch ms, as a select column. */
+const dbNow = sql<number>`floor(extract(epoch from clock_timestamp()) * 1000)::float8`.mapWith(
+  Number,
+);
+
+function toLocked(row: IdentityRow & { now: number }): LockedIdentity {
   return {
     id: row.id,
     generation: row.generation,
@@ -24,13 +50,28 @@ function toLocked(row: IdentityRow): LockedIdentity {
     credentialIdentity: row.credentialIdentity,
     signaturePublicKey: row.signaturePublicKey,
     signaturePrivateKey: row.signaturePrivateKey,
+    publishing: row.publishingSince !== null,
+    welcomeDeadline: toMs(row.welcomeDeadline),
+    now: row.now,
   };
 }
 
 /** Takes the identity's row lock (the per-identity mutex of DESIGN.md) and reads it. */
 export async function lockIdentity(tx: Tx, id: string): Promise<LockedIdentity | undefined> {
-  const [row] = await tx.select().from(identities).where(eq(identities.id, id)).for("update");
+  const [row] = await tx
+    .select({ ...getTableColumns(identities), now: dbNow })
+    .from(identities)
+    .where(eq(identities.id, id))
+    .for("update");
   return row === undefined ? undefined : toLocked(row);
+}
+
+/** Postgres' clock, epoch ms (for decisions taken without reading an identity row). */
+export async function databaseNow(db: Db | Tx): Promise<number> {
+  const [row] = await db.execute<{ now: number }>(
+    sql`select floor(extract(epoch from clock_timestamp()) * 1000)::float8 as now`,
+  );
+  return Number(row?.now);
 }
 
 /**
@@ -51,7 +92,7 @@ export async function lockOrTombstone(tx: Tx, id: string): Promise<LockedIdentit
 export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<LockedIdentity[]> {
   if (ids.length === 0) return [];
   const rows = await tx
-    .select()
+    .select({ ...getTableColumns(identities), now: dbNow })
     .from(identities)
     .where(inArray(identities.id, [...ids]))
     .orderBy(asc(identities.id))
@@ -66,13 +107,15 @@ export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<Lo
 export async function lockDeadlines(
   tx: Tx,
   ids: readonly string[],
-): Promise<(RotationState & { id: string })[]> {
+): Promise<(RotationState & { id: string; publishing: boolean; now: number })[]> {
   if (ids.length === 0) return [];
   const rows = await tx
     .select({
       id: identities.id,
       rotationDeadline: identities.rotationDeadline,
       deregisteredAt: identities.deregisteredAt,
+      publishingSince: identities.publishingSince,
+      now: dbNow,
     })
     .from(identities)
     .where(sql`${identities.id} = any(${toTextArray(ids)})`)
@@ -82,6 +125,8 @@ export async function lockDeadlines(
     id: r.id,
     rotationDeadline: toMs(r.rotationDeadline),
     deregistered: r.deregisteredAt !== null,
+    publishing: r.publishingSince !== null,
+    now: r.now,
   }));
 }
 
@@ -98,9 +143,13 @@ export async function lockLiveDeadlines(
   tx: Tx,
   afterId: string | null,
   limit: number,
-): Promise<{ id: string; rotationDeadline: number | null }[]> {
+): Promise<{ id: string; rotationDeadline: number | null; now: number }[]> {
   const rows = await tx
-    .select({ id: identities.id, rotationDeadline: epochMs(identities.rotationDeadline) })
+    .select({
+      id: identities.id,
+      rotationDeadline: epochMs(identities.rotationDeadline),
+      now: dbNow,
+    })
     .from(identities)
     .where(
       and(
@@ -167,6 +216,8 @@ export async function insertIdentity(
     lastError: null,
     lastFailureAt: null,
     deregisteredAt: null,
+    publishingSince: null,
+    welcomeDeadline: null,
   };
   await tx
     .insert(identities)
@@ -185,6 +236,34 @@ export async function setRotationDeadlines(
     .update(identities)
     .set({ rotationDeadline: new Date(deadline) })
     .where(sql`${identities.id} = any(${toTextArray(ids)})`);
+}
+
+/**
+ * Welcomes acknowledged while a rotation's key package is being published: the promote keeps
+ * the earliest of these deadlines instead of the full interval (DESIGN.md, "Welcome during
+ * publish"). The caller holds the row locks.
+ */
+export async function recordWelcomesDuringPublish(
+  tx: Tx,
+  ids: readonly string[],
+  deadline: number,
+): Promise<void> {
+  if (ids.length === 0) return;
+  const at = new Date(deadline).toISOString();
+  await tx
+    .update(identities)
+    .set({ welcomeDeadline: sql`least(${identities.welcomeDeadline}, ${at}::timestamptz)` })
+    .where(sql`${identities.id} = any(${toTextArray(ids)})`);
+}
+
+/** Marks the identity as publishing a pending key package (the caller holds its lock). */
+export async function markPublishing(tx: Tx, id: string, now: number): Promise<void> {
+  await tx
+    .update(identities)
+    .set({
+      publishingSince: sql`coalesce(${identities.publishingSince}, ${new Date(now).toISOString()}::timestamptz)`,
+    })
+    .where(eq(identities.id, id));
 }
 
 /** Notes a failed rotation attempt for the status endpoint; the deadline stays due. */
@@ -214,6 +293,8 @@ export async function tombstone(tx: Tx, id: string, now: number): Promise<void> 
       rotationDeadline: null,
       signaturePublicKey: null,
       signaturePrivateKey: null,
+      publishingSince: null,
+      welcomeDeadline: null,
     })
     .where(eq(identities.id, id));
 }
@@ -264,6 +345,48 @@ export async function overdueIdentities(
     .orderBy(asc(identities.rotationDeadline), asc(identities.id))
     .limit(limit);
   return rows.map((r) => ({ id: r.id, deadline: r.deadline?.getTime() ?? 0 }));
+}
+
+/**
+ * Identities whose earliest superseded key package passed its delete_at before `before`, in
+ * delete_at order, one page after the (deleteAt, package id) cursor: the watchdog's backstop for
+ * lost deletion wake-ups. A range scan of key_packages_overdue_delete_idx.
+ */
+export async function overdueDeletions(
+  db: Db,
+  before: number,
+  limit: number,
+  after?: { deleteAt: number; packageId: number },
+): Promise<{ identityId: string; deleteAt: number; packageId: number }[]> {
+  const rows = await db
+    .select({
+      identityId: keyPackages.identityId,
+      deleteAt: epochMs(keyPackages.deleteAt),
+      packageId: keyPackages.id,
+    })
+    .from(keyPackages)
+    .where(
+      and(
+        isNotNull(keyPackages.deleteAt),
+        lte(keyPackages.deleteAt, new Date(before)),
+        after === undefined
+          ? undefined
+          : sql`(${keyPackages.deleteAt}, ${keyPackages.id}) > (${new Date(after.deleteAt).toISOString()}::timestamptz, ${after.packageId})`,
+      ),
+    )
+    .orderBy(asc(keyPackages.deleteAt), asc(keyPackages.id))
+    .limit(limit);
+  return rows.map((r) => ({ ...r, deleteAt: Number(r.deleteAt) }));
+}
+
+/** The wakeup census: how many wake-up jobs each queue should hold (trigger-maintained). */
+export async function expectedWakeups(db: Db): Promise<{ rotation: number; deletion: number }> {
+  const rows = await db
+    .select({ kind: wakeupCensus.kind, n: sql<number>`sum(${wakeupCensus.expected})::float8` })
+    .from(wakeupCensus)
+    .groupBy(wakeupCensus.kind);
+  const of = (kind: string) => Number(rows.find((r) => r.kind === kind)?.n ?? 0);
+  return { rotation: of("rotation"), deletion: of("deletion") };
 }
 
 /** The identity row for the status endpoint (no private key material). */

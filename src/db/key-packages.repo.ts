@@ -87,7 +87,9 @@ export async function supersedeCurrent(
         rotation_deadline = ${new Date(input.rotationDeadline).toISOString()}::timestamptz,
         last_rotated_at = ${new Date(input.now).toISOString()}::timestamptz,
         rotation_failures = 0,
-        last_error = null
+        last_error = null,
+        publishing_since = null,
+        welcome_deadline = null
       where id = ${input.identityId}
         and generation = ${input.generation - 1}
         and deregistered_at is null

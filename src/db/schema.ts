@@ -1,5 +1,6 @@
 import { sql } from "drizzle-orm";
 import {
+  bigint,
   bigserial,
   boolean,
   check,
@@ -7,6 +8,7 @@ import {
   index,
   integer,
   pgTable,
+  primaryKey,
   text,
   timestamp,
   uniqueIndex,
@@ -46,6 +48,18 @@ export const identities = pgTable(
     lastFailureAt: instant("last_failure_at"),
     createdAt: instant("created_at").notNull().defaultNow(),
     deregisteredAt: instant("deregistered_at"),
+    /**
+     * Set while a rotation's key package is pending (stored, being published) under a publisher
+     * that makes it visible before the promote; cleared by the promote.
+     */
+    publishingSince: instant("publishing_since"),
+    /**
+     * The earliest deadline asked for by welcomes acknowledged while `publishing_since` was set:
+     * the promote keeps it instead of the full interval (DESIGN.md, "Welcome during publish").
+     */
+    welcomeDeadline: instant("welcome_deadline"),
+    /** How many superseded key packages wait for deletion; kept by a trigger (wakeup census). */
+    supersededPackages: integer("superseded_packages").notNull().default(0),
   },
   (t) => [
     index("identities_failing_idx").on(t.lastFailureAt).where(sql`${t.rotationFailures} > 0`),
@@ -98,6 +112,8 @@ export const keyPackages = pgTable(
     index("key_packages_delete_at_idx")
       .on(t.identityId, t.deleteAt)
       .where(sql`${t.deleteAt} is not null`),
+    // The watchdog's overdue-deletion scan: a range scan that returns only overdue packages.
+    index("key_packages_overdue_delete_idx").on(t.deleteAt).where(sql`${t.deleteAt} is not null`),
     check(
       "key_packages_state",
       sql`(${t.isCurrent} and ${t.deleteAt} is null and ${t.publishedAt} is not null)
@@ -105,6 +121,22 @@ export const keyPackages = pgTable(
         or (not ${t.isCurrent} and ${t.deleteAt} is null and ${t.publishedAt} is null)`,
     ),
   ],
+);
+
+/**
+ * The wakeup census: how many wake-up jobs Redis should hold per queue, maintained by triggers in
+ * the same transactions that change it (drizzle/0003_wakeup_census.sql), spread over slots so
+ * that concurrent commits rarely meet on one row. The watchdog compares its sums with the
+ * queues' job counts to find lost wake-ups at a cost that does not grow with the identities.
+ */
+export const wakeupCensus = pgTable(
+  "wakeup_census",
+  {
+    kind: text("kind").notNull(),
+    slot: integer("slot").notNull(),
+    expected: bigint("expected", { mode: "number" }).notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.kind, t.slot] })],
 );
 
 export type IdentityRow = typeof identities.$inferSelect;

@@ -110,9 +110,24 @@ export interface Timers {
     items: readonly { identityId: string; fireAt: number }[],
     now: number,
   ): Promise<ArmAction[]>;
-  /** Records that Redis holds reconciled wake-ups; the mark vanishes if Redis loses its data. */
-  markReconciled(): Promise<void>;
+  /**
+   * Starts a reconcile run: records `runId` as the run in progress. The reconcile mark is only
+   * written by completeReconcile, so a run that fails or stops part-way leaves no mark.
+   */
+  beginReconcile(runId: string): Promise<void>;
+  /**
+   * Ends a run that walked every identity: writes the reconcile mark if the run's record is
+   * still there, atomically. Returns false (no mark) when Redis lost its data during the run,
+   * which took the record with it: the run's earlier arms may be gone, so it must run again.
+   */
+  completeReconcile(runId: string): Promise<boolean>;
+  /** Whether Redis holds the mark of a completed reconcile (it vanishes if Redis loses data). */
   isReconciled(): Promise<boolean>;
+  /**
+   * How many wake-up jobs the queue holds in a state that will fire (delayed, waiting, active,
+   * prioritized): a handful of O(1) commands, whatever the number of identities.
+   */
+  countWakeups(kind: TimerKind): Promise<number>;
   /** Takes (or renews) a lease so that one process at a time runs the start-up reconcile. */
   tryLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
   releaseLease(name: string, owner: string): Promise<void>;
@@ -345,6 +360,7 @@ export function createTimers(
   }
 
   const markKey = `${prefix}:kp-rotor:reconciled`;
+  const runKey = `${prefix}:kp-rotor:reconcile-run`;
 
   const leaseKey = (name: string) => `${prefix}:kp-rotor:lease:${name}`;
 
@@ -393,11 +409,26 @@ export function createTimers(
     arm,
     armMany,
     armEarlier,
-    async markReconciled() {
-      await redis.set(markKey, new Date().toISOString());
+    async beginReconcile(runId) {
+      await redis.set(runKey, runId);
+    },
+    async completeReconcile(runId) {
+      const done = await redis.eval(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) redis.call('del', KEYS[1]) return 1 end return 0",
+        2,
+        runKey,
+        markKey,
+        runId,
+        new Date().toISOString(),
+      );
+      return done === 1;
     },
     async isReconciled() {
       return (await redis.exists(markKey)) === 1;
+    },
+    async countWakeups(kind) {
+      const counts = await queues[kind].getJobCounts("active", "delayed", "wait", "prioritized");
+      return Object.values(counts).reduce((sum, n) => sum + n, 0);
     },
     tryLease,
     async releaseLease(name, owner) {

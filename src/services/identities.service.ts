@@ -59,7 +59,7 @@ export async function register(
     : await rotor.keys.generateSignatureKeyPair();
   const registered = await rotor.db.transaction(async (tx) => {
     const existing = await repo.lockOrTombstone(tx, id);
-    const now = rotor.clock();
+    const now = existing.now;
     if (!existing.deregistered && existing.rotationDeadline !== null) {
       // Re-registering repairs the wake-up, so a client retry also heals a lost one.
       await rotor.timers.arm("rotation", id, existing.rotationDeadline, now);
@@ -112,11 +112,10 @@ async function rotateInline(
   rotor: Rotor,
   id: string,
 ): Promise<{ rotationDeadline: number; generation: number }> {
-  const prepared = await rotor.db.transaction(async (tx) =>
-    prepareRotation(rotor, tx, await repo.lockOrTombstone(tx, id), rotor.clock(), {
-      firstPublish: true,
-    }),
-  );
+  const prepared = await rotor.db.transaction(async (tx) => {
+    const identity = await repo.lockOrTombstone(tx, id);
+    return prepareRotation(rotor, tx, identity, identity.now, { firstPublish: true });
+  });
   if (prepared.kind === "publish") {
     await completeRotation(rotor, id, prepared.pending, (deadline) =>
       rotor.timers.arm("rotation", id, deadline, rotor.clock()),
@@ -150,18 +149,23 @@ export async function pullInMany(
   const unique = [...new Set(ids)];
   return rotor.db.transaction(async (tx) => {
     const locked = await repo.lockDeadlines(tx, unique);
-    const now = rotor.clock();
+    // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "One clock".
+    const now = locked[0]?.now ?? rotor.clock();
     const results: PullInResult[] = [];
+    const duringPublish: string[] = [];
     for (const identity of locked) {
       if (identity.deregistered || identity.rotationDeadline === null) continue;
       const next = pullIn(identity.rotationDeadline, now, delayMs);
+      // A rotation is publishing its new package: this welcome may have consumed it, and the
+      // promote would roll the deadline a full interval on. Recorded, the promote keeps it.
+      if (identity.publishing) duringPublish.push(identity.id);
       results.push({
         identityId: identity.id,
         rotationDeadline: next.deadline,
-        changed: next.changed,
+        changed: next.changed || identity.publishing,
       });
     }
-    const changed = results.filter((r) => r.changed);
+    const changed = results.filter((r) => r.changed && r.rotationDeadline === now + delayMs);
     // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
     // be armed before the commit (if it fails they only fire early). Both settle before the
     // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
@@ -173,6 +177,7 @@ export async function pullInMany(
         changed.map((r) => r.identityId),
         now + delayMs,
       ),
+      repo.recordWelcomesDuringPublish(tx, duringPublish, now + delayMs),
       rotor.timers.armEarlier(
         "rotation",
         changed.map((r) => ({ identityId: r.identityId, fireAt: r.rotationDeadline })),

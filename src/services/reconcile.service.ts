@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { ArmAction } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import { TIMER_KINDS, type TimerKind } from "../queue/timers.js";
@@ -33,6 +34,13 @@ export interface ReconcileOptions {
   pagesInFlight?: number;
   /** Called after each page with identities done so far and the total at the start. */
   onProgress?: (done: number, total: number) => void;
+  /** Stops the run between pages (shutdown): it then throws and writes no mark. */
+  signal?: AbortSignal;
+}
+
+/** A reconcile that did not complete; the mark was not written, so it will run again. */
+export class ReconcileIncomplete extends Error {
+  override name = "ReconcileIncomplete";
 }
 
 export const RECONCILE_PAGE_SIZE = 5_000;
@@ -49,9 +57,11 @@ export async function reconcile(
   const started = Date.now();
   const pageSize = options.pageSize ?? RECONCILE_PAGE_SIZE;
   const inFlight = Math.max(1, options.pagesInFlight ?? 2);
-  // Marked first: if Redis loses its data while we run, the mark goes too and the next check
-  // starts another run.
-  await rotor.timers.markReconciled();
+  const signal = options.signal;
+  // The mark is written only after a complete walk, and only if this run's record survived it:
+  // a failure, a shutdown or a loss of Redis data during the run leaves no mark behind.
+  const runId = randomUUID();
+  await rotor.timers.beginReconcile(runId);
   const total = await repo.countLive(rotor.db);
   const repairs = emptyCounts();
   const count = (kind: TimerKind, actions: readonly ArmAction[]) => {
@@ -70,7 +80,7 @@ export async function reconcile(
       handOff(locked.length === pageSize ? locked[locked.length - 1]?.id : undefined);
       if (locked.length === 0) return 0;
       const ids = locked.map((i) => i.id);
-      const now = rotor.clock();
+      const now = locked[0]?.now ?? rotor.clock();
       // Both queues at once; the deletion deadlines are read (under the same locks) while the
       // rotation wake-ups are being armed. Everything settles before the transaction ends.
       const [rotation, deletion] = await settleAll([
@@ -99,6 +109,10 @@ export async function reconcile(
   for (;;) {
     const after = await next;
     if (after === undefined || failure !== undefined) break;
+    if (signal?.aborted) {
+      failure = new ReconcileIncomplete("reconcile stopped: the process is shutting down");
+      break;
+    }
     let handOff!: (next: string | undefined) => void;
     next = new Promise((resolve) => {
       handOff = resolve;
@@ -119,6 +133,11 @@ export async function reconcile(
   await Promise.all(running);
   if (failure !== undefined) throw failure;
   const orphansRemoved = await removeOrphans(rotor, pageSize);
+  if (!(await rotor.timers.completeReconcile(runId))) {
+    throw new ReconcileIncomplete(
+      "Redis lost data while reconcile ran (its run record vanished); it must run again",
+    );
+  }
   const report = {
     identities: done,
     overdue: overdue.length,
@@ -133,10 +152,13 @@ export async function reconcile(
 
 /**
  * Arms live identities whose deadline passed before `before`, most overdue first, each page
- * under its row locks, at most `limit` identities. Each page is armed by one arm-script call
- * that adds in deadline order, and their delayed scores are their deadlines, so BullMQ promotes
- * and runs them most overdue first. Reconcile runs it before its walk; the watchdog runs it for
- * identities overdue beyond any normal delay.
+ * under its row locks, until `limit` of them needed a repair. Identities whose wake-up is fine
+ * (retrying within the backoff, waiting, running) cost a look and nothing else, and the scan
+ * pages past them, so any number of legitimately retrying identities cannot hide one whose
+ * wake-up was lost. Each page is armed by one arm-script call that adds in deadline order, and
+ * their delayed scores are their deadlines, so BullMQ promotes and runs them most overdue first.
+ * Reconcile runs it before its walk; the watchdog runs it for identities overdue beyond any
+ * normal delay.
  */
 export async function armOverdue(
   rotor: Rotor,
@@ -145,15 +167,16 @@ export async function armOverdue(
   limit = Number.POSITIVE_INFINITY,
 ): Promise<{ id: string; action: ArmAction }[]> {
   const armed: { id: string; action: ArmAction }[] = [];
+  let repaired = 0;
   let after: { deadline: number; id: string } | undefined;
-  while (armed.length < limit) {
-    const size = Math.min(pageSize, limit - armed.length);
-    const page = await repo.overdueIdentities(rotor.db, before, size, after);
+  while (repaired < limit) {
+    const page = await repo.overdueIdentities(rotor.db, before, pageSize, after);
     if (page.length === 0) break;
     const ids = page.map((p) => p.id);
     await rotor.db.transaction(async (tx) => {
-      const locked = new Map((await repo.lockDeadlines(tx, ids)).map((i) => [i.id, i]));
-      const now = rotor.clock();
+      const rows = await repo.lockDeadlines(tx, ids);
+      const locked = new Map(rows.map((i) => [i.id, i]));
+      const now = rows[0]?.now ?? rotor.clock();
       // Still in deadline order (the page's order), restricted to identities still live.
       const items = ids.flatMap((id) => {
         const identity = locked.get(id);
@@ -163,11 +186,51 @@ export async function armOverdue(
       });
       const actions = await rotor.timers.armMany("rotation", items, now);
       items.forEach((item, i) => {
-        armed.push({ id: item.identityId, action: actions[i] ?? { kind: "none" } });
+        const action = actions[i] ?? { kind: "none" };
+        if (action.kind !== "none") repaired++;
+        armed.push({ id: item.identityId, action });
       });
     });
-    if (page.length < size) break;
+    if (page.length < pageSize) break;
     after = page[page.length - 1];
+  }
+  return armed;
+}
+
+/**
+ * The deletion backstop: identities with a superseded key package whose delete_at passed before
+ * `before` get their deletion wake-up armed to their earliest delete_at, under their row locks,
+ * paging past those whose wake-up is fine, until `limit` needed a repair.
+ */
+export async function armOverdueDeletions(
+  rotor: Rotor,
+  before: number,
+  pageSize: number,
+  limit = Number.POSITIVE_INFINITY,
+): Promise<{ id: string; action: ArmAction }[]> {
+  const armed: { id: string; action: ArmAction }[] = [];
+  let repaired = 0;
+  let after: { deleteAt: number; packageId: number } | undefined;
+  while (repaired < limit) {
+    const page = await repo.overdueDeletions(rotor.db, before, pageSize, after);
+    if (page.length === 0) break;
+    const ids = [...new Set(page.map((p) => p.identityId))];
+    await rotor.db.transaction(async (tx) => {
+      const rows = await repo.lockDeadlines(tx, ids);
+      const live = rows.filter((r) => !r.deregistered).map((r) => r.id);
+      const now = rows[0]?.now ?? rotor.clock();
+      const deleteAts = await repo.nextDeleteAtsOf(tx, live);
+      const items = live.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null }));
+      const actions = await rotor.timers.armMany("deletion", items, now);
+      items.forEach((item, i) => {
+        const action = actions[i] ?? { kind: "none" };
+        if (action.kind !== "none") repaired++;
+        armed.push({ id: item.identityId, action });
+      });
+    });
+    if (page.length < pageSize) break;
+    const last = page[page.length - 1] as (typeof page)[number];
+    after = { deleteAt: last.deleteAt, packageId: last.packageId };
   }
   return armed;
 }
@@ -192,7 +255,7 @@ async function removeOrphans(rotor: Rotor, pageSize: number): Promise<number> {
         await rotor.db.transaction(async (tx) => {
           const identity = await repo.lockOrTombstone(tx, id);
           if (!identity.deregistered) return; // registered meanwhile: it armed itself
-          const action = await rotor.timers.arm(kind, id, null, rotor.clock());
+          const action = await rotor.timers.arm(kind, id, null, identity.now);
           if (action.kind !== "none") removed++;
         });
       }

@@ -1,6 +1,6 @@
-import { afterRotation, decideRotation } from "../core/timers.js";
+import { afterRotation, decideRotation, fireTimeFor } from "../core/timers.js";
 import type { Tx } from "../db/client.js";
-import { type LockedIdentity, lockIdentity } from "../db/identities.repo.js";
+import { type LockedIdentity, lockIdentity, markPublishing } from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
@@ -69,22 +69,30 @@ export async function prepareRotation(
     existing?.generation === generation && existing.ciphersuite === rotor.keys.ciphersuite;
   if (existing && !reuse) await kps.deletePending(tx, existing.id);
 
-  if (reuse && !direct) return { kind: "publish", pending: existing, dueDeadline };
+  if (reuse && !direct) {
+    if (!identity.publishing) await markPublishing(tx, identity.id, now);
+    return { kind: "publish", pending: existing, dueDeadline };
+  }
   if (reuse) {
     // A pending package left by an earlier attempt (say, under the webhook publisher): it is
     // published by becoming current, here.
-    const at = await promoteInPrepare(rotor, tx, identity.id, generation, (promotedAt) =>
+    const at = await promoteInPrepare(rotor, tx, identity, now, generation, (promotedAt) =>
       kps.markCurrent(tx, existing.id, promotedAt),
     );
     return { kind: "publish", pending: { ...existing, promotedAt: at }, dueDeadline };
   }
   const fresh = await generateSealed(rotor, identity, now);
   if (!direct) {
-    const pending = await kps.insertPending(tx, identity.id, generation, now, fresh);
+    // From here until the promote the package may be visible where it is published: welcomes
+    // in that window are recorded (markPublishing) and honoured by the promote.
+    const [pending] = await settleAll([
+      kps.insertPending(tx, identity.id, generation, now, fresh),
+      markPublishing(tx, identity.id, now),
+    ] as const);
     return { kind: "publish", pending, dueDeadline };
   }
   let id = 0;
-  const at = await promoteInPrepare(rotor, tx, identity.id, generation, async (promotedAt) => {
+  const at = await promoteInPrepare(rotor, tx, identity, now, generation, async (promotedAt) => {
     id = await kps.insertCurrent(tx, identity.id, generation, promotedAt, fresh);
   });
   return { kind: "publish", pending: { ...fresh, id, generation, promotedAt: at }, dueDeadline };
@@ -105,12 +113,13 @@ export async function prepareRotation(
 async function promoteInPrepare(
   rotor: Rotor,
   tx: Tx,
-  identityId: string,
+  identity: LockedIdentity,
+  now: number,
   generation: number,
   makeCurrent: (now: number) => Promise<void>,
 ): Promise<number> {
-  const now = rotor.clock();
-  const next = afterRotation(now, rotor.timing);
+  const identityId = identity.id;
+  const next = afterRotation(now, rotor.timing, identity.welcomeDeadline);
   const [superseded] = await settleAll([
     kps.supersedeCurrent(tx, {
       identityId,
@@ -179,9 +188,9 @@ async function promoteRotation(
   pending: kps.PendingKeyPackage,
 ): Promise<{ outcome: "rotated" | "fenced"; at: number }> {
   return rotor.db.transaction(async (tx) => {
-    await lockIdentity(tx, identityId);
-    const now = rotor.clock();
-    const next = afterRotation(now, rotor.timing);
+    const locked = await lockIdentity(tx, identityId);
+    const now = locked?.now ?? rotor.clock();
+    const next = afterRotation(now, rotor.timing, locked?.welcomeDeadline ?? null);
     const promoted = await kps.promotePending(tx, {
       identityId,
       pending,
@@ -221,12 +230,17 @@ export async function completeRotation(
   // Only an attempt that was fenced (another one promoted) arms it again here.
   const armDeletion = promoted.outcome !== "rotated";
   await rotor.db.transaction(async (tx) => {
+    const localNow = rotor.clock();
     const identity = await lockIdentity(tx, identityId);
-    const now = rotor.clock();
+    const now = identity?.now ?? localNow;
     const decision = decideRotation(identity, now);
-    // Due again already (a zero interval in tests): fire at once rather than lose it.
+    // Due again already (a welcome during publish, a zero interval in tests): fire at once.
     const rearmed = rearmRotation(
-      decision.kind === "gone" ? null : decision.kind === "not-due" ? decision.deadline : now,
+      decision.kind === "gone"
+        ? null
+        : decision.kind === "not-due"
+          ? fireTimeFor(decision.deadline, localNow, now)
+          : localNow,
     );
     if (!armDeletion) {
       await rearmed;

@@ -1,4 +1,4 @@
-import { backoffMs } from "../core/timers.js";
+import { backoffMs, fireTimeFor } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
@@ -34,12 +34,15 @@ export async function handleRotationWake(
       kps.findPending(tx, id),
     ] as const);
     const identity = locked ?? (await repo.lockOrTombstone(tx, id));
-    const step = await prepareRotation(rotor, tx, identity, rotor.clock(), {
+    // Postgres' clock decides what is due (DESIGN.md, "One clock").
+    const step = await prepareRotation(rotor, tx, identity, identity.now, {
       pending: pending ?? null,
     });
     // Nothing was written for these two: re-arm or finish in the same transaction.
     if (step.kind === "gone") await wake.finish();
-    if (step.kind === "not-due") await wake.rearm(step.deadline);
+    if (step.kind === "not-due") {
+      await wake.rearm(fireTimeFor(step.deadline, startedAt, identity.now));
+    }
     return step;
   });
   if (prepared.kind !== "publish") {
@@ -72,14 +75,16 @@ export async function handleDeletionWake(
       await wake.finish();
       return "gone" as const;
     }
-    return kps.deleteDueKeyPackages(tx, id, rotor.clock());
+    // Due by Postgres' clock, never this process's: a clock running ahead deletes nothing early.
+    return kps.deleteDueKeyPackages(tx, id, identity.now);
   });
   if (deleted === "gone") return deleted;
   const next = await rotor.db.transaction(async (tx) => {
+    const localNow = rotor.clock();
     const identity = await repo.lockIdentity(tx, id);
     const next = identity?.deregistered === false ? await kps.nextDeleteAt(tx, id) : null;
-    if (next === null) await wake.finish();
-    else await wake.rearm(next);
+    if (next === null || identity === undefined) await wake.finish();
+    else await wake.rearm(fireTimeFor(next, localNow, identity.now));
     return next;
   });
   rotor.events.emit("deletion", { identityId: id, deleted, at });

@@ -1,56 +1,256 @@
-import { armOverdue, reconcile } from "./reconcile.service.js";
+import { backoffMs, censusMismatch, type CensusReading } from "../core/timers.js";
+import * as repo from "../db/identities.repo.js";
+import { TIMER_KINDS } from "../queue/timers.js";
+import { armOverdue, armOverdueDeletions, reconcile } from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
- * The backstop, run by each worker at a low fixed rate (WATCHDOG_INTERVAL, default 10 min).
- * Its cost does not grow with the number of identities: one Redis EXISTS, and one index range
- * scan that returns only identities overdue by more than `overdueGraceMs` (normally none).
- *  - Redis lost its data (no reconcile mark): run a full reconcile, one process at a time.
- *  - An identity is overdue although every path arms its wake-up: re-arm it under its lock.
+ * The healing path (DESIGN.md, "Healing"). Three checks, each at a cost that does not grow with
+ * the number of identities:
+ *  - full loss (FLUSHALL, a restart without persistence): the reconcile mark is gone. Checked on
+ *    every reconnect and every MARK_CHECK_INTERVAL (one EXISTS); a reconcile runs, and is
+ *    retried with backoff until one completes;
+ *  - partial loss with the mark intact (AOF tail loss, a lagging replica promoted, a job removed
+ *    by hand): the wakeup census in Postgres against the queues' job counts, every
+ *    WATCHDOG_INTERVAL; a lasting difference runs a reconcile, which repairs only what differs;
+ *  - an identity overdue although every path arms it: the overdue scans (rotation and deletion),
+ *    every WATCHDOG_INTERVAL, paging past identities that are retrying as they should.
  */
+
 export interface WatchdogOptions {
   /** How late a deadline may be before the watchdog steps in (stall recovery + max backoff). */
   overdueGraceMs: number;
   /** Identifies this process for the reconcile lease. */
   owner: string;
+  /** Most identities repaired per scan and kind in one run (the rest wait for the next run). */
   limit?: number;
+  /** Between the two census readings that must both differ before a reconcile runs. */
+  censusRecheckMs?: number;
+  signal?: AbortSignal;
 }
 
 export interface WatchdogReport {
+  /** A reconcile ran to completion in this run (mark missing, or the census differed). */
   reconciled: boolean;
+  /** Why a reconcile was needed, when one was. */
+  reason?: string;
   rearmed: number;
+  rearmedDeletions: number;
+  census: Record<(typeof TIMER_KINDS)[number], CensusReading>;
 }
 
+/**
+ * One watchdog run. Throws when a needed reconcile failed or another process holds its lease:
+ * a heal that did not happen must never look done.
+ */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
+  let reason: string | undefined;
+  if (!(await rotor.timers.isReconciled())) reason = "Redis has no reconcile mark";
+  let census = await readCensus(rotor);
+  if (reason === undefined && censusMismatch(Object.values(census))) {
+    // In-flight arms differ for a moment; a loss (or lasting orphans) is still there later.
+    await sleep(options.censusRecheckMs ?? 2_000, options.signal);
+    census = await readCensus(rotor);
+    if (censusMismatch(Object.values(census)))
+      reason = `wakeup census differs: ${describe(census)}`;
+  }
   let reconciled = false;
-  if (!(await rotor.timers.isReconciled())) {
-    reconciled = await reconcileOnce(rotor, options.owner, "Redis has no reconcile mark");
+  if (reason !== undefined) {
+    const ran = await reconcileOnce(rotor, options.owner, reason, options.signal);
+    if (!ran) throw new ReconcileBusy();
+    reconciled = true;
+    census = await readCensus(rotor);
   }
   const limit = options.limit ?? 100;
-  const armed = await armOverdue(rotor, rotor.clock() - options.overdueGraceMs, limit, limit);
-  let rearmed = 0;
+  const before = rotor.clock() - options.overdueGraceMs;
+  const rotations = await armOverdue(rotor, before, limit, limit);
+  const deletions = await armOverdueDeletions(rotor, before, limit, limit);
+  const rearmed = logRepairs(rotor, "rotation", rotations);
+  const rearmedDeletions = logRepairs(rotor, "deletion", deletions);
+  return { reconciled, reason, rearmed, rearmedDeletions, census };
+}
+
+/** Another process holds the reconcile lease; this process's heal did not run. */
+export class ReconcileBusy extends Error {
+  override name = "ReconcileBusy";
+  constructor() {
+    super("another process is reconciling (it holds the lease)");
+  }
+}
+
+async function readCensus(rotor: Rotor): Promise<WatchdogReport["census"]> {
+  const [expected, rotation, deletion] = await Promise.all([
+    repo.expectedWakeups(rotor.db),
+    rotor.timers.countWakeups("rotation"),
+    rotor.timers.countWakeups("deletion"),
+  ]);
+  return {
+    rotation: { expected: expected.rotation, counted: rotation },
+    deletion: { expected: expected.deletion, counted: deletion },
+  };
+}
+
+const describe = (census: WatchdogReport["census"]) =>
+  TIMER_KINDS.map((k) => `${k} ${census[k].counted} in Redis, ${census[k].expected} expected`).join(
+    "; ",
+  );
+
+function logRepairs(
+  rotor: Rotor,
+  kind: string,
+  armed: readonly { id: string; action: { kind: string } }[],
+): number {
+  let n = 0;
   for (const { id, action } of armed) {
     if (action.kind === "none") continue;
-    rearmed++;
+    n++;
     rotor.log.warn(
-      { component: "watchdog", identityId: id, action },
+      { component: "watchdog", kind, identityId: id, action },
       "re-armed an overdue identity",
     );
   }
-  return { reconciled, rearmed };
+  return n;
 }
 
-/** Runs a reconcile unless another process holds the lease; returns whether it ran. */
-export async function reconcileOnce(rotor: Rotor, owner: string, reason: string): Promise<boolean> {
+/** How long a reconcile lease lasts without renewal; renewed every third of it while running. */
+const LEASE_TTL_MS = 60_000;
+
+/**
+ * Runs a reconcile unless another process holds the lease; returns whether it ran. A failed or
+ * stopped run throws, writes no mark, and releases the lease at once, so the next check (here or
+ * in another process) starts again.
+ */
+export async function reconcileOnce(
+  rotor: Rotor,
+  owner: string,
+  reason: string,
+  signal?: AbortSignal,
+): Promise<boolean> {
   const lease = "reconcile";
-  const ttlMs = 60_000;
-  if (!(await rotor.timers.tryLease(lease, owner, ttlMs))) return false;
-  rotor.log.info({ component: "reconcile", reason }, "reconcile starting");
-  await reconcile(rotor, {
-    onProgress: () => {
-      void rotor.timers.tryLease(lease, owner, ttlMs);
+  if (!(await rotor.timers.tryLease(lease, owner, LEASE_TTL_MS))) return false;
+  const renew = setInterval(() => {
+    rotor.timers.tryLease(lease, owner, LEASE_TTL_MS).catch(() => {});
+  }, LEASE_TTL_MS / 3);
+  try {
+    rotor.log.info({ component: "reconcile", reason }, "reconcile starting");
+    await reconcile(rotor, { signal });
+    return true;
+  } finally {
+    clearInterval(renew);
+    await rotor.timers.releaseLease(lease, owner).catch(() => {});
+  }
+}
+
+export interface HealerOptions extends WatchdogOptions {
+  /** How often the reconcile mark is checked (one EXISTS); 0 disables the periodic check. */
+  markCheckIntervalMs: number;
+  /** How often the census and the overdue scans run; 0 disables them. */
+  watchdogIntervalMs: number;
+}
+
+export interface Healer {
+  /** Checks the mark now (wired to the Redis connection's `ready`, after every reconnect). */
+  checkMark(): void;
+  /** Resolves when the first heal attempt (the start-up reconcile) has ended, either way. */
+  readonly started: Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the worker process's healing loop: a reconcile at start, the mark check, and the
+ * watchdog. A reconcile that fails is retried with the wake-ups' backoff (2 s, x1.5, at most
+ * 60 s) until one completes; one left to another process's lease is checked again by the mark
+ * check, so if that process fails, this one takes over.
+ */
+export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
+  const log = rotor.log.child({ component: "healer" });
+  const abort = new AbortController();
+  const signal = abort.signal;
+  let healing: Promise<void> | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  let retryPending = false;
+  let failures = 0;
+
+  const heal = (reason: string): Promise<void> => {
+    if (signal.aborted) return Promise.resolve();
+    healing ??= (async () => {
+      try {
+        const ran = await reconcileOnce(rotor, options.owner, reason, signal);
+        failures = 0;
+        if (!ran) log.info({ reason }, "another process holds the reconcile lease");
+      } catch (err) {
+        if (signal.aborted) return;
+        failures++;
+        const delay = backoffMs(failures);
+        log.error({ err, reason, failures, retryInMs: delay }, "reconcile failed; retrying");
+        clearTimeout(retry);
+        retryPending = true;
+        retry = setTimeout(() => {
+          retryPending = false;
+          void heal(reason);
+        }, delay);
+      } finally {
+        healing = undefined;
+      }
+    })();
+    return healing;
+  };
+
+  const checkMark = () => {
+    if (signal.aborted || healing !== undefined || retryPending) return;
+    rotor.timers
+      .isReconciled()
+      .then((ok) => (ok ? undefined : heal("Redis has no reconcile mark")))
+      .catch((err) => log.warn({ err }, "reconcile mark check failed"));
+  };
+
+  const started = heal("worker start");
+  const markTimer =
+    options.markCheckIntervalMs > 0
+      ? setInterval(checkMark, options.markCheckIntervalMs)
+      : undefined;
+
+  let watching: Promise<void> | undefined;
+  const watchdogTimer =
+    options.watchdogIntervalMs > 0
+      ? setInterval(() => {
+          if (watching !== undefined || healing !== undefined) return;
+          watching = runWatchdog(rotor, { ...options, signal })
+            .then((report) => {
+              if (report.reconciled || report.rearmed > 0 || report.rearmedDeletions > 0) {
+                log.warn(report, "watchdog repaired wake-ups");
+              }
+            })
+            .catch((err) => {
+              if (signal.aborted) return;
+              log.error({ err }, "watchdog could not heal; the mark check retries");
+              if (!(err instanceof ReconcileBusy)) void heal("watchdog retry");
+            })
+            .finally(() => {
+              watching = undefined;
+            });
+        }, options.watchdogIntervalMs)
+      : undefined;
+
+  return {
+    checkMark,
+    started,
+    async close() {
+      abort.abort();
+      clearInterval(markTimer);
+      clearInterval(watchdogTimer);
+      clearTimeout(retry);
+      await Promise.allSettled([healing, watching]);
     },
+  };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    });
   });
-  await rotor.timers.releaseLease(lease, owner);
-  return true;
 }

@@ -46,6 +46,7 @@ describe("loadConfig defaults", () => {
     workerStalledIntervalMs: 30_000,
     workerMaxBlockMs: 60_000,
     watchdogIntervalMs: 600_000,
+    markCheckIntervalMs: 15_000,
     logLevel: "info",
   };
 

@@ -1,0 +1,247 @@
+/**
+ * The healing path (DESIGN.md, "Healing"), each guard against the defect it closes:
+ *  A. a reconcile that fails is never taken as done, and is retried until it completes;
+ *  B. the overdue backstop pages past identities that are retrying as they should;
+ *  C. lost deletion wake-ups have a backstop; partial loss with the mark intact is found by the
+ *     census;
+ *  E. a full loss heals with nobody running reconcile.
+ */
+import { Redis } from "ioredis";
+import postgres from "postgres";
+import { afterEach, describe, expect, it } from "vitest";
+import type { Context } from "../../src/context.js";
+import { expectedWakeups } from "../../src/db/identities.repo.js";
+import * as identities from "../../src/services/identities.service.js";
+import {
+  armOverdue,
+  armOverdueDeletions,
+  reconcile,
+  ReconcileIncomplete,
+} from "../../src/services/reconcile.service.js";
+import { runWatchdog } from "../../src/services/watchdog.service.js";
+import { startWorkerRuntime } from "../../src/worker-process.js";
+import { ALL_HANDLERS } from "../../workers/index.js";
+import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function setup(vars: Record<string, string> = {}): Promise<TestEnv & { admin: Redis }> {
+  const redis = await startRedisServer();
+  cleanups.push(() => redis.stop());
+  const env = await createTestEnv({ ROTATION_INTERVAL: "30d", REDIS_URL: redis.url, ...vars });
+  cleanups.push(() => env.cleanup());
+  const admin = new Redis(redis.url);
+  cleanups.push(() => admin.quit());
+  return { ...env, admin };
+}
+
+/** Holds one identity's row lock from another connection until `release()`. */
+async function holdRowLock(url: string, id: string): Promise<{ release(): Promise<void> }> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let locked!: () => void;
+  const isLocked = new Promise<void>((resolve) => {
+    locked = resolve;
+  });
+  const done = sql.begin(async (tx) => {
+    await tx`select id from identities where id = ${id} for update`;
+    locked();
+    await released;
+  });
+  await isLocked;
+  return {
+    async release() {
+      release();
+      await done;
+      await sql.end();
+    },
+  };
+}
+
+async function rotationViews(ctx: Context, ids: string[]) {
+  return (await ctx.rotor.timers.view("rotation", ids)).map((v) => v.state);
+}
+
+describe("a reconcile either completes or is retried (A)", () => {
+  it("a reconcile failing on a held row lock leaves no mark, frees its lease, and the next run heals", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    const ids = ["h1", "h2", "h3"];
+    for (const id of ids) await identities.register(rotor, id);
+    await env.admin.flushall();
+    const lock = await holdRowLock(env.config.databaseUrl, "h2");
+    try {
+      await expect(runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w1" })).rejects.toThrow();
+      // Not taken as done: no mark, and the lease is free for the next attempt at once.
+      expect(await rotor.timers.isReconciled()).toBe(false);
+      expect(await rotor.timers.tryLease("reconcile", "someone-else", 1_000)).toBe(true);
+      await rotor.timers.releaseLease("reconcile", "someone-else");
+    } finally {
+      await lock.release();
+    }
+    const report = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w1" });
+    expect(report.reconciled).toBe(true);
+    expect(report.reason).toBe("Redis has no reconcile mark");
+    expect(await rotationViews(env.ctx, ids)).toEqual(["delayed", "delayed", "delayed"]);
+    expect(await rotor.timers.isReconciled()).toBe(true);
+  });
+
+  it("Redis losing its data during a run: the run throws and writes no mark", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    for (const id of ["r1", "r2"]) await identities.register(rotor, id);
+    const run = reconcile(rotor, {
+      pageSize: 1,
+      pagesInFlight: 1,
+      // Redis loses everything after the first page.
+      onProgress: (done) => {
+        if (done === 1) void env.admin.flushall();
+      },
+    });
+    await expect(run).rejects.toBeInstanceOf(ReconcileIncomplete);
+    expect(await rotor.timers.isReconciled()).toBe(false);
+  });
+
+  it("a stopped run (shutdown) writes no mark", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    for (const id of ["s1", "s2"]) await identities.register(rotor, id);
+    const abort = new AbortController();
+    const run = reconcile(rotor, {
+      pageSize: 1,
+      pagesInFlight: 1,
+      signal: abort.signal,
+      onProgress: () => abort.abort(),
+    });
+    await expect(run).rejects.toBeInstanceOf(ReconcileIncomplete);
+    expect(await rotor.timers.isReconciled()).toBe(false);
+  });
+
+  it("after FLUSHALL with a row held past lock_timeout, the workers heal by themselves, retrying (E)", async () => {
+    const env = await setup({ RECONCILE_CHECK_INTERVAL: "1s" });
+    const { rotor } = env.ctx;
+    const ids = ["e1", "e2", "e3"];
+    for (const id of ids) await identities.register(rotor, id);
+    const runtime = startWorkerRuntime(env.ctx, ALL_HANDLERS);
+    cleanups.push(() => runtime.close());
+    await runtime.startupReconcile;
+    const lock = await holdRowLock(env.config.databaseUrl, "e2");
+    const healed = nextEvent(rotor.events, "reconcile", () => true, 60_000);
+    await env.admin.flushall();
+    // The first attempt fails on lock_timeout (10 s); release after it did.
+    await new Promise((resolve) => setTimeout(resolve, 12_000));
+    expect(await rotor.timers.isReconciled()).toBe(false);
+    await lock.release();
+    await healed;
+    expect(await rotationViews(env.ctx, ids)).toEqual(["delayed", "delayed", "delayed"]);
+    expect(await rotor.timers.isReconciled()).toBe(true);
+  });
+});
+
+describe("the backstop cannot be saturated (B, C)", () => {
+  /** Identities overdue an hour, their wake-ups retrying within the backoff, as a failing publish leaves them. */
+  async function retrying(env: TestEnv, ids: string[]) {
+    const { rotor } = env.ctx;
+    for (const id of ids) await identities.register(rotor, id);
+    await env.ctx.database.sql`
+      update identities set rotation_deadline = now() - interval '1 hour' where id = any(${ids})`;
+    for (const id of ids) {
+      await rotor.timers.apply("rotation", id, { kind: "reschedule", fireAt: Date.now() + 30_000 });
+    }
+  }
+
+  it("100 identities retrying do not hide one whose wake-up was lost", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    await retrying(
+      env,
+      Array.from({ length: 100 }, (_, i) => `retry-${String(i).padStart(3, "0")}`),
+    );
+    await identities.register(rotor, "zz-lost");
+    // Less overdue than every retrying one: it sorts after the first 100.
+    await env.ctx.database.sql`
+      update identities set rotation_deadline = now() - interval '30 minutes' where id = 'zz-lost'`;
+    await rotor.timers.apply("rotation", "zz-lost", { kind: "remove" });
+    const armed = await armOverdue(rotor, Date.now() - 60_000, 100, 100);
+    expect(armed.filter((a) => a.action.kind !== "none").map((a) => a.id)).toEqual(["zz-lost"]);
+    expect(await rotationViews(env.ctx, ["zz-lost"])).toEqual(["delayed"]);
+  });
+
+  it("a lost deletion wake-up whose delete_at passed is re-armed", async () => {
+    const env = await setup({ DELETION_GRACE: "1d" });
+    const { rotor } = env.ctx;
+    await identities.register(rotor, "dora");
+    const rotated = nextEvent(rotor.events, "rotation", (e) => e.outcome === "rotated");
+    const runtime = startWorkerRuntime(env.ctx, { rotation: ALL_HANDLERS.rotation });
+    cleanups.push(() => runtime.close());
+    await identities.rotateSoon(rotor, "dora");
+    await rotated;
+    await env.ctx.database.sql`
+      update key_packages set delete_at = now() - interval '1 hour' where identity_id = 'dora' and delete_at is not null`;
+    await rotor.timers.apply("deletion", "dora", { kind: "remove" });
+    const armed = await armOverdueDeletions(rotor, Date.now() - 60_000, 100, 100);
+    expect(armed.map((a) => [a.id, a.action.kind])).toEqual([["dora", "add"]]);
+    const [view] = await rotor.timers.view("deletion", ["dora"]);
+    expect(view?.state).toBe("delayed");
+  });
+
+  it("partial loss with the mark intact: the census finds it and a reconcile repairs only what is missing", async () => {
+    const env = await setup({ DELETION_GRACE: "1d" });
+    const { rotor } = env.ctx;
+    const ids = ["p1", "p2", "p3", "p4", "p5"];
+    for (const id of ids) await identities.register(rotor, id);
+    await reconcile(rotor);
+    const quiet = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
+    expect(quiet.reconciled).toBe(false);
+    expect(quiet.census.rotation).toEqual({ expected: 5, counted: 5 });
+
+    // Lost writes, as after an AOF tail loss: two rotation wake-ups; the mark survives.
+    await rotor.timers.apply("rotation", "p2", { kind: "remove" });
+    await rotor.timers.apply("rotation", "p4", { kind: "remove" });
+    const report = await runWatchdog(rotor, {
+      overdueGraceMs: 60_000,
+      owner: "w",
+      censusRecheckMs: 10,
+    });
+    expect(report.reconciled).toBe(true);
+    expect(report.reason).toMatch(/census differs: rotation 3 in Redis, 5 expected/);
+    expect(report.census.rotation).toEqual({ expected: 5, counted: 5 });
+    expect(await rotationViews(env.ctx, ids)).toEqual(Array(5).fill("delayed"));
+  });
+
+  it("the census follows registrations, rotations, deletions and deregistrations", async () => {
+    const env = await setup({ DELETION_GRACE: "1s" });
+    const { rotor } = env.ctx;
+    const runtime = startWorkerRuntime(env.ctx, ALL_HANDLERS);
+    cleanups.push(() => runtime.close());
+    for (const id of ["c1", "c2", "c3"]) await identities.register(rotor, id);
+    expect(await expectedWakeups(rotor.db)).toEqual({ rotation: 3, deletion: 0 });
+    const rotated = nextEvent(
+      rotor.events,
+      "rotation",
+      (e) => e.identityId === "c1" && e.outcome === "rotated",
+    );
+    const deleted = nextEvent<{ identityId: string; deleted: number }>(
+      rotor.events,
+      "deletion",
+      (e) => e.identityId === "c1" && e.deleted > 0,
+    );
+    await identities.rotateSoon(rotor, "c1");
+    await rotated;
+    expect(await expectedWakeups(rotor.db)).toEqual({ rotation: 3, deletion: 1 });
+    expect(await rotor.timers.countWakeups("deletion")).toBe(1);
+    await deleted;
+    expect(await expectedWakeups(rotor.db)).toEqual({ rotation: 3, deletion: 0 });
+    await identities.deregister(rotor, "c3");
+    expect(await expectedWakeups(rotor.db)).toEqual({ rotation: 2, deletion: 0 });
+    expect(await rotor.timers.countWakeups("rotation")).toBe(2);
+    await identities.register(rotor, "c3");
+    expect(await expectedWakeups(rotor.db)).toEqual({ rotation: 3, deletion: 0 });
+  });
+});
