@@ -23,6 +23,8 @@ import { startWorkerRuntime } from "../../src/worker-process.js";
 import { ALL_HANDLERS } from "../../workers/index.js";
 import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
 
+type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };
+
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
@@ -177,7 +179,11 @@ describe("the backstop cannot be saturated (B, C)", () => {
     const env = await setup({ DELETION_GRACE: "1d" });
     const { rotor } = env.ctx;
     await identities.register(rotor, "dora");
-    const rotated = nextEvent(rotor.events, "rotation", (e) => e.outcome === "rotated");
+    const rotated = nextEvent<RotationEvent>(
+      rotor.events,
+      "rotation",
+      (e) => e.outcome === "rotated",
+    );
     const runtime = startWorkerRuntime(env.ctx, { rotation: ALL_HANDLERS.rotation });
     cleanups.push(() => runtime.close());
     await identities.rotateSoon(rotor, "dora");
@@ -222,7 +228,7 @@ describe("the backstop cannot be saturated (B, C)", () => {
     cleanups.push(() => runtime.close());
     for (const id of ["c1", "c2", "c3"]) await identities.register(rotor, id);
     expect(await expectedWakeups(rotor.db)).toEqual({ rotation: 3, deletion: 0 });
-    const rotated = nextEvent(
+    const rotated = nextEvent<RotationEvent>(
       rotor.events,
       "rotation",
       (e) => e.identityId === "c1" && e.outcome === "rotated",
