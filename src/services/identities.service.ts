@@ -153,6 +153,7 @@ export async function pullInMany(
     const now = locked[0]?.now ?? rotor.clock();
     const results: PullInResult[] = [];
     const duringPublish: string[] = [];
+    const changed: string[] = [];
     for (const identity of locked) {
       if (identity.deregistered || identity.rotationDeadline === null) continue;
       const next = pullIn(identity.rotationDeadline, now, delayMs);
@@ -161,26 +162,23 @@ export async function pullInMany(
       if (identity.publishing) duringPublish.push(identity.id);
       results.push({
         identityId: identity.id,
-        rotationDeadline: next.deadline,
+        // While publishing, the deadline that counts is the one the promote will keep.
+        rotationDeadline: identity.publishing ? now + delayMs : next.deadline,
         changed: next.changed || identity.publishing,
       });
+      if (next.changed) changed.push(identity.id);
     }
-    const changed = results.filter((r) => r.changed && r.rotationDeadline === now + delayMs);
     // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
     // be armed before the commit (if it fails they only fire early). Both settle before the
     // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
     // the same value, now + delay; the arm is one script call per 1,000 ids that moves every
     // delayed wake-up earlier, and planArm only for the few whose job is in another state.
     await settleAll([
-      repo.setRotationDeadlines(
-        tx,
-        changed.map((r) => r.identityId),
-        now + delayMs,
-      ),
+      repo.setRotationDeadlines(tx, changed, now + delayMs),
       repo.recordWelcomesDuringPublish(tx, duringPublish, now + delayMs),
       rotor.timers.armEarlier(
         "rotation",
-        changed.map((r) => ({ identityId: r.identityId, fireAt: r.rotationDeadline })),
+        changed.map((identityId) => ({ identityId, fireAt: now + delayMs })),
         now,
       ),
     ]);
