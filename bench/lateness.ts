@@ -228,7 +228,7 @@ await runMain(async () => {
       const at = rotor.clock();
       await Promise.all(
         locked.map((identity) =>
-          rotor.timers.arm("rotation", identity.id, identity.rotationDeadline, at),
+          rotor.timers.arm("rotation", identity.id, identity.rotationDeadline, at, identity.fence),
         ),
       );
     });

@@ -253,7 +253,7 @@ export async function kpRotor(infra: Infra, options: KpRotorOptions): Promise<Pe
           const at = rotor.clock();
           await Promise.all(
             locked.map((identity) =>
-              rotor.timers.arm("rotation", identity.id, identity.rotationDeadline, at),
+              rotor.timers.arm("rotation", identity.id, identity.rotationDeadline, at, identity.fence),
             ),
           );
         });

@@ -26,6 +26,8 @@ export interface LockedIdentity extends RotationState {
   publishing: boolean;
   /** The earliest deadline asked for by welcomes acknowledged while publishing. */
   welcomeDeadline: number | null;
+  /** The arm fence taken after the lock was granted: pass it to every arm made under this lock. */
+  fence: number;
   /**
    * Postgres' clock when the row was read, epoch ms: the one clock that decides what is due and
    * stamps deadlines (DESIGN.md, "One clock"). Read before any wait for the lock, so it is never
@@ -41,7 +43,7 @@ const dbNow = sql<number>`floor(extract(epoch from clock_timestamp()) * 1000)::f
   Number,
 );
 
-function toLocked(row: IdentityRow & { now: number }): LockedIdentity {
+function toLocked(row: IdentityRow & { now: number }, fence: number): LockedIdentity {
   return {
     id: row.id,
     generation: row.generation,
@@ -53,6 +55,7 @@ function toLocked(row: IdentityRow & { now: number }): LockedIdentity {
     publishing: row.publishingSince !== null,
     welcomeDeadline: toMs(row.welcomeDeadline),
     now: row.now,
+    fence,
   };
 }
 
@@ -63,7 +66,17 @@ export async function lockIdentity(tx: Tx, id: string): Promise<LockedIdentity |
     .from(identities)
     .where(eq(identities.id, id))
     .for("update");
-  return row === undefined ? undefined : toLocked(row);
+  return row === undefined ? undefined : toLocked(row, await nextArmFence(tx));
+}
+
+/**
+ * A value of the arm fence (DESIGN.md, "Fenced arms"). Taken after the caller's row locks were
+ * granted (a statement of its own, run after the locking one), so that of two holders of one
+ * identity's lock, the later holder's value is the larger.
+ */
+export async function nextArmFence(db: Db | Tx): Promise<number> {
+  const [row] = await db.execute<{ fence: number }>(sql`select nextval('arm_seq')::float8 as fence`);
+  return Number(row?.fence);
 }
 
 /** Postgres' clock, epoch ms (for decisions taken without reading an identity row). */
@@ -97,7 +110,8 @@ export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<Lo
     .where(inArray(identities.id, [...ids]))
     .orderBy(asc(identities.id))
     .for("update");
-  return rows.map(toLocked);
+  const fence = await nextArmFence(tx);
+  return rows.map((row) => toLocked(row, fence));
 }
 
 /**
@@ -107,7 +121,7 @@ export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<Lo
 export async function lockDeadlines(
   tx: Tx,
   ids: readonly string[],
-): Promise<(RotationState & { id: string; publishing: boolean; now: number })[]> {
+): Promise<(RotationState & { id: string; publishing: boolean; now: number; fence: number })[]> {
   if (ids.length === 0) return [];
   const rows = await tx
     .select({
@@ -121,12 +135,14 @@ export async function lockDeadlines(
     .where(sql`${identities.id} = any(${toTextArray(ids)})`)
     .orderBy(asc(identities.id))
     .for("update");
+  const fence = rows.length === 0 ? 0 : await nextArmFence(tx);
   return rows.map((r) => ({
     id: r.id,
     rotationDeadline: toMs(r.rotationDeadline),
     deregistered: r.deregisteredAt !== null,
     publishing: r.publishingSince !== null,
     now: r.now,
+    fence,
   }));
 }
 
@@ -143,7 +159,7 @@ export async function lockLiveDeadlines(
   tx: Tx,
   afterId: string | null,
   limit: number,
-): Promise<{ id: string; rotationDeadline: number | null; now: number }[]> {
+): Promise<{ id: string; rotationDeadline: number | null; now: number; fence: number }[]> {
   const rows = await tx
     .select({
       id: identities.id,
@@ -160,7 +176,8 @@ export async function lockLiveDeadlines(
     .orderBy(asc(identities.id))
     .limit(limit)
     .for("update");
-  return rows;
+  const fence = rows.length === 0 ? 0 : await nextArmFence(tx);
+  return rows.map((r) => ({ ...r, fence }));
 }
 
 /**

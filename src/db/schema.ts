@@ -7,6 +7,7 @@ import {
   customType,
   index,
   integer,
+  pgSequence,
   pgTable,
   primaryKey,
   text,
@@ -138,6 +139,14 @@ export const wakeupCensus = pgTable(
   },
   (t) => [primaryKey({ columns: [t.kind, t.slot] })],
 );
+
+/**
+ * The arm fence (DESIGN.md, "Fenced arms"): every change to wake-ups made under identities' row
+ * locks carries a value taken from this sequence after the locks were granted; the arm script
+ * refuses a change older than the last one applied to that job. A Redis write that timed out on
+ * the client, or was resent after a reconnect, and lands after a newer one changes nothing.
+ */
+export const armSeq = pgSequence("arm_seq");
 
 export type IdentityRow = typeof identities.$inferSelect;
 export type KeyPackageRow = typeof keyPackages.$inferSelect;

@@ -41,21 +41,25 @@ return out
 
 /**
  * Arm: KEYS[1] the delayed set, KEYS[2] the marker; ARGV[1] the job key prefix, ARGV[2] now
- * (epoch ms, the job's creation timestamp), ARGV[3] the job name, ARGV[4] the opts JSON, then
- * one triple per item: "r" (reschedule a delayed job), "e" (move a delayed job earlier) or "a"
- * (add a missing job), the job id,
- * the fire time (epoch ms). Items are applied in order. Returns per item 0 (done) or 1 (the job
- * is no longer in the state the caller planned for, nothing done: re-plan it).
+ * (epoch ms, the job's creation timestamp), ARGV[3] the job name, ARGV[4] the opts JSON, ARGV[5]
+ * the arm fence (a number from Postgres' arm_seq, taken under the identities' row locks), then
+ * one triple per item: the op, the job id, the fire time (epoch ms). Ops: "r" (reschedule a
+ * delayed job), "e" (move a delayed job earlier), "a" (add a missing job), "d" (delete a delayed
+ * job; fire time ignored). Items are applied in order. Returns per item:
  *
- * - "r", job delayed: its score becomes exactly fireAt * 4096 + n and its `delay` field
- *   fireAt - timestamp (so timestamp + delay, which Bull Board shows, is the fire time).
- * - "r" or "a", no job hash: the job is created delayed to fireAt (a stray delayed member
- *   without a hash is replaced).
- * - "e" (earlier only), job delayed: moved to fireAt if it fires later (0), left alone if it
- *   fires at or before fireAt (2: an early wake-up re-arms itself).
- * - otherwise (active, waiting, finished; "a" on a job that exists; "e" on a job that is not
- *   delayed): 1.
- * Afterwards the marker gets the delayed head's fire time, once per call.
+ * - 0 done. "r": the score becomes exactly fireAt * 4096 + n and the `delay` field
+ *   fireAt - timestamp (so timestamp + delay, which Bull Board shows, is the fire time); "r" or
+ *   "a" on no job hash: the job is created delayed to fireAt (a stray delayed member without a
+ *   hash is replaced); "e": a delayed job firing later moved to fireAt; "d": the delayed job and
+ *   its hash removed;
+ * - 1 the job is not in the state the caller planned for (active, waiting, finished; "a" on a job
+ *   that exists; "e" or "d" on a job that is not delayed), nothing done: re-plan it;
+ * - 2 ("e" only) the job already fires at or before fireAt (an early wake-up re-arms itself);
+ * - 3 fenced: the job was last armed with a newer fence than ARGV[5], nothing done. The caller's
+ *   view is stale (its write timed out and landed late, or was resent); a newer arm, made under
+ *   the same row lock after this one's, decided.
+ * Every change records the fence in the job hash (field `kseq`). Afterwards the marker gets the
+ * delayed head's fire time, once per call.
  */
 export const ARM_LUA = `
 local rcall = redis.call
@@ -66,6 +70,7 @@ local now = ARGV[2]
 local nowMs = tonumber(now)
 local name = ARGV[3]
 local opts = ARGV[4]
+local fence = tonumber(ARGV[5])
 
 -- BullMQ's getDelayedScore, with the last score per millisecond remembered: within this call
 -- nobody else writes the delayed set.
@@ -86,39 +91,49 @@ end
 
 local results = {}
 local touched = false
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local op = ARGV[i]
   local jobId = ARGV[i + 1]
   local fireAt = tonumber(ARGV[i + 2])
   local jobKey = prefix .. jobId
   local result = 1
-  -- A delayed job's hash has a timestamp; none means no hash (a stray member, replaced below).
-  local score = op ~= "a" and rcall("ZSCORE", delayedKey, jobId)
-  local timestamp = score and rcall("HGET", jobKey, "timestamp")
-  if op == "e" then
-    -- Earlier only: a delayed job firing after fireAt moves to it, one firing at or before it
-    -- stays; any other state is left for the caller to plan (result 1).
-    if timestamp then
-      result = 2
-      if math.floor(tonumber(score) / 4096) > fireAt then
-        rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
-        rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)))
-        touched = true
+  local armed = tonumber(rcall("HGET", jobKey, "kseq"))
+  if armed ~= nil and armed > fence then
+    result = 3
+  else
+    -- A delayed job's hash has a timestamp; none means no hash (a stray member, replaced below).
+    local score = op ~= "a" and rcall("ZSCORE", delayedKey, jobId)
+    local timestamp = score and rcall("HGET", jobKey, "timestamp")
+    if op == "e" then
+      -- Earlier only: a delayed job firing after fireAt moves to it, one firing at or before it
+      -- stays; any other state is left for the caller to plan (result 1).
+      if timestamp then
+        result = 2
+        if math.floor(tonumber(score) / 4096) > fireAt then
+          rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
+          rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)), "kseq", fence)
+          result = 0
+        end
+      end
+    elseif op == "d" then
+      if score then
+        rcall("ZREM", delayedKey, jobId)
+        rcall("DEL", jobKey, jobKey .. ":logs")
         result = 0
       end
+    elseif timestamp then
+      rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
+      rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)), "kseq", fence)
+      result = 0
+    elseif rcall("EXISTS", jobKey) == 0 then
+      rcall("HSET", jobKey, "name", name, "data", "{}", "opts", opts, "timestamp", now,
+        "delay", math.max(0, fireAt - nowMs), "priority", 0, "kseq", fence)
+      -- ZADD also overwrites the score of a stray member left without its hash.
+      rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
+      result = 0
     end
-  elseif timestamp then
-    rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
-    rcall("HSET", jobKey, "delay", math.max(0, fireAt - tonumber(timestamp)))
-    result = 0
-  elseif rcall("EXISTS", jobKey) == 0 then
-    rcall("HSET", jobKey, "name", name, "data", "{}", "opts", opts, "timestamp", now,
-      "delay", math.max(0, fireAt - nowMs), "priority", 0)
-    -- ZADD also overwrites the score of a stray member left without its hash.
-    rcall("ZADD", delayedKey, scoreFor(fireAt), jobId)
-    result = 0
   end
-  if result == 0 and op ~= "e" then touched = true end
+  if result == 0 and op ~= "d" then touched = true end
   results[#results + 1] = result
 end
 

@@ -84,19 +84,32 @@ export interface Timers {
   /** Reads the state and fire time of identities' wake-up jobs (one script call per 1,000). */
   view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]>;
   /** Carries out a planned action; losing a race to a worker that took the job is not an error. */
-  apply(kind: TimerKind, identityId: string, action: ArmAction): Promise<void>;
+  apply(kind: TimerKind, identityId: string, action: ArmAction, fence: number): Promise<void>;
   /**
    * Makes the identity's wake-up fire at `desired` (null: no wake-up). The caller must hold the
-   * identity's row lock (DESIGN.md, "One lock per identity"). Returns what was done.
+   * identity's row lock (DESIGN.md, "One lock per identity") and pass the arm fence taken after
+   * the lock was granted (repo.lockIdentity's `fence`). Returns what was done; a write refused by
+   * the fence (a newer arm decided) is "none".
    */
-  arm(kind: TimerKind, identityId: string, desired: number | null, now: number): Promise<ArmAction>;
+  arm(
+    kind: TimerKind,
+    identityId: string,
+    desired: number | null,
+    now: number,
+    fence: number,
+  ): Promise<ArmAction>;
   /**
    * `arm` for many identities at once (the caller holds all their row locks): one view, planArm
    * per identity, then every add and every move of a delayed job in one arm-script call per
    * chunk of 1,000, applied in the order given, with exact fire times. Replacing a finished
    * job and removals go through BullMQ one by one. Returns the action per item, in order.
    */
-  armMany(kind: TimerKind, items: readonly ArmItem[], now: number): Promise<ArmAction[]>;
+  armMany(
+    kind: TimerKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]>;
   /**
    * Makes wake-ups fire no later than `fireAt` when their deadlines were just pulled in to it
    * (the caller holds the row locks): one arm-script call per 1,000 that moves every delayed job
@@ -109,6 +122,7 @@ export interface Timers {
     kind: TimerKind,
     items: readonly { identityId: string; fireAt: number }[],
     now: number,
+    fence: number,
   ): Promise<ArmAction[]>;
   /**
    * Starts a reconcile run: records `runId` as the run in progress. The reconcile mark is only
@@ -204,14 +218,16 @@ export function createTimers(
 
   /**
    * Adds missing jobs ("a"), moves delayed ones ("r") or moves delayed ones earlier only ("e") to
-   * exactly their fire time, in order, one script call per chunk. Returns the script's code per
-   * item (ARM_LUA): 0 done; 1 not in the planned state (a worker took the job, or it exists
-   * when an add was planned), to be planned again; 2 ("e" only) already fires at or before it.
+   * exactly their fire time, or deletes delayed ones ("d"), in order, one script call per chunk,
+   * all under one arm fence. Returns the script's code per item (ARM_LUA): 0 done; 1 not in the
+   * planned state (a worker took the job, or it exists when an add was planned), to be planned
+   * again; 2 ("e" only) already fires at or before it; 3 refused by the fence.
    */
   async function armScript(
     kind: TimerKind,
-    ops: readonly { op: "a" | "r" | "e"; identityId: string; fireAt: number }[],
+    ops: readonly { op: "a" | "r" | "e" | "d"; identityId: string; fireAt: number }[],
     now: number,
+    fence: number,
   ): Promise<number[]> {
     const queue = queues[kind];
     const calls: Promise<number[]>[] = [];
@@ -229,6 +245,7 @@ export function createTimers(
           String(Math.round(now)),
           JOB_NAMES[kind],
           JOB_OPTS,
+          String(fence),
           ...args,
         ),
       );
@@ -236,7 +253,12 @@ export function createTimers(
     return (await Promise.all(calls)).flat();
   }
 
-  async function apply(kind: TimerKind, identityId: string, action: ArmAction): Promise<void> {
+  async function apply(
+    kind: TimerKind,
+    identityId: string,
+    action: ArmAction,
+    fence: number,
+  ): Promise<void> {
     const queue = queues[kind];
     const jobId = jobIdFor(identityId);
     switch (action.kind) {
@@ -245,21 +267,26 @@ export function createTimers(
       case "add":
       case "reschedule":
         // Not done means a worker took the job (it runs now and reads Postgres under the lock
-        // the caller holds) or a job already exists: like BullMQ's add and changeDelay, no error.
+        // the caller holds), a job already exists, or a newer arm decided: no error.
         await armScript(
           kind,
           [{ op: action.kind === "add" ? "a" : "r", identityId, fireAt: action.fireAt }],
           Date.now(),
+          fence,
         );
         return;
       case "replace":
         await queue.remove(jobId);
-        await armScript(kind, [{ op: "a", identityId, fireAt: action.fireAt }], Date.now());
+        await armScript(kind, [{ op: "a", identityId, fireAt: action.fireAt }], Date.now(), fence);
         return;
-      case "remove":
-        // Returns 0 for a job a worker holds; that worker decides under our lock afterwards.
-        await queue.remove(jobId);
+      case "remove": {
+        // A delayed job is removed under the fence. Other states are rare here: a finished job
+        // goes through BullMQ; a waiting one too (it would run and find nothing to do); BullMQ
+        // refuses an active one, whose worker decides under our lock afterwards.
+        const [result] = await armScript(kind, [{ op: "d", identityId, fireAt: 0 }], Date.now(), fence);
+        if (result === 1) await queue.remove(jobId);
         return;
+      }
     }
   }
 
@@ -267,6 +294,7 @@ export function createTimers(
     kind: TimerKind,
     items: readonly ArmItem[],
     now: number,
+    fence: number,
   ): Promise<ArmAction[]> {
     const views = await view(
       kind,
@@ -283,19 +311,23 @@ export function createTimers(
         const op = action.kind === "add" ? "a" : "r";
         fast.push({ op, identityId: item.identityId, fireAt: action.fireAt, index });
       } else if (action.kind !== "none") {
-        slow.push(apply(kind, item.identityId, action));
+        slow.push(apply(kind, item.identityId, action, fence));
       }
     });
-    const fastDone = armScript(kind, fast, now);
+    const fastDone = armScript(kind, fast, now, fence);
     // Settle everything before returning or throwing: the caller's row locks must outlive
     // every Redis change made for them.
     await settleAll([fastDone, ...slow]);
     const done = await fastDone;
+    fast.forEach((f, i) => {
+      if (done[i] === 3) actions[f.index] = { kind: "none" };
+    });
     // A worker moved the job between our view and the script: plan that identity again.
-    const replans = fast.flatMap((f, i) => (done[i] === 0 ? [] : [f]));
+    const replans = fast.flatMap((f, i) => (done[i] === 1 ? [f] : []));
     await settleAll(
       replans.map(async (f) => {
-        actions[f.index] = await armOne(kind, f.identityId, items[f.index]?.desired ?? null, now);
+        const desired = items[f.index]?.desired ?? null;
+        actions[f.index] = await armOne(kind, f.identityId, desired, now, fence);
       }),
     );
     return actions;
@@ -305,11 +337,13 @@ export function createTimers(
     kind: TimerKind,
     items: readonly { identityId: string; fireAt: number }[],
     now: number,
+    fence: number,
   ): Promise<ArmAction[]> {
     const results = await armScript(
       kind,
       items.map((item) => ({ op: "e" as const, ...item })),
       now,
+      fence,
     );
     const actions: ArmAction[] = items.map((item, i) =>
       results[i] === 0 ? { kind: "reschedule", fireAt: item.fireAt } : { kind: "none" },
@@ -321,6 +355,7 @@ export function createTimers(
       kind,
       rest.map(({ item }) => ({ identityId: item.identityId, desired: item.fireAt })),
       now,
+      fence,
     );
     rest.forEach(({ i }, k) => {
       actions[i] = planned[k] as ArmAction;
@@ -334,17 +369,24 @@ export function createTimers(
     identityId: string,
     desired: number | null,
     now: number,
+    fence: number,
   ): Promise<ArmAction> {
     for (let attempt = 0; attempt < MAX_REPLANS; attempt++) {
       const [current] = await view(kind, [identityId]);
       const action = planArm(desired, current ?? { state: "missing" }, now);
       if (action.kind !== "add" && action.kind !== "reschedule") {
-        await apply(kind, identityId, action);
+        await apply(kind, identityId, action, fence);
         return action;
       }
       const op = action.kind === "add" ? "a" : "r";
-      const [result] = await armScript(kind, [{ op, identityId, fireAt: action.fireAt }], now);
+      const [result] = await armScript(
+        kind,
+        [{ op, identityId, fireAt: action.fireAt }],
+        now,
+        fence,
+      );
       if (result === 0) return action;
+      if (result === 3) return { kind: "none" };
     }
     throw new Error(`the ${kind} wake-up of ${identityId} kept changing state while being armed`);
   }
@@ -354,8 +396,9 @@ export function createTimers(
     identityId: string,
     desired: number | null,
     now: number,
+    fence: number,
   ): Promise<ArmAction> {
-    const [action] = await armMany(kind, [{ identityId, desired }], now);
+    const [action] = await armMany(kind, [{ identityId, desired }], now, fence);
     return action ?? { kind: "none" };
   }
 

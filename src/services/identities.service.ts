@@ -62,7 +62,7 @@ export async function register(
     const now = existing.now;
     if (!existing.deregistered && existing.rotationDeadline !== null) {
       // Re-registering repairs the wake-up, so a client retry also heals a lost one.
-      await rotor.timers.arm("rotation", id, existing.rotationDeadline, now);
+      await rotor.timers.arm("rotation", id, existing.rotationDeadline, now, existing.fence);
       return {
         created: false,
         rotationDeadline: existing.rotationDeadline,
@@ -79,7 +79,7 @@ export async function register(
       signaturePrivateKey: rotor.keyring.seal(signatureKeys.privateKey, id, "signature-private"),
     });
     // Arming before commit is safe: if the commit fails, the wake-up finds no live identity.
-    await rotor.timers.arm("rotation", id, firstDeadline, now);
+    await rotor.timers.arm("rotation", id, firstDeadline, now, existing.fence);
     return { created: true, rotationDeadline: firstDeadline, generation: existing.generation };
   });
   if (!registered.created) return registered;
@@ -117,8 +117,8 @@ async function rotateInline(
     return prepareRotation(rotor, tx, identity, identity.now, { firstPublish: true });
   });
   if (prepared.kind === "publish") {
-    await completeRotation(rotor, id, prepared.pending, (deadline) =>
-      rotor.timers.arm("rotation", id, deadline, rotor.clock()),
+    await completeRotation(rotor, id, prepared.pending, (deadline, fence) =>
+      rotor.timers.arm("rotation", id, deadline, rotor.clock(), fence),
     );
   }
   const identity = await repo.getIdentity(rotor.db, id);
@@ -180,6 +180,7 @@ export async function pullInMany(
         "rotation",
         changed.map((identityId) => ({ identityId, fireAt: now + delayMs })),
         now,
+        locked[0]?.fence ?? 0,
       ),
     ]);
     const found = new Set(results.map((r) => r.identityId));
@@ -219,10 +220,9 @@ export async function deregister(rotor: Rotor, id: string): Promise<void> {
   await rotor.db.transaction(async (tx) => {
     const identity = await repo.lockIdentity(tx, id);
     // Registered again in between: its registration armed its own wake-ups; leave them.
-    if (identity !== undefined && !identity.deregistered) return;
-    const now = rotor.clock();
-    await rotor.timers.arm("rotation", id, null, now);
-    await rotor.timers.arm("deletion", id, null, now);
+    if (identity === undefined || !identity.deregistered) return;
+    await rotor.timers.arm("rotation", id, null, identity.now, identity.fence);
+    await rotor.timers.arm("deletion", id, null, identity.now, identity.fence);
   });
 }
 

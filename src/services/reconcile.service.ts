@@ -81,6 +81,7 @@ export async function reconcile(
       if (locked.length === 0) return 0;
       const ids = locked.map((i) => i.id);
       const now = locked[0]?.now ?? rotor.clock();
+      const fence = locked[0]?.fence ?? 0;
       // Both queues at once; the deletion deadlines are read (under the same locks) while the
       // rotation wake-ups are being armed. Everything settles before the transaction ends.
       const [rotation, deletion] = await settleAll([
@@ -88,12 +89,14 @@ export async function reconcile(
           "rotation",
           locked.map((i) => ({ identityId: i.id, desired: i.rotationDeadline })),
           now,
+          fence,
         ),
         repo.nextDeleteAtsOf(tx, ids).then((deleteAts) =>
           rotor.timers.armMany(
             "deletion",
             ids.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null })),
             now,
+            fence,
           ),
         ),
       ]);
@@ -184,7 +187,7 @@ export async function armOverdue(
           ? []
           : [{ identityId: id, desired: identity.rotationDeadline }];
       });
-      const actions = await rotor.timers.armMany("rotation", items, now);
+      const actions = await rotor.timers.armMany("rotation", items, now, rows[0]?.fence ?? 0);
       items.forEach((item, i) => {
         const action = actions[i] ?? { kind: "none" };
         if (action.kind !== "none") repaired++;
@@ -221,7 +224,7 @@ export async function armOverdueDeletions(
       const now = rows[0]?.now ?? rotor.clock();
       const deleteAts = await repo.nextDeleteAtsOf(tx, live);
       const items = live.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null }));
-      const actions = await rotor.timers.armMany("deletion", items, now);
+      const actions = await rotor.timers.armMany("deletion", items, now, rows[0]?.fence ?? 0);
       items.forEach((item, i) => {
         const action = actions[i] ?? { kind: "none" };
         if (action.kind !== "none") repaired++;
@@ -255,7 +258,7 @@ async function removeOrphans(rotor: Rotor, pageSize: number): Promise<number> {
         await rotor.db.transaction(async (tx) => {
           const identity = await repo.lockOrTombstone(tx, id);
           if (!identity.deregistered) return; // registered meanwhile: it armed itself
-          const action = await rotor.timers.arm(kind, id, null, identity.now);
+          const action = await rotor.timers.arm(kind, id, null, identity.now, identity.fence);
           if (action.kind !== "none") removed++;
         });
       }

@@ -131,7 +131,7 @@ async function promoteInPrepare(
     makeCurrent(now),
   ] as const);
   if (superseded.fenced) throw new Error(`identity ${identityId} changed generation under lock`);
-  await rotor.timers.arm("deletion", identityId, superseded.nextDeleteAt, now);
+  await rotor.timers.arm("deletion", identityId, superseded.nextDeleteAt, now, identity.fence);
   return now;
 }
 
@@ -201,7 +201,9 @@ async function promoteRotation(
     // The superseded package's deletion is armed before the commit (an earlier wake-up is always
     // safe): if the re-arm step after the commit fails, or the worker dies there, nothing else
     // would arm it until the next rotation.
-    if (promoted) await rotor.timers.arm("deletion", identityId, promoted.nextDeleteAt, now);
+    if (promoted && locked) {
+      await rotor.timers.arm("deletion", identityId, promoted.nextDeleteAt, now, locked.fence);
+    }
     return { outcome: promoted ? "rotated" : "fenced", at: now };
   });
 }
@@ -216,7 +218,7 @@ export async function completeRotation(
   rotor: Rotor,
   identityId: string,
   pending: PreparedPackage,
-  rearmRotation: (deadline: number | null) => Promise<unknown>,
+  rearmRotation: (deadline: number | null, fence: number) => Promise<unknown>,
 ): Promise<{ outcome: "rotated" | "fenced"; at: number }> {
   let promoted: { outcome: "rotated" | "fenced"; at: number };
   if (pending.promotedAt !== undefined) {
@@ -235,12 +237,14 @@ export async function completeRotation(
     const now = identity?.now ?? localNow;
     const decision = decideRotation(identity, now);
     // Due again already (a welcome during publish, a zero interval in tests): fire at once.
+    const fence = identity?.fence ?? 0;
     const rearmed = rearmRotation(
       decision.kind === "gone"
         ? null
         : decision.kind === "not-due"
           ? fireTimeFor(decision.deadline, localNow, now)
           : localNow,
+      fence,
     );
     if (!armDeletion) {
       await rearmed;
@@ -251,7 +255,7 @@ export async function completeRotation(
       rearmed,
       kps
         .nextDeleteAt(tx, identityId)
-        .then((next) => rotor.timers.arm("deletion", identityId, next, now)),
+        .then((next) => rotor.timers.arm("deletion", identityId, next, now, fence)),
     ]);
   });
   return promoted;

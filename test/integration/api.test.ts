@@ -1,3 +1,4 @@
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
@@ -106,7 +107,12 @@ describe("identities API", () => {
     const ids = ["batch-1", "batch-2", "batch-3"];
     for (const id of ids) await call("PUT", `/v1/identities/${id}`);
     // A lost wake-up (the crash windows reconcile heals): the batch adds it back.
-    await env.ctx.rotor.timers.apply("rotation", "batch-2", { kind: "remove" });
+    await env.ctx.rotor.timers.apply(
+      "rotation",
+      "batch-2",
+      { kind: "remove" },
+      await nextArmFence(env.ctx.rotor.db),
+    );
     const res = await call("POST", "/v1/welcomes", { identityIds: ids });
     expect(res.statusCode).toBe(202);
     const deadlines = await Promise.all(

@@ -17,6 +17,10 @@ afterEach(async () => {
 
 const HOUR = 3_600_000;
 
+/** Arm fences for these Redis-only tests: each call newer than the last. */
+let lastFence = 0;
+const fence = () => ++lastFence;
+
 function connect(): Redis {
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: null });
   cleanups.push(() => redis.quit());
@@ -85,6 +89,7 @@ describe("the arm script against BullMQ", () => {
       "rotation",
       [{ identityId: "alice", desired: fireAt }],
       now,
+      fence(),
     );
     expect(actions).toEqual([{ kind: "add", fireAt }]);
     await theirs.add(
@@ -93,8 +98,10 @@ describe("the arm script against BullMQ", () => {
       { jobId: jobIdFor("alice"), timestamp: now, delay: fireAt - now },
     );
 
-    const ourHash = await ours.redis.hgetall(ours.queue.toKey(jobIdFor("alice")));
+    // BullMQ's fields, plus our arm fence (kseq), which BullMQ never reads.
+    const { kseq, ...ourHash } = await ours.redis.hgetall(ours.queue.toKey(jobIdFor("alice")));
     const theirHash = await ours.redis.hgetall(theirs.toKey(jobIdFor("alice")));
+    expect(kseq).toMatch(/^[0-9]+$/);
     expect(Object.keys(ourHash).sort()).toEqual(Object.keys(theirHash).sort());
     expect(ourHash).toEqual({
       name: "rotate",
@@ -144,15 +151,20 @@ describe("the arm script against BullMQ", () => {
   it("moves a delayed job to exactly the fire time, earlier and later, and keeps timestamp + delay = fire time", async () => {
     const { redis, timers, queue } = setup();
     const now = Date.now();
-    await timers.armMany("rotation", [{ identityId: "bob", desired: now + 10 * HOUR }], now);
+    await timers.armMany(
+      "rotation",
+      [{ identityId: "bob", desired: now + 10 * HOUR }],
+      now,
+      fence(),
+    );
     const earlier = now + HOUR + 1;
     expect(
-      await timers.armMany("rotation", [{ identityId: "bob", desired: earlier }], now),
+      await timers.armMany("rotation", [{ identityId: "bob", desired: earlier }], now, fence()),
     ).toEqual([{ kind: "reschedule", fireAt: earlier }]);
     expect(await delayedScore(redis, queue, jobIdFor("bob"))).toBe(String(earlier * 4096));
     expect(Math.floor(Number(await redis.zscore(queue.toKey("marker"), "1")))).toBe(earlier);
     const later = now + 20 * HOUR;
-    await timers.arm("rotation", "bob", later, now);
+    await timers.arm("rotation", "bob", later, now, fence());
     expect(await timers.view("rotation", ["bob"])).toEqual([{ state: "delayed", fireAt: later }]);
     const job = await queue.getJob(jobIdFor("bob"));
     expect((job?.timestamp ?? 0) + (job?.delay ?? 0)).toBe(later);
@@ -169,6 +181,7 @@ describe("the arm script against BullMQ", () => {
       "rotation",
       ids.map((identityId) => ({ identityId, desired: fireAt })),
       now,
+      fence(),
     );
     const scores = await Promise.all(ids.map((id) => delayedScore(redis, queue, jobIdFor(id))));
     expect(scores).toEqual([0, 1, 2].map((n) => String(fireAt * 4096 + n)));
@@ -180,13 +193,13 @@ describe("the arm script against BullMQ", () => {
   it("reschedule of a job that vanished adds it; add of a job that exists changes nothing", async () => {
     const { redis, timers, queue } = setup();
     const now = Date.now();
-    await timers.apply("rotation", "carol", { kind: "reschedule", fireAt: now + HOUR });
+    await timers.apply("rotation", "carol", { kind: "reschedule", fireAt: now + HOUR }, fence());
     expect(await timers.view("rotation", ["carol"])).toEqual([
       { state: "delayed", fireAt: now + HOUR },
     ]);
     expect(await redis.hget(queue.toKey(jobIdFor("carol")), "name")).toBe("rotate");
 
-    await timers.apply("rotation", "carol", { kind: "add", fireAt: now + 2 * HOUR });
+    await timers.apply("rotation", "carol", { kind: "add", fireAt: now + 2 * HOUR }, fence());
     expect(await timers.view("rotation", ["carol"])).toEqual([
       { state: "delayed", fireAt: now + HOUR },
     ]);
@@ -203,6 +216,7 @@ describe("the arm script against BullMQ", () => {
         { identityId: "dave", desired: now + HOUR },
       ],
       now,
+      fence(),
     );
     expect(actions).toEqual([
       { kind: "add", fireAt: now + 2 * HOUR },
@@ -216,14 +230,14 @@ describe("the arm script against BullMQ", () => {
   it("leaves an active job alone, and never puts it back in the delayed set", async () => {
     const { redis, prefix, timers, queue } = setup();
     const now = Date.now();
-    await timers.armMany("rotation", [{ identityId: "erin", desired: now }], now);
+    await timers.armMany("rotation", [{ identityId: "erin", desired: now }], now, fence());
     const release = await holdNextJob(prefix);
     expect(await timers.view("rotation", ["erin"])).toEqual([{ state: "active" }]);
     expect(
-      await timers.armMany("rotation", [{ identityId: "erin", desired: now + HOUR }], now),
+      await timers.armMany("rotation", [{ identityId: "erin", desired: now + HOUR }], now, fence()),
     ).toEqual([{ kind: "none" }]);
     // A stale plan (the job was delayed when viewed) is refused by the script itself.
-    await timers.apply("rotation", "erin", { kind: "reschedule", fireAt: now + HOUR });
+    await timers.apply("rotation", "erin", { kind: "reschedule", fireAt: now + HOUR }, fence());
     expect(await delayedScore(redis, queue, jobIdFor("erin"))).toBeNull();
     expect(await queue.getJobState(jobIdFor("erin"))).toBe("active");
     release();
@@ -240,6 +254,7 @@ describe("the arm script against BullMQ", () => {
         { identityId: "busy", desired: now },
       ],
       now,
+      fence(),
     );
     const release = await holdNextJob(prefix);
     const fireAt = now + 2 * HOUR;
@@ -248,6 +263,7 @@ describe("the arm script against BullMQ", () => {
       "rotation",
       ids.map((identityId) => ({ identityId, fireAt })),
       now,
+      fence(),
     );
     expect(actions).toEqual([
       { kind: "reschedule", fireAt },
@@ -270,30 +286,37 @@ describe("the arm script against BullMQ", () => {
   it("a job a worker promoted after the view stays waiting: no job in two states", async () => {
     const { redis, timers, queue } = setup();
     const now = Date.now();
-    await timers.armMany("rotation", [{ identityId: "frank", desired: now + HOUR }], now);
+    await timers.armMany("rotation", [{ identityId: "frank", desired: now + HOUR }], now, fence());
     const [view] = await timers.view("rotation", ["frank"]);
     expect(view).toEqual({ state: "delayed", fireAt: now + HOUR });
     // What a worker's moveToActive does to a due job: delayed -> wait.
     await (await queue.getJob(jobIdFor("frank")))?.promote();
-    await timers.apply("rotation", "frank", { kind: "reschedule", fireAt: now + 2 * HOUR });
+    await timers.apply(
+      "rotation",
+      "frank",
+      { kind: "reschedule", fireAt: now + 2 * HOUR },
+      fence(),
+    );
     expect(await delayedScore(redis, queue, jobIdFor("frank"))).toBeNull();
     expect(await queue.getJobState(jobIdFor("frank"))).toBe("waiting");
     expect(await queue.getWaitingCount()).toBe(1);
     // And arming it again plans nothing (a waiting job fires as soon as a worker is free).
-    expect(await timers.arm("rotation", "frank", now + 3 * HOUR, now)).toEqual({ kind: "none" });
+    expect(await timers.arm("rotation", "frank", now + 3 * HOUR, now, fence())).toEqual({
+      kind: "none",
+    });
   });
 
   it("replaces a finished job, removes on null", async () => {
     const { prefix, timers, queue } = setup();
     const now = Date.now();
-    await timers.armMany("rotation", [{ identityId: "gina", desired: now }], now);
+    await timers.armMany("rotation", [{ identityId: "gina", desired: now }], now, fence());
     const done = latch();
     const w = worker(prefix, async () => "ok");
     w.on("completed", () => done.open());
     await done.promise;
     await w.close();
     expect(await timers.view("rotation", ["gina"])).toEqual([{ state: "finished" }]);
-    expect(await timers.arm("rotation", "gina", now + HOUR, now)).toEqual({
+    expect(await timers.arm("rotation", "gina", now + HOUR, now, fence())).toEqual({
       kind: "replace",
       fireAt: now + HOUR,
     });
@@ -302,7 +325,7 @@ describe("the arm script against BullMQ", () => {
     ]);
     const job = await queue.getJob(jobIdFor("gina"));
     expect(job?.data).toEqual({});
-    expect(await timers.arm("rotation", "gina", null, now)).toEqual({ kind: "remove" });
+    expect(await timers.arm("rotation", "gina", null, now, fence())).toEqual({ kind: "remove" });
     expect(await timers.view("rotation", ["gina"])).toEqual([{ state: "missing" }]);
   });
 
@@ -315,6 +338,7 @@ describe("the arm script against BullMQ", () => {
       "rotation",
       ids.map((identityId, i) => ({ identityId, desired: now - 3_000 + i * 1_000 })),
       now,
+      fence(),
     );
     const order: string[] = [];
     const all = latch();
@@ -329,5 +353,43 @@ describe("the arm script against BullMQ", () => {
     cleanups.push(() => w.close());
     await all.promise;
     expect(order).toEqual(ids.map(jobIdFor));
+  });
+});
+
+describe("the arm fence", () => {
+  it("a write with an older fence, landing after a newer one (timed out, resent), changes nothing", async () => {
+    const { redis, timers, queue } = setup();
+    const now = Date.now();
+    const stale = fence();
+    const newer = fence();
+    // The newer arm (a welcome, say) pulled the wake-up in to 5 s...
+    await timers.arm("rotation", "hal", now + 5_000, now, newer);
+    // ...then the older one (a re-arm to 30 days that timed out on the client) lands.
+    expect(
+      await timers.apply(
+        "rotation",
+        "hal",
+        { kind: "reschedule", fireAt: now + 30 * 86_400_000 },
+        stale,
+      ),
+    ).toBeUndefined();
+    expect(await timers.view("rotation", ["hal"])).toEqual([
+      { state: "delayed", fireAt: now + 5_000 },
+    ]);
+    expect(await timers.arm("rotation", "hal", now + 30 * 86_400_000, now, stale)).toEqual({
+      kind: "none",
+    });
+    // A stale removal leaves it too; the same move with a newer fence goes through.
+    await timers.apply("rotation", "hal", { kind: "remove" }, stale);
+    expect(await timers.view("rotation", ["hal"])).toEqual([
+      { state: "delayed", fireAt: now + 5_000 },
+    ]);
+    expect(await redis.hget(queue.toKey(jobIdFor("hal")), "kseq")).toBe(String(newer));
+    await timers.apply("rotation", "hal", { kind: "reschedule", fireAt: now + HOUR }, fence());
+    expect(await timers.view("rotation", ["hal"])).toEqual([
+      { state: "delayed", fireAt: now + HOUR },
+    ]);
+    await timers.apply("rotation", "hal", { kind: "remove" }, fence());
+    expect(await timers.view("rotation", ["hal"])).toEqual([{ state: "missing" }]);
   });
 });

@@ -6,6 +6,7 @@
  *     census;
  *  E. a full loss heals with nobody running reconcile.
  */
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { afterEach, describe, expect, it } from "vitest";
@@ -154,7 +155,12 @@ describe("the backstop cannot be saturated (B, C)", () => {
     await env.ctx.database.sql`
       update identities set rotation_deadline = now() - interval '1 hour' where id = any(${ids})`;
     for (const id of ids) {
-      await rotor.timers.apply("rotation", id, { kind: "reschedule", fireAt: Date.now() + 30_000 });
+      await rotor.timers.apply(
+        "rotation",
+        id,
+        { kind: "reschedule", fireAt: Date.now() + 30_000 },
+        await nextArmFence(rotor.db),
+      );
     }
   }
 
@@ -169,7 +175,12 @@ describe("the backstop cannot be saturated (B, C)", () => {
     // Less overdue than every retrying one: it sorts after the first 100.
     await env.ctx.database.sql`
       update identities set rotation_deadline = now() - interval '30 minutes' where id = 'zz-lost'`;
-    await rotor.timers.apply("rotation", "zz-lost", { kind: "remove" });
+    await rotor.timers.apply(
+      "rotation",
+      "zz-lost",
+      { kind: "remove" },
+      await nextArmFence(rotor.db),
+    );
     const armed = await armOverdue(rotor, Date.now() - 60_000, 100, 100);
     expect(armed.filter((a) => a.action.kind !== "none").map((a) => a.id)).toEqual(["zz-lost"]);
     expect(await rotationViews(env.ctx, ["zz-lost"])).toEqual(["delayed"]);
@@ -190,7 +201,7 @@ describe("the backstop cannot be saturated (B, C)", () => {
     await rotated;
     await env.ctx.database.sql`
       update key_packages set delete_at = now() - interval '1 hour' where identity_id = 'dora' and delete_at is not null`;
-    await rotor.timers.apply("deletion", "dora", { kind: "remove" });
+    await rotor.timers.apply("deletion", "dora", { kind: "remove" }, await nextArmFence(rotor.db));
     const armed = await armOverdueDeletions(rotor, Date.now() - 60_000, 100, 100);
     expect(armed.map((a) => [a.id, a.action.kind])).toEqual([["dora", "add"]]);
     const [view] = await rotor.timers.view("deletion", ["dora"]);
@@ -208,8 +219,8 @@ describe("the backstop cannot be saturated (B, C)", () => {
     expect(quiet.census.rotation).toEqual({ expected: 5, counted: 5 });
 
     // Lost writes, as after an AOF tail loss: two rotation wake-ups; the mark survives.
-    await rotor.timers.apply("rotation", "p2", { kind: "remove" });
-    await rotor.timers.apply("rotation", "p4", { kind: "remove" });
+    await rotor.timers.apply("rotation", "p2", { kind: "remove" }, await nextArmFence(rotor.db));
+    await rotor.timers.apply("rotation", "p4", { kind: "remove" }, await nextArmFence(rotor.db));
     const report = await runWatchdog(rotor, {
       overdueGraceMs: 60_000,
       owner: "w",

@@ -1,3 +1,4 @@
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import type { EventEmitter } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMetrics } from "../../src/metrics/metrics.js";
@@ -171,7 +172,12 @@ describe("metrics", () => {
       "rotation",
       (e) => e.identityId === "bob" && e.outcome === "not-due",
     );
-    await rotor.timers.apply("rotation", "bob", { kind: "reschedule", fireAt: Date.now() });
+    await rotor.timers.apply(
+      "rotation",
+      "bob",
+      { kind: "reschedule", fireAt: Date.now() },
+      await nextArmFence(rotor.db),
+    );
     await stale;
 
     // Key generation fails once for carol, then works again: one failure, then a rotation.
@@ -210,7 +216,7 @@ describe("metrics", () => {
       'kp_rotor_reconcile_repairs_total{kind="rotation",action="add"}',
     );
     // Lose bob's rotation wake-up, as a Redis without persistence would.
-    await rotor.timers.apply("rotation", "bob", { kind: "remove" });
+    await rotor.timers.apply("rotation", "bob", { kind: "remove" }, await nextArmFence(rotor.db));
     const events = rotor.events as unknown as EventEmitter;
     let emitted = false;
     const seen = () => {

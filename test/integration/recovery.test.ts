@@ -1,3 +1,4 @@
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
@@ -186,7 +187,12 @@ describe("crashes and lost Redis data", () => {
       from generate_series(1, 40) g where g % 3 = 0`;
     const ids = Array.from({ length: 40 }, (_, i) => `r-${String(i + 1).padStart(3, "0")}`);
     // A deletion wake-up nobody wants (no superseded key package): reconcile removes it.
-    await rotor.timers.apply("deletion", "r-001", { kind: "add", fireAt: base });
+    await rotor.timers.apply(
+      "deletion",
+      "r-001",
+      { kind: "add", fireAt: base },
+      await nextArmFence(rotor.db),
+    );
 
     const progress: number[] = [];
     const report = await reconcile(rotor, {
@@ -229,16 +235,31 @@ describe("crashes and lost Redis data", () => {
     const carol = await identities.status(rotor, "carol");
     // Simulate the crash windows: a wake-up far later than its deadline, and wake-ups of
     // identities that do not exist or were deregistered.
-    await rotor.timers.apply("rotation", "carol", {
-      kind: "reschedule",
-      fireAt: Date.now() + 40 * 86_400_000,
-    });
-    await rotor.timers.apply("rotation", "nobody", {
-      kind: "add",
-      fireAt: Date.now() + 86_400_000,
-    });
+    await rotor.timers.apply(
+      "rotation",
+      "carol",
+      {
+        kind: "reschedule",
+        fireAt: Date.now() + 40 * 86_400_000,
+      },
+      await nextArmFence(rotor.db),
+    );
+    await rotor.timers.apply(
+      "rotation",
+      "nobody",
+      {
+        kind: "add",
+        fireAt: Date.now() + 86_400_000,
+      },
+      await nextArmFence(rotor.db),
+    );
     await identities.deregister(rotor, "dave");
-    await rotor.timers.apply("rotation", "dave", { kind: "add", fireAt: Date.now() + 86_400_000 });
+    await rotor.timers.apply(
+      "rotation",
+      "dave",
+      { kind: "add", fireAt: Date.now() + 86_400_000 },
+      await nextArmFence(rotor.db),
+    );
 
     const report = await reconcile(rotor);
     expect(report.repairs.rotation.reschedule).toBe(1);
@@ -275,10 +296,15 @@ describe("crashes and lost Redis data", () => {
     // due now; the census sees nothing wrong (the job exists).
     await env.ctx.database
       .sql`update identities set rotation_deadline = now() - interval '1 hour' where id = 'erin'`;
-    await rotor.timers.apply("rotation", "erin", {
-      kind: "reschedule",
-      fireAt: Date.now() + 86_400_000,
-    });
+    await rotor.timers.apply(
+      "rotation",
+      "erin",
+      {
+        kind: "reschedule",
+        fireAt: Date.now() + 86_400_000,
+      },
+      await nextArmFence(rotor.db),
+    );
     const rearmed = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "test" });
     expect(rearmed).toMatchObject({ reconciled: false, rearmed: 1 });
     const [view] = await rotor.timers.view("rotation", ["erin"]);

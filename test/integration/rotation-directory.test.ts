@@ -49,7 +49,8 @@ async function rotateOnce(
     rotor,
     id,
     prepared.pending,
-    rearm ?? ((deadline) => rotor.timers.arm("rotation", id, deadline, rotor.clock())),
+    rearm ??
+      ((deadline, fence) => rotor.timers.arm("rotation", id, deadline, rotor.clock(), fence)),
   );
   return done.outcome;
 }

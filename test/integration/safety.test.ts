@@ -1,3 +1,4 @@
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { inspectKeyPackage } from "../../src/keys/key-package.js";
 import * as identities from "../../src/services/identities.service.js";
@@ -61,7 +62,7 @@ describe("lifetime safety", () => {
     for (const [id, days] of Object.entries(overdueBy)) {
       await ctx.database
         .sql`update identities set rotation_deadline = ${new Date(now - days * DAY).toISOString()}::timestamptz where id = ${id}`;
-      await rotor.timers.apply("rotation", id, { kind: "remove" });
+      await rotor.timers.apply("rotation", id, { kind: "remove" }, await nextArmFence(rotor.db));
     }
     const report = await reconcile(rotor);
     expect(report.overdue).toBe(4);
