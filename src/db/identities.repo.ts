@@ -75,7 +75,9 @@ export async function lockIdentity(tx: Tx, id: string): Promise<LockedIdentity |
  * identity's lock, the later holder's value is the larger.
  */
 export async function nextArmFence(db: Db | Tx): Promise<number> {
-  const [row] = await db.execute<{ fence: number }>(sql`select nextval('arm_seq')::float8 as fence`);
+  const [row] = await db.execute<{ fence: number }>(
+    sql`select nextval('arm_seq')::float8 as fence`,
+  );
   return Number(row?.fence);
 }
 
@@ -396,14 +398,40 @@ export async function overdueDeletions(
   return rows.map((r) => ({ ...r, deleteAt: Number(r.deleteAt) }));
 }
 
-/** The wakeup census: how many wake-up jobs each queue should hold (trigger-maintained). */
-export async function expectedWakeups(db: Db): Promise<{ rotation: number; deletion: number }> {
-  const rows = await db
-    .select({ kind: wakeupCensus.kind, n: sql<number>`sum(${wakeupCensus.expected})::float8` })
-    .from(wakeupCensus)
-    .groupBy(wakeupCensus.kind);
-  const of = (kind: string) => Number(rows.find((r) => r.kind === kind)?.n ?? 0);
-  return { rotation: of("rotation"), deletion: of("deletion") };
+/**
+ * The watchdog's one statement per run: the wakeup census, and whether any live identity's
+ * rotation deadline or any superseded package's delete_at passed before `before` (two index
+ * probes that read one entry each).
+ */
+export async function watchdogProbe(
+  db: Db,
+  before: number,
+): Promise<{
+  rotation: number;
+  deletion: number;
+  overdueRotation: boolean;
+  overdueDeletion: boolean;
+}> {
+  const at = new Date(before).toISOString();
+  const [row] = await db.execute<{
+    rotation: number;
+    deletion: number;
+    overdue_rotation: boolean;
+    overdue_deletion: boolean;
+  }>(sql`
+    select
+      coalesce((select sum(expected) from ${wakeupCensus} where kind = 'rotation'), 0)::float8 as rotation,
+      coalesce((select sum(expected) from ${wakeupCensus} where kind = 'deletion'), 0)::float8 as deletion,
+      exists (select 1 from ${identities} where deregistered_at is null
+        and rotation_deadline <= ${at}::timestamptz) as overdue_rotation,
+      exists (select 1 from ${keyPackages} where delete_at is not null
+        and delete_at <= ${at}::timestamptz) as overdue_deletion`);
+  return {
+    rotation: Number(row?.rotation ?? 0),
+    deletion: Number(row?.deletion ?? 0),
+    overdueRotation: row?.overdue_rotation === true,
+    overdueDeletion: row?.overdue_deletion === true,
+  };
 }
 
 /** The identity row for the status endpoint (no private key material). */

@@ -46,25 +46,30 @@ export interface WatchdogReport {
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
   let reason: string | undefined;
   if (!(await rotor.timers.isReconciled())) reason = "Redis has no reconcile mark";
-  let census = await readCensus(rotor);
-  if (reason === undefined && censusMismatch(Object.values(census))) {
+  const before = rotor.clock() - options.overdueGraceMs;
+  let probe = await readCensus(rotor, before);
+  if (reason === undefined && censusMismatch(Object.values(probe.census))) {
     // In-flight arms differ for a moment; a loss (or lasting orphans) is still there later.
     await sleep(options.censusRecheckMs ?? 2_000, options.signal);
-    census = await readCensus(rotor);
-    if (censusMismatch(Object.values(census)))
-      reason = `wakeup census differs: ${describe(census)}`;
+    probe = await readCensus(rotor, before);
+    if (censusMismatch(Object.values(probe.census))) {
+      reason = `wakeup census differs: ${describe(probe.census)}`;
+    }
   }
   let reconciled = false;
   if (reason !== undefined) {
     const ran = await reconcileOnce(rotor, options.owner, reason, options.signal);
     if (!ran) throw new ReconcileBusy();
     reconciled = true;
-    census = await readCensus(rotor);
+    probe = await readCensus(rotor, before);
   }
+  const census = probe.census;
   const limit = options.limit ?? 100;
-  const before = rotor.clock() - options.overdueGraceMs;
-  const rotations = await armOverdue(rotor, before, limit, limit);
-  const deletions = await armOverdueDeletions(rotor, before, limit, limit);
+  // The scans run only when the probe saw an overdue entry: normally a run is one statement.
+  const rotations = probe.overdueRotation ? await armOverdue(rotor, before, limit, limit) : [];
+  const deletions = probe.overdueDeletion
+    ? await armOverdueDeletions(rotor, before, limit, limit)
+    : [];
   const rearmed = logRepairs(rotor, "rotation", rotations);
   const rearmedDeletions = logRepairs(rotor, "deletion", deletions);
   return { reconciled, reason, rearmed, rearmedDeletions, census };
@@ -78,16 +83,17 @@ export class ReconcileBusy extends Error {
   }
 }
 
-async function readCensus(rotor: Rotor): Promise<WatchdogReport["census"]> {
-  const [expected, rotation, deletion] = await Promise.all([
-    repo.expectedWakeups(rotor.db),
+async function readCensus(rotor: Rotor, before: number) {
+  const [probe, rotation, deletion] = await Promise.all([
+    repo.watchdogProbe(rotor.db, before),
     rotor.timers.countWakeups("rotation"),
     rotor.timers.countWakeups("deletion"),
   ]);
-  return {
-    rotation: { expected: expected.rotation, counted: rotation },
-    deletion: { expected: expected.deletion, counted: deletion },
+  const census: WatchdogReport["census"] = {
+    rotation: { expected: probe.rotation, counted: rotation },
+    deletion: { expected: probe.deletion, counted: deletion },
   };
+  return { census, overdueRotation: probe.overdueRotation, overdueDeletion: probe.overdueDeletion };
 }
 
 const describe = (census: WatchdogReport["census"]) =>
