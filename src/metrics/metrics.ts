@@ -97,6 +97,11 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
     help: "Wake-ups of identities that are not live, removed by reconcile",
     registers,
   });
+  const reconcileFailures = new Counter({
+    name: "kp_rotor_reconcile_failures_total",
+    help: "Reconciles that did not complete (no mark written; retried with backoff until one does)",
+    registers,
+  });
   const collectErrors = new Counter({
     name: "kp_rotor_metrics_collect_errors_total",
     help: "Scrape-time reads that failed (Redis or Postgres unavailable), by collector",
@@ -178,6 +183,8 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
   rotor.events.on("deletion", onDeletion);
   rotor.events.on("wake-failed", onWakeFailed);
   rotor.events.on("reconcile", onReconcile);
+  const onReconcileFailed = () => reconcileFailures.inc();
+  rotor.events.on("reconcile-failed", onReconcileFailed);
 
   return {
     registry,
@@ -192,6 +199,7 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
       rotor.events.off("deletion", onDeletion);
       rotor.events.off("wake-failed", onWakeFailed);
       rotor.events.off("reconcile", onReconcile);
+      rotor.events.off("reconcile-failed", onReconcileFailed);
     },
   };
 }

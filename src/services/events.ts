@@ -15,6 +15,8 @@ export interface RotorEventMap {
   ];
   deletion: [{ identityId: string; deleted: number; at: number }];
   reconcile: [ReconcileReport];
+  /** A reconcile that did not complete (it wrote no mark and will be retried). */
+  "reconcile-failed": [{ reason: string; error: string }];
   "wake-failed": [
     { identityId: string; kind: "rotation" | "deletion"; failures: number; error: string },
   ];

@@ -141,6 +141,10 @@ export async function reconcileOnce(
     rotor.log.info({ component: "reconcile", reason }, "reconcile starting");
     await reconcile(rotor, { signal });
     return true;
+  } catch (err) {
+    const error = err instanceof Error ? err.message : String(err);
+    rotor.events.emit("reconcile-failed", { reason, error });
+    throw err;
   } finally {
     clearInterval(renew);
     await rotor.timers.releaseLease(lease, owner).catch(() => {});

@@ -79,8 +79,11 @@ describe("a reconcile either completes or is retried (A)", () => {
     for (const id of ids) await identities.register(rotor, id);
     await env.admin.flushall();
     const lock = await holdRowLock(env.config.databaseUrl, "h2");
+    const failed: string[] = [];
+    rotor.events.on("reconcile-failed", (e) => failed.push(e.reason));
     try {
       await expect(runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w1" })).rejects.toThrow();
+      expect(failed).toEqual(["Redis has no reconcile mark"]);
       // Not taken as done: no mark, and the lease is free for the next attempt at once.
       expect(await rotor.timers.isReconciled()).toBe(false);
       expect(await rotor.timers.tryLease("reconcile", "someone-else", 1_000)).toBe(true);

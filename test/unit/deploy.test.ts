@@ -37,6 +37,7 @@ const METRICS = new Set([
   "kp_rotor_wakeup_lateness_seconds_count",
   "kp_rotor_stale_wakeups_total",
   "kp_rotor_reconcile_repairs_total",
+  "kp_rotor_reconcile_failures_total",
   "kp_rotor_queue_jobs",
   "kp_rotor_oldest_current_key_package_age_seconds",
 ]);
@@ -193,8 +194,9 @@ describe("deploy/prometheus/alerts.yaml", () => {
     expect(new Set(byName.keys()).size).toBe(rules.length);
   });
 
-  it("alerts on failing, late and stuck rotations, a backlog and missing workers", () => {
+  it("alerts on failing, late and stuck rotations, a backlog, missing workers and failing heals", () => {
     expect([...byName.keys()].sort()).toEqual([
+      "KpRotorHealFailing",
       "KpRotorKeyPackageNearExpiry",
       "KpRotorNoWorkers",
       "KpRotorRotationBacklog",
@@ -223,7 +225,7 @@ describe("deploy/prometheus/alerts.yaml", () => {
   });
 
   it.skipIf(!promtool)("passes promtool check rules", () => {
-    expect(runPromtool(["check", "rules", ALERTS_PATH])).toContain("SUCCESS: 5 rules found");
+    expect(runPromtool(["check", "rules", ALERTS_PATH])).toContain("SUCCESS: 6 rules found");
   });
 
   it.skipIf(!promtool)("fires exactly as deploy/prometheus/alerts.test.yaml expects", () => {
@@ -263,7 +265,7 @@ describe("deploy/prometheus/prometheus.example.yml", () => {
     try {
       const file = join(dir, "prometheus.yml");
       writeFileSync(file, stringify(checked));
-      expect(runPromtool(["check", "config", file])).toContain("SUCCESS: 5 rules found");
+      expect(runPromtool(["check", "config", file])).toContain("SUCCESS: 6 rules found");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
