@@ -1,0 +1,29 @@
+import { defineConfig } from "vitest/config";
+
+/**
+ * The tests the mutation run (npm run test:mutation, stryker.config.mjs) judges its mutants by:
+ * the unit tests of src/core and the integration tests that drive the repositories' guard
+ * predicates through the services (the guard tests, rotation, deletion, reconcile and watchdog).
+ * Stryker's vitest runner runs them one file at a time in its own worker.
+ */
+export default defineConfig({
+  test: {
+    include: [
+      "test/unit/timers.test.ts",
+      "test/unit/duration.test.ts",
+      "test/unit/identity-id.test.ts",
+      "test/unit/model.test.ts",
+      "test/integration/guards-*.test.ts",
+      "test/integration/rotation-directory.test.ts",
+      "test/integration/welcome-batching.test.ts",
+      "test/integration/recovery.test.ts",
+      "test/integration/keys.test.ts",
+    ],
+    // Left out: its progress assertion ([25, 50, 59]) depends on which of two pages in flight
+    // reports first, and fails now and then on a loaded machine (seen in this run's dry run);
+    // a mutation run needs a green baseline. The reconcile tests next to it stay in.
+    testNamePattern: /^(?!.*FLUSHALL, then reconcile rebuilds every wake-up).*$/,
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+  },
+});
