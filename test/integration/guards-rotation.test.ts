@@ -1,6 +1,7 @@
 /**
  * Guards of the rotation (DESIGN.md, guarantees 3 and 4): the generation fence between two
- * attempts for one deadline, and "earliest deadline wins" for welcomes. Each test fails when its
+ * attempts for one deadline and against a deregistration while publishing, and "earliest
+ * deadline wins" for welcomes. Each test fails when its
  * guard is removed from src.
  */
 import { afterEach, describe, expect, it } from "vitest";
@@ -79,6 +80,43 @@ describe("rotation guards", () => {
       rotation: { state: "delayed", fireAt: promotedAt + 30 * 86_400_000 },
       deletion: { state: "delayed", fireAt: promotedAt + 86_400_000 },
     });
+  });
+
+  it("a deregistration while a rotation publishes: the promote is fenced and leaves no wake-up", async () => {
+    const { ctx } = await setup();
+    const { rotor } = ctx;
+    await identities.register(rotor, "fay");
+    const publishing = latch();
+    const gate = latch();
+    const publish = rotor.publisher.publish;
+    rotor.publisher = {
+      ...rotor.publisher,
+      publish: async (request) => {
+        publishing.open();
+        await gate.promise;
+        return publish(request);
+      },
+    };
+    await identities.rotateSoon(rotor, "fay");
+    const prepared = await rotor.db.transaction(async (tx) =>
+      prepareRotation(rotor, tx, await lockOrTombstone(tx, "fay"), rotor.clock()),
+    );
+    if (prepared.kind !== "publish") throw new Error("not due");
+    const rearm = (deadline: number | null) =>
+      rotor.timers.arm("rotation", "fay", deadline, rotor.clock());
+    const completing = completeRotation(rotor, "fay", prepared.pending, rearm);
+    // Publishing holds no lock: the deregistration goes through meanwhile.
+    await within(publishing.promise, 10_000, "the rotation published");
+    await identities.deregister(rotor, "fay");
+    gate.open();
+    // The fence sees a tombstone (generation unchanged): nothing is promoted or re-armed.
+    expect((await completing).outcome).toBe("fenced");
+    const [row] = await ctx.database.sql<{ deadline: Date | null; generation: number }[]>`
+      select rotation_deadline as deadline, generation from identities where id = 'fay'`;
+    expect(row).toEqual({ deadline: null, generation: 1 });
+    expect(await keyPackageRows(ctx, "fay")).toEqual([]);
+    expect(await rotor.timers.view("rotation", ["fay"])).toEqual([{ state: "missing" }]);
+    expect(await rotor.timers.view("deletion", ["fay"])).toEqual([{ state: "missing" }]);
   });
 
   it("a welcome never pushes a sooner deadline later, in Postgres or in Redis", async () => {
