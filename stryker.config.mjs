@@ -16,8 +16,10 @@ export default {
   // pin them by value anyway.
   ignoreStatic: true,
   concurrency: Number(process.env.STRYKER_CONCURRENCY ?? 2),
-  timeoutMS: 20_000,
-  timeoutFactor: 2,
+  // Generous: on a loaded machine a slow test would otherwise count as a timeout, and every
+  // timeout restarts a test runner.
+  timeoutMS: 30_000,
+  timeoutFactor: 3,
   reporters: ["clear-text", "progress-append-only", "html", "json"],
   htmlReporter: { fileName: "reports/mutation/index.html" },
   jsonReporter: { fileName: "reports/mutation/mutation.json" },
