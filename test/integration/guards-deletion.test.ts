@@ -2,6 +2,7 @@
  * Guards of the deletion wake-up (DESIGN.md, guarantee 6 and "Deletion wake-up finishing while a
  * rotation supersedes a key package"). Each test here fails when its guard is removed from src.
  */
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Context } from "../../src/context.js";
 import * as identities from "../../src/services/identities.service.js";
@@ -73,7 +74,12 @@ describe("deletion guards", () => {
 
     // 1. The wake-up fires a day early (a stray or moved job): nothing is due, nothing deleted.
     const early = deletionOf(ctx, "alice");
-    await ctx.rotor.timers.apply("deletion", "alice", { kind: "reschedule", fireAt: Date.now() });
+    await ctx.rotor.timers.apply(
+      "deletion",
+      "alice",
+      { kind: "reschedule", fireAt: Date.now() },
+      await nextArmFence(ctx.rotor.db),
+    );
     expect((await early).deleted).toBe(0);
     expect(await keyPackageRows(ctx, "alice")).toEqual(before);
     expect(await ctx.rotor.timers.view("deletion", ["alice"])).toEqual([
@@ -86,7 +92,12 @@ describe("deletion guards", () => {
       update key_packages set delete_at = to_timestamp(${past}::float8 / 1000)
       where identity_id = 'alice' and generation = 1`;
     const due = deletionOf(ctx, "alice");
-    await ctx.rotor.timers.apply("deletion", "alice", { kind: "reschedule", fireAt: past });
+    await ctx.rotor.timers.apply(
+      "deletion",
+      "alice",
+      { kind: "reschedule", fireAt: past },
+      await nextArmFence(ctx.rotor.db),
+    );
     expect((await due).deleted).toBe(1);
     const after = await keyPackageRows(ctx, "alice");
     expect(after.map((r) => [r.generation, r.is_current, r.delete_at])).toEqual([

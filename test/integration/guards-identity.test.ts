@@ -3,6 +3,7 @@
  * identity" and "Deregistration racing a registration"). Each test fails when its guard is removed
  * from src: it lines up the race deterministically, with a gate between the steps.
  */
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Context } from "../../src/context.js";
 import type { Db } from "../../src/db/client.js";
@@ -111,7 +112,12 @@ describe("identity lock guards", () => {
     cleanups.push(() => runtime.close());
     await runtime.startupReconcile;
     // A wake-up nobody owns (left by a deregistration that crashed, or by hand), due now.
-    await ctx.rotor.timers.apply("rotation", "ghost", { kind: "add", fireAt: Date.now() });
+    await ctx.rotor.timers.apply(
+      "rotation",
+      "ghost",
+      { kind: "add", fireAt: Date.now() },
+      await nextArmFence(ctx.rotor.db),
+    );
     await within(finishing.promise, 10_000, "the wake-up of ghost decided to finish");
 
     // The registration must wait for the wake-up's transaction: its insert meets the tombstone

@@ -4,6 +4,7 @@
  * deadline wins" for welcomes. Each test fails when its
  * guard is removed from src.
  */
+import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { lockOrTombstone } from "../../src/db/identities.repo.js";
 import * as identities from "../../src/services/identities.service.js";
@@ -56,8 +57,8 @@ describe("rotation guards", () => {
     expect(second.pending.id).toBe(first.pending.id);
     expect(first.pending.generation).toBe(2);
 
-    const rearm = (deadline: number | null) =>
-      rotor.timers.arm("rotation", "dave", deadline, rotor.clock());
+    const rearm = (deadline: number | null, fence: number) =>
+      rotor.timers.arm("rotation", "dave", deadline, rotor.clock(), fence);
     const results = await Promise.all([
       completeRotation(rotor, "dave", first.pending, rearm),
       completeRotation(rotor, "dave", second.pending, rearm),
@@ -102,8 +103,8 @@ describe("rotation guards", () => {
       prepareRotation(rotor, tx, await lockOrTombstone(tx, "fay"), rotor.clock()),
     );
     if (prepared.kind !== "publish") throw new Error("not due");
-    const rearm = (deadline: number | null) =>
-      rotor.timers.arm("rotation", "fay", deadline, rotor.clock());
+    const rearm = (deadline: number | null, fence: number) =>
+      rotor.timers.arm("rotation", "fay", deadline, rotor.clock(), fence);
     const completing = completeRotation(rotor, "fay", prepared.pending, rearm);
     // Publishing holds no lock: the deregistration goes through meanwhile.
     await within(publishing.promise, 10_000, "the rotation published");
@@ -137,10 +138,15 @@ describe("rotation guards", () => {
     // And a welcome that does come sooner than the deadline moves both.
     await ctx.database.sql`
       update identities set rotation_deadline = now() + interval '1 day' where id = 'erin'`;
-    await rotor.timers.apply("rotation", "erin", {
-      kind: "reschedule",
-      fireAt: Date.now() + 86_400_000,
-    });
+    await rotor.timers.apply(
+      "rotation",
+      "erin",
+      {
+        kind: "reschedule",
+        fireAt: Date.now() + 86_400_000,
+      },
+      await nextArmFence(rotor.db),
+    );
     const pulled = await identities.welcome(rotor, "erin");
     expect(pulled.changed).toBe(true);
     const after = await identities.status(rotor, "erin");
