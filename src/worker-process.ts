@@ -93,7 +93,7 @@ export async function startWorkerMetrics(ctx: Context): Promise<MetricsServer | 
   try {
     const server = await startMetricsServer(metricsFor(rotor), {
       port: config.metricsPort,
-      host: config.host,
+      host: config.metricsHost,
       log: rotor.log,
     });
     log.info({ port: server.port }, "metrics on GET /metrics");

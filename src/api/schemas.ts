@@ -16,7 +16,7 @@ export const errorResponse = {
     error: {
       type: "string",
       description:
-        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, DEPENDENCY_UNAVAILABLE, PUBLISH_FAILED, INTERNAL",
+        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, RATE_LIMITED, OVERLOADED, DEPENDENCY_UNAVAILABLE, PUBLISH_FAILED, INTERNAL",
       examples: ["IDENTITY_NOT_FOUND"],
     },
     message: { type: "string", examples: ['identity "alice" is not registered'] },
@@ -302,10 +302,14 @@ export const health = {
 
 export const readiness = {
   type: "object",
-  required: ["ready", "accepting", "postgres", "redis"],
+  required: ["ready", "accepting", "overloaded", "postgres", "redis"],
   properties: {
     ready: { type: "boolean" },
     accepting: { type: "boolean", description: "false once shutdown has begun" },
+    overloaded: {
+      type: "boolean",
+      description: "true while new requests are refused (503 OVERLOADED): too many in progress",
+    },
     postgres: { type: "boolean" },
     redis: { type: "boolean" },
   },

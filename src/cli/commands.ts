@@ -1,5 +1,5 @@
 import closeWithGrace from "close-with-grace";
-import { type Config, loadConfig } from "../config.js";
+import { assertApiProtected, type Config, loadConfig } from "../config.js";
 import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
 import { createLogger } from "../logger.js";
@@ -47,6 +47,8 @@ async function migrate(config: Config): Promise<number> {
 
 /** Long-running processes; SIGTERM/SIGINT close them in reverse order of start. */
 async function serve(config: Config, command: "start" | "api" | "worker"): Promise<number> {
+  // Before anything starts: an API process without a token refuses at once, in one line.
+  if (command !== "worker") assertApiProtected(config);
   const log = createLogger(config.logLevel);
   const ctx = await createContext(config, log, { migrate: command !== "api" });
   const stops: (() => Promise<void>)[] = [() => ctx.close()];

@@ -14,7 +14,11 @@ import {
   KEY_PACKAGE_LIFETIME_MS,
   NOT_BEFORE_SKEW_MS,
 } from "../../src/keys/key-package.js";
-import { signWebhook, WEBHOOK_HEADERS } from "../../src/keys/publisher.js";
+import {
+  verifyKeyPackageWebhook,
+  WEBHOOK_HEADERS,
+  WebhookSignatureError,
+} from "../../src/client/webhooks.js";
 import { ed25519PublicKey } from "../../src/keys/signature.js";
 import { createLogger } from "../../src/logger.js";
 import * as identities from "../../src/services/identities.service.js";
@@ -258,26 +262,28 @@ describe("webhook publisher", () => {
 
     expect(receiver.received).toHaveLength(3);
     const [first] = receiver.received;
-    for (const request of receiver.received) {
-      expect(request.headers["content-type"]).toBe("message/mls");
-      expect(request.headers[WEBHOOK_HEADERS.idempotencyKey]).toBe(
-        first?.headers[WEBHOOK_HEADERS.idempotencyKey],
-      );
-      expect(request.headers[WEBHOOK_HEADERS.identity]).toBe("dave");
-      expect(request.headers[WEBHOOK_HEADERS.generation]).toBe("1");
-      expect(request.body.equals(first?.body as Buffer)).toBe(true);
-      const signature = String(request.headers[WEBHOOK_HEADERS.signature]);
-      const t = Number(/^t=(\d+),/.exec(signature)?.[1]);
-      expect(signature).toBe(signWebhook(secret, t, request.body));
-      expect(signature).not.toBe(signWebhook("another-secret-0000000", t, request.body));
+    const verified = receiver.received.map((request) => {
+      expect(request.headers["content-type"]).toBe("application/json");
+      expect(request.headers[WEBHOOK_HEADERS.id]).toBe(first?.headers[WEBHOOK_HEADERS.id]);
+      const body = request.body.toString("utf8");
+      expect(() =>
+        verifyKeyPackageWebhook(["another-secret-0000000"], body, request.headers),
+      ).toThrow(WebhookSignatureError);
+      return verifyKeyPackageWebhook([secret], body, request.headers);
+    });
+    for (const message of verified) {
+      expect(message.data).toMatchObject({ identityId: "dave", generation: 1 });
+      expect(message.data.keyPackage).toBe(verified[0]?.data.keyPackage);
     }
-    const info = await inspectKeyPackage(new Uint8Array(receiver.received[2]?.body as Buffer));
+    const sent = verified[2]?.data;
+    const info = await inspectKeyPackage(Buffer.from(sent?.keyPackage ?? "", "base64"));
     expect(info.signatureValid).toBe(true);
 
     const status = await identities.status(ctx.rotor, "dave");
     expect(status).toMatchObject({ generation: 1, rotationFailures: 0, lastError: null });
     expect(status.keyPackages.map((k) => [k.generation, k.state])).toEqual([[1, "current"]]);
-    expect(status.keyPackages[0]?.ref).toBe(first?.headers[WEBHOOK_HEADERS.idempotencyKey]);
+    expect(status.keyPackages[0]?.ref).toBe(sent?.ref);
+    expect(first?.headers[WEBHOOK_HEADERS.id]).toBe(`kp_${sent?.ref}`);
 
     // The next rotation publishes a new package and supersedes the first exactly once.
     const next = nextEvent<RotationEvent>(

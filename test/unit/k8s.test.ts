@@ -27,7 +27,7 @@ const SAMPLE_SECRET: Record<string, string> = {
   DATABASE_URL: "postgres://kp_rotor:pw@postgres.example.internal:5432/kp_rotor",
   REDIS_URL: "redis://:pw@redis.example.internal:6379",
   API_TOKEN: "0123456789abcdef0123456789abcdef",
-  KEY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
+  KEY_ENCRYPTION_KEY: Buffer.from(Array.from({ length: 32 }, (_, i) => i + 7)).toString("base64"),
 };
 /** Settings that never go in the ConfigMap. */
 const SECRET_KEYS = [
