@@ -228,7 +228,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
  * Refuses to serve an API that anyone could call (deregistering an identity destroys its keys):
  * API_TOKEN is required unless ALLOW_UNAUTHENTICATED=true. One line, for the operator.
  */
-export function assertApiProtected(config: Pick<Config, "apiToken" | "allowUnauthenticated">): void {
+export function assertApiProtected(
+  config: Pick<Config, "apiToken" | "allowUnauthenticated">,
+): void {
   if (config.apiToken !== undefined || config.allowUnauthenticated) return;
   throw new KpRotorError(
     ErrorCodes.invalidConfig,

@@ -59,8 +59,7 @@ export const INSECURE_DEV_KEY = new Uint8Array(
 );
 
 /** A key nobody should seal with: one byte repeated (all zeros included: an unset buffer). */
-export const isDegenerateKey = (key: Uint8Array): boolean =>
-  key.every((byte) => byte === key[0]);
+export const isDegenerateKey = (key: Uint8Array): boolean => key.every((byte) => byte === key[0]);
 
 const aad = (identityId: string, purpose: Purpose) =>
   Buffer.from(`kp-rotor/v1|${purpose}|${identityId}`, "utf8");

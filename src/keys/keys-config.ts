@@ -69,7 +69,9 @@ export function loadKeysConfig(
     const problem = webhookUrlProblem(url, allowHttp);
     if (problem !== undefined) problems.push(`PUBLISH_WEBHOOK_URL: ${problem}`);
     if (secrets.length === 0 || secrets.some((s) => s.length < 16))
-      problems.push("PUBLISH_WEBHOOK_SECRET: expected one or more space-separated secrets of at least 16 characters");
+      problems.push(
+        "PUBLISH_WEBHOOK_SECRET: expected one or more space-separated secrets of at least 16 characters",
+      );
     if (timeoutMs === undefined || timeoutMs < 1 || timeoutMs > 600_000) {
       problems.push("PUBLISH_WEBHOOK_TIMEOUT: expected a duration from 1ms to 10m, e.g. 5s");
     }

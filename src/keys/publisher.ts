@@ -100,7 +100,9 @@ export function createWebhookPublisher(options: WebhookOptions): Publisher {
       });
       const status = await post(url, headers, body, options.timeoutMs);
       if (status >= 300 && status < 400) {
-        throw new PublishError(`webhook answered ${status}, a redirect (redirects are never followed)`);
+        throw new PublishError(
+          `webhook answered ${status}, a redirect (redirects are never followed)`,
+        );
       }
       if (status < 200 || status >= 300) throw new PublishError(`webhook answered ${status}`);
     },

@@ -32,8 +32,7 @@ export function operationRoutes(app: FastifyInstance, deps: OperationRouteDeps):
     {
       schema: {
         tags,
-        summary:
-          "Postgres and Redis answer, the process is not overloaded and not shutting down",
+        summary: "Postgres and Redis answer, the process is not overloaded and not shutting down",
         security: [],
         response: {
           200: { description: "Ready", ...readiness },
