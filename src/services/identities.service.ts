@@ -6,6 +6,7 @@ import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
+import { formatSafeError, redactError } from "../safe-errors.js";
 import { settleAll } from "../settle.js";
 
 /**
@@ -87,13 +88,14 @@ export async function register(
     const rotated = await rotateInline(rotor, id);
     return { ...registered, ...rotated };
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    await repo.recordRotationFailure(rotor.db, id, rotor.clock(), message).catch(() => {});
+    // The client and last_error get a code and this service's own words; the log the details.
+    const publishError = formatSafeError(err);
+    await repo.recordRotationFailure(rotor.db, id, rotor.clock(), publishError).catch(() => {});
     rotor.log.warn(
-      { identityId: id, err: message },
+      { identityId: id, err: redactError(err) },
       "first key package not published yet; the worker retries",
     );
-    return { ...registered, publishError: message };
+    return { ...registered, publishError };
   }
 }
 

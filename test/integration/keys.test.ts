@@ -239,13 +239,13 @@ describe("webhook publisher", () => {
     expect(registered).toMatchObject({
       created: true,
       generation: 0,
-      publishError: "webhook answered 500",
+      publishError: "PUBLISH_FAILED: webhook answered 500",
     });
     const failing = await identities.status(ctx.rotor, "dave");
     expect(failing).toMatchObject({
       generation: 0,
       rotationFailures: 1,
-      lastError: "webhook answered 500",
+      lastError: "PUBLISH_FAILED: webhook answered 500",
     });
     expect(failing.keyPackages.map((k) => k.state)).toEqual(["pending"]);
 
@@ -258,7 +258,7 @@ describe("webhook publisher", () => {
     );
     startWorkers(ctx);
     await published;
-    expect(failures).toEqual(["webhook did not answer within 300 ms"]);
+    expect(failures).toEqual(["PUBLISH_FAILED: webhook did not answer within 300 ms"]);
 
     expect(receiver.received).toHaveLength(3);
     const [first] = receiver.received;
