@@ -48,6 +48,8 @@ export interface Config {
   metricsPort: number;
   /** Address the metrics port listens on (METRICS_HOST, default loopback). */
   metricsHost: string;
+  /** How old the scraped Redis and Postgres gauges may get (a scrape itself runs no query). */
+  metricsGaugeMaxAgeMs: number;
   /** HTTP basic-auth credentials for Bull Board (/admin/queues), for people in a browser. */
   boardUser: string | undefined;
   boardPassword: string | undefined;
@@ -82,6 +84,7 @@ const DEFAULTS = {
   MAX_CONNECTIONS_PER_CLIENT: "256",
   METRICS_PORT: "9464",
   METRICS_HOST: "127.0.0.1",
+  METRICS_GAUGE_MAX_AGE: "15s",
   BOARD_READ_ONLY: "false",
   DOCS_PUBLIC: "false",
   ALLOW_UNAUTHENTICATED: "false",
@@ -168,6 +171,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     logLevel: read("LOG_LEVEL"),
     metricsPort: integer("METRICS_PORT", 0, 65535),
     metricsHost: read("METRICS_HOST"),
+    metricsGaugeMaxAgeMs: duration("METRICS_GAUGE_MAX_AGE", 0),
     boardUser: env.BOARD_USER === "" ? undefined : env.BOARD_USER,
     boardPassword: env.BOARD_PASSWORD === "" ? undefined : env.BOARD_PASSWORD,
     boardReadOnly: flag("BOARD_READ_ONLY"),

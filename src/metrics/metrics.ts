@@ -38,11 +38,29 @@ const REPAIR_ACTIONS = ["add", "reschedule", "replace", "remove"];
 /** Collectors give up after this, so a scrape never hangs on a dependency that is down. */
 const COLLECT_TIMEOUT_MS = 2_000;
 
+/** How old the gauges read from Redis and Postgres may get before a scrape refreshes them. */
+export const GAUGE_MAX_AGE_MS = 15_000;
+
+export interface MetricsOptions {
+  /** See GAUGE_MAX_AGE_MS (METRICS_GAUGE_MAX_AGE). */
+  gaugeMaxAgeMs?: number;
+}
+
 /**
  * Builds the registry and subscribes to the rotor's events. Use `metricsFor(rotor)` in a
  * process, so that the API and a worker running in one process share one registry.
+ *
+ * A scrape costs no query: the gauges read from Redis and Postgres are cached. The first scrape
+ * waits for them; a later one that finds them older than `gaugeMaxAgeMs` serves them as they
+ * are and starts one refresh in the background (never two at once), so scrapers, however many
+ * and however often, cause at most one read of each per `gaugeMaxAgeMs`.
  */
-export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Metrics {
+export function createMetrics(
+  rotor: Rotor,
+  timers: Pick<Timers, "queues">,
+  options: MetricsOptions = {},
+): Metrics {
+  const gaugeMaxAgeMs = options.gaugeMaxAgeMs ?? GAUGE_MAX_AGE_MS;
   const registry = new Registry();
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
@@ -110,45 +128,56 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
   }
 
   const queues = timers.queues as CountableQueues;
-  new Gauge({
+  const queueJobs = new Gauge({
     name: "kp_rotor_queue_jobs",
-    help: "Jobs in each wake-up queue, by state (read from Redis on scrape)",
+    help: "Jobs in each wake-up queue, by state (read from Redis, cached up to METRICS_GAUGE_MAX_AGE)",
     labelNames: ["queue", "state"],
     registers,
-    async collect() {
-      this.reset();
-      try {
-        const counts = await withTimeout(
-          Promise.all(
-            Object.entries(queues).map(
-              async ([name, q]) => [name, await q.getJobCounts()] as const,
-            ),
-          ),
-        );
-        for (const [queue, byState] of counts) {
-          for (const [state, n] of Object.entries(byState)) this.labels(queue, state).set(n);
-        }
-      } catch (err) {
-        collectErrors.labels("queue_jobs").inc();
-        rotor.log.warn({ component: "metrics", err }, "could not read queue counts");
-      }
-    },
   });
-  new Gauge({
+  const oldestAge = new Gauge({
     name: "kp_rotor_oldest_current_key_package_age_seconds",
-    help: "Age of the oldest current key package (0 when there is none; read from Postgres on scrape)",
+    help: "Age of the oldest current key package (0 when there is none; read from Postgres, cached up to METRICS_GAUGE_MAX_AGE)",
     registers,
-    async collect() {
-      try {
-        const age = await withTimeout(oldestCurrentKeyPackageAge(rotor));
-        this.set(age === null ? 0 : Math.max(0, age));
-      } catch (err) {
-        this.reset();
-        collectErrors.labels("oldest_key_package").inc();
-        rotor.log.warn({ component: "metrics", err }, "could not read the oldest key package");
-      }
-    },
   });
+  const readQueueJobs = async () => {
+    try {
+      const counts = await withTimeout(
+        Promise.all(
+          Object.entries(queues).map(async ([name, q]) => [name, await q.getJobCounts()] as const),
+        ),
+      );
+      queueJobs.reset();
+      for (const [queue, byState] of counts) {
+        for (const [state, n] of Object.entries(byState)) queueJobs.labels(queue, state).set(n);
+      }
+    } catch (err) {
+      queueJobs.reset();
+      collectErrors.labels("queue_jobs").inc();
+      rotor.log.warn({ component: "metrics", err }, "could not read queue counts");
+    }
+  };
+  const readOldestAge = async () => {
+    try {
+      const age = await withTimeout(oldestCurrentKeyPackageAge(rotor));
+      oldestAge.set(age === null ? 0 : Math.max(0, age));
+    } catch (err) {
+      oldestAge.reset();
+      collectErrors.labels("oldest_key_package").inc();
+      rotor.log.warn({ component: "metrics", err }, "could not read the oldest key package");
+    }
+  };
+  const readGauges = async () => {
+    await Promise.all([readQueueJobs(), readOldestAge()]);
+  };
+  let readAt: number | undefined;
+  let reading: Promise<void> | undefined;
+  const refreshGauges = () => {
+    reading ??= readGauges().finally(() => {
+      readAt = Date.now();
+      reading = undefined;
+    });
+    return reading;
+  };
 
   const onRotation = (event: RotationEvent) => {
     rotations.labels(event.outcome).inc();
@@ -185,6 +214,8 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
       if (count > 0) welcomes.inc(count);
     },
     async scrape() {
+      if (readAt === undefined) await refreshGauges();
+      else if (Date.now() - readAt >= gaugeMaxAgeMs) void refreshGauges();
       return { contentType: registry.contentType, body: await registry.metrics() };
     },
     close() {
@@ -199,10 +230,10 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
 const shared = new WeakMap<Rotor, Metrics>();
 
 /** The metrics of a process's rotor, created on first use: the API and workers share them. */
-export function metricsFor(rotor: Rotor): Metrics {
+export function metricsFor(rotor: Rotor, options?: MetricsOptions): Metrics {
   let metrics = shared.get(rotor);
   if (metrics === undefined) {
-    metrics = createMetrics(rotor, rotor.timers);
+    metrics = createMetrics(rotor, rotor.timers, options);
     shared.set(rotor, metrics);
   }
   return metrics;

@@ -145,6 +145,17 @@ describe("caching", () => {
   });
 });
 
+describe("Bull Board", () => {
+  it("loads nothing from another origin", async () => {
+    const res = await app.inject({ method: "GET", url: "/admin/queues", headers: auth });
+    expect(res.statusCode).toBe(200);
+    expect(res.body).toContain("<html");
+    expect(res.body).not.toMatch(/(href|src)="(https?:)?\/\//);
+    const csp = String(res.headers["content-security-policy"]);
+    expect(csp).not.toMatch(/https?:/);
+  });
+});
+
 describe("docs", () => {
   it("need the board's login when only the board's credentials are set", async () => {
     const board = await buildApp({

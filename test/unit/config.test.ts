@@ -43,6 +43,7 @@ describe("loadConfig defaults", () => {
     requestTimeoutMs: 10_000,
     maxConnectionsPerClient: 256,
     metricsHost: "127.0.0.1",
+    metricsGaugeMaxAgeMs: 15_000,
     rotationIntervalMs: 2_592_000_000,
     welcomeRotationDelayMs: 5_000,
     deletionGraceMs: DAY,
