@@ -111,8 +111,9 @@ describe("key packages", () => {
 
     const sealed = await storedPrivateKey(ctx, current.ref);
     if (!sealed) throw new Error("no stored private key");
+    const binding = { generation: current.generation, ref: current.ref };
     const opened = decodePrivateKeyPackage(
-      ctx.rotor.keyring.open(sealed, "alice", "key-package-private"),
+      ctx.rotor.keyring.open(sealed, "alice", "key-package-private", binding),
     );
     expect(Buffer.from(sealed).includes(Buffer.from(opened.initPrivateKey))).toBe(false);
     expect(opened.signaturePrivateKey).toEqual(seed);
@@ -122,10 +123,17 @@ describe("key packages", () => {
     expect(await sealOpen(info.encryptionKey, opened.encryptionPrivateKey)).toEqual(
       new TextEncoder().encode("hello"),
     );
-    // The sealed material is bound to its identity: copied to another, it does not open.
-    expect(() => ctx.rotor.keyring.open(sealed, "bob", "key-package-private")).toThrow(
-      /failed authentication/,
-    );
+    // The sealed material is bound to its identity and key package: copied to another identity
+    // or another key-package row (generation, ref), it does not open.
+    for (const [id, other] of [
+      ["bob", binding],
+      ["alice", { ...binding, generation: binding.generation + 1 }],
+      ["alice", { ...binding, ref: "00".repeat(32) }],
+    ] as const) {
+      expect(() => ctx.rotor.keyring.open(sealed, id, "key-package-private", other)).toThrow(
+        /failed authentication/,
+      );
+    }
   });
 
   it("deletion really deletes the superseded package and its sealed private half", async () => {
@@ -167,7 +175,10 @@ describe("key packages", () => {
     const second = await identities.currentKeyPackage(ctx.rotor, "carol");
     const sealed = await storedPrivateKey(ctx, second.ref);
     const opened = decodePrivateKeyPackage(
-      ctx.rotor.keyring.open(sealed as Uint8Array, "carol", "key-package-private"),
+      ctx.rotor.keyring.open(sealed as Uint8Array, "carol", "key-package-private", {
+        generation: second.generation,
+        ref: second.ref,
+      }),
     );
 
     const log = lines.join("");

@@ -7,7 +7,9 @@ import {
   INSECURE_DEV_KEY,
   keyIdOf,
   parseKey,
+  sealedHeader,
 } from "../../src/keys/encryption.js";
+import { sealV1 } from "../helpers/legacy-seal.js";
 
 const key = () => new Uint8Array(randomBytes(32));
 const secret = new TextEncoder().encode("init, encryption and signature private keys");
@@ -51,8 +53,31 @@ describe("keyring", () => {
     const sealed = change(ring.seal(secret, "alice", "key-package-private"));
     expect(() => ring.open(sealed, identity, purpose)).toThrow(DecryptionError);
     expect(() => ring.open(sealed, identity, purpose)).toThrow(
-      /failed authentication: it was altered, or belongs to another identity or purpose/,
+      /failed authentication: it was altered, or belongs to another identity, purpose or key package/,
     );
+  });
+
+  it("binds a key package's generation and ref (version 2), and still reads version 1", () => {
+    const kek = key();
+    const ring = createKeyring(kek);
+    const binding = { generation: 7, ref: "ab".repeat(32) };
+    const sealed = ring.seal(secret, "alice", "key-package-private", binding);
+    expect(sealedHeader(sealed)).toEqual({ version: 2, keyId: keyIdOf(kek) });
+    expect(ring.open(sealed, "alice", "key-package-private", binding)).toEqual(secret);
+    for (const other of [
+      { ...binding, generation: 8 },
+      { ...binding, ref: "cd".repeat(32) },
+      undefined,
+    ]) {
+      expect(() => ring.open(sealed, "alice", "key-package-private", other)).toThrow(
+        DecryptionError,
+      );
+    }
+    const legacy = sealV1(kek, secret, "alice", "key-package-private");
+    expect(sealedHeader(legacy)).toEqual({ version: 1, keyId: keyIdOf(kek) });
+    expect(ring.open(legacy, "alice", "key-package-private", binding)).toEqual(secret);
+    expect(() => ring.open(legacy, "bob", "key-package-private", binding)).toThrow(DecryptionError);
+    expect(createKeyring(key(), kek).keyIds).toContain(keyIdOf(kek));
   });
 
   it("refuses truncated input and unknown versions", () => {

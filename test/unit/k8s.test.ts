@@ -297,7 +297,9 @@ describe("deploy/k8s: the objects fit together", () => {
 describe("deploy/k8s: isolation", () => {
   it("runs in its own namespace under the restricted Pod Security Standard", () => {
     expect(kustomization.namespace).toBe("kp-rotor");
-    const ns = find("Namespace", "kp-rotor");
+    const ns = find("Namespace", "kp-rotor") as Manifest & {
+      metadata: { labels: Record<string, string> };
+    };
     for (const mode of ["enforce", "audit", "warn"]) {
       expect(ns.metadata.labels[`pod-security.kubernetes.io/${mode}`]).toBe("restricted");
     }
