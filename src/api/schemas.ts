@@ -162,6 +162,22 @@ export const safetyResponse = {
       }),
       description: "identities whose last rotation attempts failed",
     },
+    sealedKeys: {
+      description:
+        "sealed private keys by the KEY_ENCRYPTION_KEY they name, as checked at this process's start; unreadable ones name a key the process does not have (null: not checked)",
+      anyOf: [
+        { type: "null" },
+        {
+          type: "object",
+          properties: {
+            checkedAt: instant,
+            byKeyId: { type: "object", additionalProperties: { type: "integer" } },
+            unreadable: { type: "integer" },
+            unknownKeyIds: { type: "array", items: { type: "string" } },
+          },
+        },
+      ],
+    },
     oldestCurrentKeyPackage: {
       anyOf: [
         { type: "null" },

@@ -2,6 +2,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom
 import type { Timers } from "../queue/timers.js";
 import type { RotorEventMap } from "../services/events.js";
 import type { Rotor } from "../services/rotor.js";
+import { lastSealedKeysReport } from "../services/rewrap.service.js";
 import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
 
 /**
@@ -138,6 +139,16 @@ export function createMetrics(
     name: "kp_rotor_oldest_current_key_package_age_seconds",
     help: "Age of the oldest current key package (0 when there is none; read from Postgres, cached up to METRICS_GAUGE_MAX_AGE)",
     registers,
+  });
+  new Gauge({
+    name: "kp_rotor_sealed_keys_unreadable",
+    help: "Sealed private keys naming a KEY_ENCRYPTION_KEY this process does not have (checked at start; run kp-rotor rewrap)",
+    registers,
+    collect() {
+      const report = lastSealedKeysReport(rotor);
+      if (report === undefined) this.reset();
+      else this.set(report.unreadable);
+    },
   });
   const readQueueJobs = async () => {
     try {
