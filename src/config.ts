@@ -26,6 +26,8 @@ export interface Config {
   maxConnectionsPerClient: number;
   /** Rotation deadline after a rotation (libxmtp: 30 days). */
   rotationIntervalMs: number;
+  /** Rotations per identity per hour that welcomes may cause (MAX_ROTATIONS_PER_HOUR); undefined: no cap. */
+  maxRotationsPerHour: number | undefined;
   /** Rotation deadline after a welcome consumed the key package (libxmtp: 5 s). */
   welcomeRotationDelayMs: number;
   /** How long a superseded key package is kept before deletion (libxmtp: 1 day). */
@@ -126,6 +128,18 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
     return value;
   };
+  const optionalInteger = (name: string, min: number, max: number): number | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return undefined;
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || value < min || value > max) {
+      problems.push(
+        `${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}, or unset for no cap`,
+      );
+      return undefined;
+    }
+    return value;
+  };
   const flag = (name: "BOARD_READ_ONLY" | "DOCS_PUBLIC" | "ALLOW_UNAUTHENTICATED"): boolean => {
     const raw = read(name);
     if (raw !== "true" && raw !== "false") {
@@ -160,6 +174,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     requestTimeoutMs: duration("REQUEST_TIMEOUT", 1_000),
     maxConnectionsPerClient: integer("MAX_CONNECTIONS_PER_CLIENT", 0, 1_000_000),
     rotationIntervalMs: duration("ROTATION_INTERVAL", 1),
+    maxRotationsPerHour: optionalInteger("MAX_ROTATIONS_PER_HOUR", 1, 3_600),
     welcomeRotationDelayMs: duration("WELCOME_ROTATION_DELAY", 0),
     deletionGraceMs: duration("DELETION_GRACE", 0),
     queuePrefix: read("QUEUE_PREFIX"),
@@ -191,6 +206,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   ] as const) {
     // These feed setTimeout/setInterval, which fire at once beyond 2^31-1 ms (about 24.8 days).
     if (ms > MAX_TIMER_MS) problems.push(`${name}: at most ${formatDuration(MAX_TIMER_MS)}`);
+  }
+  if (config.maxRotationsPerHour !== undefined && config.deletionGraceMs < 3_600_000) {
+    // The cap counts the rotations of the last hour by the key packages still stored.
+    problems.push("MAX_ROTATIONS_PER_HOUR: needs DELETION_GRACE of at least 1h");
   }
   if (config.ingestToken !== undefined && config.ingestToken.length < 16) {
     problems.push("INGEST_TOKEN: expected at least 16 characters");

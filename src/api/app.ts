@@ -98,7 +98,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   identityRoutes(app, {
     rotor: deps.rotor,
-    onWelcomes: (count) => metrics.welcomesAccepted(count),
+    onWelcomes: (count, pulledIn, principal) =>
+      metrics.welcomesAccepted(count, { pulledIn, principal }),
   });
   keyRoutes(app, deps.rotor);
   await registerDocsUi(app);

@@ -13,8 +13,11 @@ import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
  */
 export interface Metrics {
   readonly registry: Registry;
-  /** The API accepted `count` welcomes (one per identity found, single or batch). */
-  welcomesAccepted(count: number): void;
+  /**
+   * The API accepted `count` welcomes (one per identity found, single or batch), of which
+   * `pulledIn` moved a rotation earlier, from `principal` (see WELCOME_PRINCIPALS).
+   */
+  welcomesAccepted(count: number, by?: { pulledIn: number; principal: string | undefined }): void;
   /** The text exposition format, for GET /metrics. */
   scrape(): Promise<{ contentType: string; body: string }>;
   /** Stops following the rotor's events. */
@@ -27,6 +30,16 @@ type CountableQueues = Record<string, { getJobCounts(): Promise<Record<string, n
 /** A rotation event; lateness is measured from `startedAt`, when the wake-up began its work. */
 type RotationEvent = RotorEventMap["rotation"][0];
 type ReconcileSummary = RotorEventMap["reconcile"][0];
+
+/**
+ * The principal label's values: a fixed set, so an open API's client addresses (principal
+ * "ip:<address>") cannot grow the series without bound; they are all "anonymous".
+ */
+export const WELCOME_PRINCIPALS = ["api", "ingest", "board", "anonymous"] as const;
+const principalLabel = (principal: string | undefined) =>
+  (WELCOME_PRINCIPALS as readonly string[]).includes(principal ?? "")
+    ? (principal as string)
+    : "anonymous";
 
 /** 1 ms to 10 min: a wake-up is normally tens of ms late, minutes only after a crash. */
 export const LATENESS_BUCKETS = [
@@ -93,6 +106,13 @@ export function createMetrics(
     help: "Welcomes accepted by the API (one per registered identity, single or batch)",
     registers,
   });
+  const welcomeRotations = new Counter({
+    name: "kp_rotor_welcome_rotations_total",
+    help: "Rotations welcomes caused (welcomes that pulled a deadline in), by principal: api, ingest, board or anonymous",
+    labelNames: ["principal"],
+    registers,
+  });
+  for (const principal of WELCOME_PRINCIPALS) welcomeRotations.labels(principal).inc(0);
   const lateness = new Histogram({
     name: "kp_rotor_wakeup_lateness_seconds",
     help: "How long after its deadline a rotation started its work (rotated wake-ups only)",
@@ -221,8 +241,11 @@ export function createMetrics(
 
   return {
     registry,
-    welcomesAccepted(count) {
+    welcomesAccepted(count, by) {
       if (count > 0) welcomes.inc(count);
+      if (by !== undefined && by.pulledIn > 0) {
+        welcomeRotations.labels(principalLabel(by.principal)).inc(by.pulledIn);
+      }
     },
     async scrape() {
       if (readAt === undefined) await refreshGauges();

@@ -1,5 +1,8 @@
 import { identityIdProblem } from "../core/identity-id.js";
+import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
 import { deletionDeadline, pullIn } from "../core/timers.js";
+import type { Tx } from "../db/client.js";
+import { recentRotations } from "../db/rotation-cap.repo.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { ed25519PublicKey } from "../keys/signature.js";
@@ -153,10 +156,13 @@ export async function pullInMany(
   return rotor.db.transaction(async (tx) => {
     const locked = await repo.lockDeadlines(tx, unique);
     const now = rotor.clock();
+    const allowed = await allowedRotations(rotor, tx, locked, now);
     const results: PullInResult[] = [];
     for (const identity of locked) {
       if (identity.deregistered || identity.rotationDeadline === null) continue;
-      const next = pullIn(identity.rotationDeadline, now, delayMs);
+      // Over MAX_ROTATIONS_PER_HOUR the pull-in still happens, to the next allowed time.
+      const target = Math.max(now + delayMs, allowed.get(identity.id) ?? now);
+      const next = pullIn(identity.rotationDeadline, now, target - now);
       results.push({
         identityId: identity.id,
         rotationDeadline: next.deadline,
@@ -167,14 +173,17 @@ export async function pullInMany(
     // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
     // be armed before the commit (if it fails they only fire early). Both settle before the
     // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
-    // the same value, now + delay; the arm is one script call per 1,000 ids that moves every
-    // delayed wake-up earlier, and planArm only for the few whose job is in another state.
+    // the same value, now + delay (but for identities over the rotation cap, set apart); the arm
+    // is one script call per 1,000 ids that moves every delayed wake-up earlier, and planArm only
+    // for the few whose job is in another state.
+    const capped = changed.filter((r) => r.rotationDeadline !== now + delayMs);
     await settleAll([
       repo.setRotationDeadlines(
         tx,
-        changed.map((r) => r.identityId),
+        changed.filter((r) => r.rotationDeadline === now + delayMs).map((r) => r.identityId),
         now + delayMs,
       ),
+      ...capped.map((r) => repo.setRotationDeadlines(tx, [r.identityId], r.rotationDeadline)),
       rotor.timers.armEarlier(
         "rotation",
         changed.map((r) => ({ identityId: r.identityId, fireAt: r.rotationDeadline })),
@@ -184,6 +193,22 @@ export async function pullInMany(
     const found = new Set(results.map((r) => r.identityId));
     return { results, notFound: unique.filter((id) => !found.has(id)) };
   });
+}
+
+/** The earliest rotation time per identity under MAX_ROTATIONS_PER_HOUR (none without a cap). */
+async function allowedRotations(
+  rotor: Rotor,
+  tx: Tx,
+  locked: readonly { id: string; deregistered: boolean }[],
+  now: number,
+): Promise<Map<string, number>> {
+  const cap = rotor.timing.maxRotationsPerHour;
+  const allowed = new Map<string, number>();
+  if (cap === undefined) return allowed;
+  const live = locked.filter((i) => !i.deregistered).map((i) => i.id);
+  const recent = await recentRotations(tx, live, now - CAP_WINDOW_MS);
+  for (const [id, times] of recent) allowed.set(id, earliestAllowedRotation(times, now, cap));
+  return allowed;
 }
 
 /** A welcome consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY. */

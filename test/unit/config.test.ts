@@ -44,6 +44,7 @@ describe("loadConfig defaults", () => {
     maxConnectionsPerClient: 256,
     metricsHost: "127.0.0.1",
     metricsGaugeMaxAgeMs: 15_000,
+    maxRotationsPerHour: undefined,
     rotationIntervalMs: 2_592_000_000,
     welcomeRotationDelayMs: 5_000,
     deletionGraceMs: DAY,
