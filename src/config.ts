@@ -9,13 +9,25 @@ export interface Config {
   port: number;
   host: string;
   apiToken: string | undefined;
+  /** Serve the API with no API_TOKEN (ALLOW_UNAUTHENTICATED=true; `npm run dev` sets it). */
+  allowUnauthenticated: boolean;
   /** A second bearer token that may only report welcomes (message ingest). Needs API_TOKEN. */
   ingestToken: string | undefined;
   /** Requests per client per window (the client is its token, or its address); 0: no limit. */
   rateLimitMax: number;
   rateLimitWindowMs: number;
+  /** Registrations per principal per RATE_LIMIT_WINDOW (each costs a key generation); 0: no own limit. */
+  rateLimitRegisterMax: number;
+  /** Failed authentications per client address per RATE_LIMIT_WINDOW before 429; 0: no limit. */
+  authFailureMax: number;
+  /** Longest a request may take to arrive, headers and body (REQUEST_TIMEOUT). */
+  requestTimeoutMs: number;
+  /** Open connections one client address may hold; 0: no limit. */
+  maxConnectionsPerClient: number;
   /** Rotation deadline after a rotation (libxmtp: 30 days). */
   rotationIntervalMs: number;
+  /** Rotations per identity per hour that welcomes may cause (MAX_ROTATIONS_PER_HOUR); undefined: no cap. */
+  maxRotationsPerHour: number | undefined;
   /** Rotation deadline after a welcome consumed the key package (libxmtp: 5 s). */
   welcomeRotationDelayMs: number;
   /** How long a superseded key package is kept before deletion (libxmtp: 1 day). */
@@ -41,6 +53,10 @@ export interface Config {
   logLevel: string;
   /** Port of a worker process's Prometheus endpoint (GET /metrics); 0: none. */
   metricsPort: number;
+  /** Address the metrics port listens on (METRICS_HOST, default loopback). */
+  metricsHost: string;
+  /** How old the scraped Redis and Postgres gauges may get (a scrape itself runs no query). */
+  metricsGaugeMaxAgeMs: number;
   /** HTTP basic-auth credentials for Bull Board (/admin/queues), for people in a browser. */
   boardUser: string | undefined;
   boardPassword: string | undefined;
@@ -70,9 +86,16 @@ const DEFAULTS = {
   LOG_LEVEL: "info",
   RATE_LIMIT_MAX: "60000",
   RATE_LIMIT_WINDOW: "1m",
+  RATE_LIMIT_REGISTER_MAX: "600",
+  AUTH_FAILURE_MAX: "20",
+  REQUEST_TIMEOUT: "10s",
+  MAX_CONNECTIONS_PER_CLIENT: "256",
   METRICS_PORT: "9464",
+  METRICS_HOST: "127.0.0.1",
+  METRICS_GAUGE_MAX_AGE: "15s",
   BOARD_READ_ONLY: "false",
   DOCS_PUBLIC: "false",
+  ALLOW_UNAUTHENTICATED: "false",
 } as const;
 
 const MAX_TIMER_MS = 24 * 86_400_000;
@@ -111,7 +134,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
     return value;
   };
-  const flag = (name: "BOARD_READ_ONLY" | "DOCS_PUBLIC"): boolean => {
+  const optionalInteger = (name: string, min: number, max: number): number | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return undefined;
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || value < min || value > max) {
+      problems.push(
+        `${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}, or unset for no cap`,
+      );
+      return undefined;
+    }
+    return value;
+  };
+  const flag = (name: "BOARD_READ_ONLY" | "DOCS_PUBLIC" | "ALLOW_UNAUTHENTICATED"): boolean => {
     const raw = read(name);
     if (raw !== "true" && raw !== "false") {
       problems.push(`${name}=${JSON.stringify(raw)}: expected true or false`);
@@ -136,10 +171,16 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port: integer("PORT", 0, 65535),
     host: read("HOST"),
     apiToken: env.API_TOKEN === "" ? undefined : env.API_TOKEN,
+    allowUnauthenticated: flag("ALLOW_UNAUTHENTICATED"),
     ingestToken: env.INGEST_TOKEN === "" ? undefined : env.INGEST_TOKEN,
     rateLimitMax: integer("RATE_LIMIT_MAX", 0, 10_000_000),
     rateLimitWindowMs: duration("RATE_LIMIT_WINDOW", 1_000),
+    rateLimitRegisterMax: integer("RATE_LIMIT_REGISTER_MAX", 0, 10_000_000),
+    authFailureMax: integer("AUTH_FAILURE_MAX", 0, 10_000_000),
+    requestTimeoutMs: duration("REQUEST_TIMEOUT", 1_000),
+    maxConnectionsPerClient: integer("MAX_CONNECTIONS_PER_CLIENT", 0, 1_000_000),
     rotationIntervalMs: duration("ROTATION_INTERVAL", 1),
+    maxRotationsPerHour: optionalInteger("MAX_ROTATIONS_PER_HOUR", 1, 3_600),
     welcomeRotationDelayMs: duration("WELCOME_ROTATION_DELAY", 0),
     deletionGraceMs: duration("DELETION_GRACE", 0),
     queuePrefix: read("QUEUE_PREFIX"),
@@ -151,6 +192,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     markCheckIntervalMs: duration("RECONCILE_CHECK_INTERVAL", 0),
     logLevel: read("LOG_LEVEL"),
     metricsPort: integer("METRICS_PORT", 0, 65535),
+    metricsHost: read("METRICS_HOST"),
+    metricsGaugeMaxAgeMs: duration("METRICS_GAUGE_MAX_AGE", 0),
     boardUser: env.BOARD_USER === "" ? undefined : env.BOARD_USER,
     boardPassword: env.BOARD_PASSWORD === "" ? undefined : env.BOARD_PASSWORD,
     boardReadOnly: flag("BOARD_READ_ONLY"),
@@ -167,9 +210,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     ["WORKER_LOCK_DURATION", config.workerLockDurationMs],
     ["WORKER_STALLED_INTERVAL", config.workerStalledIntervalMs],
     ["WORKER_MAX_BLOCK", config.workerMaxBlockMs],
+    ["REQUEST_TIMEOUT", config.requestTimeoutMs],
   ] as const) {
     // These feed setTimeout/setInterval, which fire at once beyond 2^31-1 ms (about 24.8 days).
     if (ms > MAX_TIMER_MS) problems.push(`${name}: at most ${formatDuration(MAX_TIMER_MS)}`);
+  }
+  if (config.maxRotationsPerHour !== undefined && config.deletionGraceMs < 3_600_000) {
+    // The cap counts the rotations of the last hour by the key packages still stored.
+    problems.push("MAX_ROTATIONS_PER_HOUR: needs DELETION_GRACE of at least 1h");
   }
   if (config.ingestToken !== undefined && config.ingestToken.length < 16) {
     problems.push("INGEST_TOKEN: expected at least 16 characters");
@@ -205,4 +253,18 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     );
   }
   return config;
+}
+
+/**
+ * Refuses to serve an API that anyone could call (deregistering an identity destroys its keys):
+ * API_TOKEN is required unless ALLOW_UNAUTHENTICATED=true. One line, for the operator.
+ */
+export function assertApiProtected(
+  config: Pick<Config, "apiToken" | "allowUnauthenticated">,
+): void {
+  if (config.apiToken !== undefined || config.allowUnauthenticated) return;
+  throw new KpRotorError(
+    ErrorCodes.invalidConfig,
+    "API_TOKEN is not set: refusing to serve an API anyone can call (set API_TOKEN, 16+ characters; ALLOW_UNAUTHENTICATED=true only for local development)",
+  );
 }

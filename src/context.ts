@@ -67,6 +67,7 @@ export async function createContext(
         rotationIntervalMs: config.rotationIntervalMs,
         welcomeRotationDelayMs: config.welcomeRotationDelayMs,
         deletionGraceMs: config.deletionGraceMs,
+        maxRotationsPerHour: config.maxRotationsPerHour,
       },
       clock: options.clock ?? Date.now,
       log,

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import { buildApp } from "./api/app.js";
+import { assertApiProtected } from "./config.js";
 import type { Context } from "./context.js";
 
 export interface RunningApi {
@@ -11,12 +12,20 @@ export interface RunningApi {
 
 /** Builds the API on a context and listens on the configured host and port. */
 export async function startApi(ctx: Context): Promise<RunningApi> {
+  assertApiProtected(ctx.config);
   let accepting = true;
   const app = await buildApp({
     rotor: ctx.rotor,
     apiToken: ctx.config.apiToken,
     ingestToken: ctx.config.ingestToken,
-    rateLimit: { max: ctx.config.rateLimitMax, windowMs: ctx.config.rateLimitWindowMs },
+    rateLimit: {
+      max: ctx.config.rateLimitMax,
+      windowMs: ctx.config.rateLimitWindowMs,
+      registerMax: ctx.config.rateLimitRegisterMax,
+    },
+    authFailures: { max: ctx.config.authFailureMax, windowMs: ctx.config.rateLimitWindowMs },
+    requestTimeoutMs: ctx.config.requestTimeoutMs,
+    maxConnectionsPerClient: ctx.config.maxConnectionsPerClient,
     checkReady: () => ctx.checkReady(),
     isAccepting: () => accepting,
     logger: ctx.rotor.log.child({ component: "api" }),

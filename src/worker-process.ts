@@ -77,9 +77,10 @@ export async function startWorkerMetrics(ctx: Context): Promise<MetricsServer | 
   if (config.metricsPort === 0) return undefined;
   const log = rotor.log.child({ component: "metrics-server" });
   try {
-    const server = await startMetricsServer(metricsFor(rotor), {
+    const metrics = metricsFor(rotor, { gaugeMaxAgeMs: config.metricsGaugeMaxAgeMs });
+    const server = await startMetricsServer(metrics, {
       port: config.metricsPort,
-      host: config.host,
+      host: config.metricsHost,
       log: rotor.log,
     });
     log.info({ port: server.port }, "metrics on GET /metrics");

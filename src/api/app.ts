@@ -6,7 +6,12 @@ import { BOARD_PREFIX, registerAuth } from "./plugins/auth.js";
 import { registerBoard } from "./plugins/board.js";
 import { registerDocsUi, registerOpenApi } from "./plugins/docs.js";
 import { registerErrorHandler } from "./plugins/errors.js";
-import { registerProtection } from "./plugins/protection.js";
+import { limitConnectionsPerAddress, serverTimeouts } from "./plugins/connections.js";
+import {
+  type RateLimitOptions,
+  registerContentTypePolicy,
+  registerProtection,
+} from "./plugins/protection.js";
 import { identityRoutes } from "./routes/identities.js";
 import { keyRoutes } from "./routes/keys.js";
 import { operationRoutes } from "./routes/operations.js";
@@ -16,8 +21,14 @@ export interface AppDeps {
   apiToken: string | undefined;
   /** A token that may only report welcomes (INGEST_TOKEN). */
   ingestToken?: string | undefined;
-  /** Requests per client per window; 0 or absent: no limit. */
-  rateLimit?: { max: number; windowMs: number };
+  /** Requests per client (principal) per window; 0 or absent: no limit. */
+  rateLimit?: RateLimitOptions;
+  /** Failed authentications per client address per window before 429 (AUTH_FAILURE_MAX). */
+  authFailures?: { max: number; windowMs: number };
+  /** Longest a request may take to arrive, headers and body (default 10 s). */
+  requestTimeoutMs?: number;
+  /** Open connections per client address (default 256; 0: no limit). */
+  maxConnectionsPerClient?: number;
   /** Requests in progress beyond which new ones get 503 (default MAX_IN_FLIGHT). */
   maxInFlight?: number;
   checkReady: () => Promise<{ postgres: boolean; redis: boolean }>;
@@ -35,9 +46,12 @@ export interface AppDeps {
   docsPublic?: boolean;
 }
 
+const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+
 /** Builds the API as a Fastify instance; never listens (src/server.ts does). */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
+    ...serverTimeouts(deps.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS),
     loggerInstance: deps.logger as FastifyBaseLogger | undefined,
     bodyLimit: 256 * 1024,
     // Identity ids are up to 128 characters; the router's default limit is 100.
@@ -63,24 +77,29 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { user, password } = deps.board ?? {};
   const basic = user !== undefined && password !== undefined ? { user, password } : undefined;
 
+  limitConnectionsPerAddress(app.server, deps.maxConnectionsPerClient ?? 256);
   registerErrorHandler(app);
-  await registerProtection(app, deps.rateLimit, deps.maxInFlight);
+  const load = await registerProtection(app, deps.rateLimit, deps.maxInFlight);
   registerAuth(app, {
     token: deps.apiToken,
     ingestToken: deps.ingestToken,
     basic,
     docsPublic: deps.docsPublic ?? false,
+    failures: deps.authFailures,
   });
+  registerContentTypePolicy(app);
   await registerOpenApi(app, { bearer: deps.apiToken !== undefined });
 
   operationRoutes(app, {
     checkReady: deps.checkReady,
     isAccepting: deps.isAccepting,
+    isOverloaded: () => load.overloaded(),
     metrics,
   });
   identityRoutes(app, {
     rotor: deps.rotor,
-    onWelcomes: (count) => metrics.welcomesAccepted(count),
+    onWelcomes: (count, pulledIn, principal) =>
+      metrics.welcomesAccepted(count, { pulledIn, principal }),
   });
   keyRoutes(app, deps.rotor);
   await registerDocsUi(app);

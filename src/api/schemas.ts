@@ -16,7 +16,7 @@ export const errorResponse = {
     error: {
       type: "string",
       description:
-        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, DEPENDENCY_UNAVAILABLE, PUBLISH_FAILED, INTERNAL",
+        "INVALID_IDENTITY_ID, INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN, IDENTITY_NOT_FOUND, ROUTE_NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, RATE_LIMITED, OVERLOADED, DEPENDENCY_UNAVAILABLE, PUBLISH_FAILED, INTERNAL",
       examples: ["IDENTITY_NOT_FOUND"],
     },
     message: { type: "string", examples: ['identity "alice" is not registered'] },
@@ -162,6 +162,22 @@ export const safetyResponse = {
       }),
       description: "identities whose last rotation attempts failed",
     },
+    sealedKeys: {
+      description:
+        "sealed private keys by the KEY_ENCRYPTION_KEY they name, as checked at this process's start; unreadable ones name a key the process does not have (null: not checked)",
+      anyOf: [
+        { type: "null" },
+        {
+          type: "object",
+          properties: {
+            checkedAt: instant,
+            byKeyId: { type: "object", additionalProperties: { type: "integer" } },
+            unreadable: { type: "integer" },
+            unknownKeyIds: { type: "array", items: { type: "string" } },
+          },
+        },
+      ],
+    },
     oldestCurrentKeyPackage: {
       anyOf: [
         { type: "null" },
@@ -302,10 +318,14 @@ export const health = {
 
 export const readiness = {
   type: "object",
-  required: ["ready", "accepting", "postgres", "redis"],
+  required: ["ready", "accepting", "overloaded", "postgres", "redis"],
   properties: {
     ready: { type: "boolean" },
     accepting: { type: "boolean", description: "false once shutdown has begun" },
+    overloaded: {
+      type: "boolean",
+      description: "true while new requests are refused (503 OVERLOADED): too many in progress",
+    },
     postgres: { type: "boolean" },
     redis: { type: "boolean" },
   },

@@ -1,11 +1,12 @@
 import closeWithGrace from "close-with-grace";
-import { type Config, loadConfig } from "../config.js";
+import { assertApiProtected, type Config, loadConfig } from "../config.js";
 import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
 import { createLogger } from "../logger.js";
 import { startApi } from "../server.js";
 import * as identities from "../services/identities.service.js";
 import { reconcile } from "../services/reconcile.service.js";
+import { checkSealedKeys, rewrap } from "../services/rewrap.service.js";
 import { startWorkerMetrics, startWorkerRuntime } from "../worker-process.js";
 import { ALL_HANDLERS } from "../../workers/index.js";
 import { progressBar } from "./progress.js";
@@ -47,9 +48,18 @@ async function migrate(config: Config): Promise<number> {
 
 /** Long-running processes; SIGTERM/SIGINT close them in reverse order of start. */
 async function serve(config: Config, command: "start" | "api" | "worker"): Promise<number> {
+  // Before anything starts: an API process without a token refuses at once, in one line.
+  if (command !== "worker") assertApiProtected(config);
   const log = createLogger(config.logLevel);
   const ctx = await createContext(config, log, { migrate: command !== "api" });
   const stops: (() => Promise<void>)[] = [() => ctx.close()];
+  // Keys sealed under a KEK this process does not have: logged, in the safety view and metrics.
+  checkSealedKeys(ctx.rotor).catch((err) =>
+    log.warn(
+      { err: err instanceof Error ? err.message : String(err) },
+      "could not check sealed keys",
+    ),
+  );
   // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes).
   const metrics = await startWorkerMetrics(ctx).catch(async (err) => {
     await ctx.close();
@@ -79,7 +89,9 @@ async function oneShot(
   identityId: string | undefined,
   quiet: boolean,
 ): Promise<number> {
-  const log = createLogger(command === "reconcile" && !quiet ? "warn" : "error");
+  const log = createLogger(
+    (command === "reconcile" || command === "rewrap") && !quiet ? "warn" : "error",
+  );
   const ctx: Context = await createContext(config, log, { migrate: true });
   try {
     if (command === "reconcile") {
@@ -89,6 +101,14 @@ async function oneShot(
       });
       bar?.stop();
       console.log(JSON.stringify(report, null, 2));
+    } else if (command === "rewrap") {
+      const bar = quiet ? undefined : progressBar("rewrap");
+      const summary = await rewrap(ctx.rotor, {
+        onProgress: (done, total) => bar?.update(done, total),
+      });
+      bar?.stop();
+      console.log(JSON.stringify(summary, null, 2));
+      return summary.unreadable + summary.failed > 0 ? 1 : 0;
     } else if (command === "status") {
       console.log(
         JSON.stringify(await identities.status(ctx.rotor, identityId as string), null, 2),

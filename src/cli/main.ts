@@ -36,6 +36,13 @@ const COMMANDS: Record<string, CommandSpec> = {
       "Prints a JSON summary of the repairs on stdout, progress on stderr.\n\noptions:\n  -q, --quiet   no progress, only the summary",
     options: { quiet: { type: "boolean", short: "q" } },
   },
+  rewrap: {
+    usage: "rewrap [--quiet]",
+    summary: "re-seal every private key under the current KEY_ENCRYPTION_KEY",
+    details:
+      "Opens each sealed key with KEY_ENCRYPTION_KEY or KEY_ENCRYPTION_KEY_PREVIOUS and seals it\nagain under KEY_ENCRYPTION_KEY (format version 2). Idempotent: what is done already is\nskipped, so it can be run again after an interruption. Prints a JSON summary on stdout,\nprogress on stderr; exits 1 when some key could not be opened. Once it reports nothing\nleft under the previous key, KEY_ENCRYPTION_KEY_PREVIOUS can be removed.\n\noptions:\n  -q, --quiet   no progress, only the summary",
+    options: { quiet: { type: "boolean", short: "q" } },
+  },
   status: {
     usage: "status <identityId>",
     summary: "print an identity's deadlines and key packages",
@@ -111,7 +118,7 @@ async function main(command: string | undefined, rest: string[]): Promise<number
   }
   // Loaded only now: the service's modules take a second or more to load, --help should not.
   const { runCommand } = await import("./commands.js");
-  // Only reconcile declares --quiet; parseArgs has refused it elsewhere.
+  // Only reconcile and rewrap declare --quiet; parseArgs has refused it elsewhere.
   const quiet = (values as { quiet?: boolean }).quiet === true;
   return runCommand(command, positionals[0], quiet);
 }

@@ -9,6 +9,8 @@ export interface Timing {
   rotationIntervalMs: number;
   welcomeRotationDelayMs: number;
   deletionGraceMs: number;
+  /** Rotations per identity per hour that welcomes and rotate-now may cause; absent: no cap. */
+  maxRotationsPerHour?: number | undefined;
 }
 
 /** The identity as the rotation wake-up sees it under the row lock; undefined when there is no row. */

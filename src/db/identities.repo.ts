@@ -296,7 +296,8 @@ export async function recordRotationFailure(
     .update(identities)
     .set({
       rotationFailures: sql`${identities.rotationFailures} + 1`,
-      lastError: error.slice(0, 500),
+      // A NUL byte would make Postgres refuse the whole update (text cannot hold one).
+      lastError: error.replaceAll("\u0000", " ").slice(0, 500),
       lastFailureAt: new Date(now),
     })
     .where(eq(identities.id, id));

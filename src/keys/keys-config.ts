@@ -1,5 +1,5 @@
 import { parseDuration } from "../core/duration.js";
-import { INSECURE_DEV_KEY, parseKey } from "./encryption.js";
+import { INSECURE_DEV_KEY, isDegenerateKey, parseKey } from "./encryption.js";
 import { DEFAULT_CIPHERSUITE } from "./key-package.js";
 
 /** Key material and publishing settings (read through loadConfig, like everything else). */
@@ -13,7 +13,7 @@ export interface KeysConfig {
   insecureDevKey: boolean;
   publisher:
     | { kind: "directory" }
-    | { kind: "webhook"; url: string; secret: string; timeoutMs: number };
+    | { kind: "webhook"; url: string; secrets: string[]; timeoutMs: number };
 }
 
 /** Reads the KEYS/PUBLISH variables, pushing a line per problem onto `problems`. */
@@ -22,10 +22,19 @@ export function loadKeysConfig(
   problems: string[],
 ): KeysConfig {
   const set = (name: string) => (env[name] ?? "") !== "";
+  const production = env.NODE_ENV === "production";
   const key = (name: string): Uint8Array | undefined => {
     if (!set(name)) return undefined;
     try {
-      return parseKey(name, env[name] as string);
+      const parsed = parseKey(name, env[name] as string);
+      if (isDegenerateKey(parsed)) {
+        problems.push(
+          `${name}: refusing a degenerate key (one byte repeated); use "openssl rand -base64 32"`,
+        );
+      } else if (production && Buffer.from(parsed).equals(Buffer.from(INSECURE_DEV_KEY))) {
+        problems.push(`${name}: the public development key is refused with NODE_ENV=production`);
+      }
+      return parsed;
     } catch (err) {
       problems.push((err as Error).message);
       return undefined;
@@ -33,6 +42,11 @@ export function loadKeysConfig(
   };
   const insecureDevKey =
     env.KP_ROTOR_INSECURE_DEV_KEY === "1" || env.KP_ROTOR_INSECURE_DEV_KEY === "true";
+  if (insecureDevKey && production && !set("KEY_ENCRYPTION_KEY")) {
+    problems.push(
+      "KP_ROTOR_INSECURE_DEV_KEY: refused with NODE_ENV=production (the development key is public); set KEY_ENCRYPTION_KEY",
+    );
+  }
   let encryptionKey = key("KEY_ENCRYPTION_KEY");
   const previousEncryptionKey = key("KEY_ENCRYPTION_KEY_PREVIOUS");
   if (encryptionKey === undefined && !set("KEY_ENCRYPTION_KEY")) {
@@ -48,16 +62,20 @@ export function loadKeysConfig(
   const kind = env.PUBLISHER ?? "directory";
   if (kind === "webhook") {
     const url = env.PUBLISH_WEBHOOK_URL ?? "";
-    const secret = env.PUBLISH_WEBHOOK_SECRET ?? "";
+    // Several secrets, separated by spaces, while receivers move from one to the next.
+    const secrets = (env.PUBLISH_WEBHOOK_SECRET ?? "").split(/\s+/).filter((s) => s !== "");
     const timeoutMs = parseDuration(env.PUBLISH_WEBHOOK_TIMEOUT ?? "5s");
-    if (!/^https?:\/\//.test(url))
-      problems.push("PUBLISH_WEBHOOK_URL: expected an http:// or https:// URL");
-    if (secret.length < 16)
-      problems.push("PUBLISH_WEBHOOK_SECRET: expected at least 16 characters");
+    const allowHttp = env.PUBLISH_WEBHOOK_ALLOW_HTTP === "true";
+    const problem = webhookUrlProblem(url, allowHttp);
+    if (problem !== undefined) problems.push(`PUBLISH_WEBHOOK_URL: ${problem}`);
+    if (secrets.length === 0 || secrets.some((s) => s.length < 16))
+      problems.push(
+        "PUBLISH_WEBHOOK_SECRET: expected one or more space-separated secrets of at least 16 characters",
+      );
     if (timeoutMs === undefined || timeoutMs < 1 || timeoutMs > 600_000) {
       problems.push("PUBLISH_WEBHOOK_TIMEOUT: expected a duration from 1ms to 10m, e.g. 5s");
     }
-    publisher = { kind: "webhook", url, secret, timeoutMs: timeoutMs ?? 5_000 };
+    publisher = { kind: "webhook", url, secrets, timeoutMs: timeoutMs ?? 5_000 };
   } else if (kind !== "directory" && kind !== "") {
     problems.push(`PUBLISHER=${JSON.stringify(kind)}: expected directory or webhook`);
   }
@@ -69,4 +87,24 @@ export function loadKeysConfig(
     insecureDevKey: insecureDevKey && !set("KEY_ENCRYPTION_KEY"),
     publisher,
   };
+}
+
+const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/i;
+
+/**
+ * Why a webhook URL is refused, or undefined: https:// always works; http:// only to a loopback
+ * address, or anywhere with PUBLISH_WEBHOOK_ALLOW_HTTP=true (the key package and its signature
+ * would otherwise cross the network in clear, and an HTTP to HTTPS redirect is never followed).
+ */
+export function webhookUrlProblem(url: string, allowHttp: boolean): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return "expected an https:// URL";
+  }
+  if (parsed.protocol === "https:") return undefined;
+  if (parsed.protocol !== "http:") return "expected an https:// URL";
+  if (allowHttp || LOOPBACK.test(parsed.hostname)) return undefined;
+  return "expected an https:// URL (http:// only to a loopback address, or with PUBLISH_WEBHOOK_ALLOW_HTTP=true)";
 }

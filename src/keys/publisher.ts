@@ -1,5 +1,8 @@
-import { createHmac } from "node:crypto";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { ErrorCodes, KpRotorError } from "../errors.js";
+import type { KeyPackagePublished } from "../client/webhooks.js";
+import { signWebhook } from "../webhooks/signature.js";
 
 /**
  * Where a new key package goes before it supersedes the old one. A rotation publishes between
@@ -52,73 +55,119 @@ export function publishesByPromoting(publisher: Publisher): boolean {
 
 export interface WebhookOptions {
   url: string;
-  /** HMAC-SHA256 key for the signature header. */
-  secret: string;
+  /** Signing secrets; every one signs (Standard Webhooks), so receivers can move between them. */
+  secrets: readonly string[];
+  /** The whole request, from connecting to the end of the answer. */
   timeoutMs: number;
-  /** Injected for tests; the service uses the global fetch. */
-  fetch?: typeof fetch;
   now?: () => number;
 }
 
-/** Header names, for receivers. */
-export const WEBHOOK_HEADERS = {
-  signature: "kp-rotor-signature",
-  idempotencyKey: "idempotency-key",
-  identity: "kp-rotor-identity",
-  generation: "kp-rotor-generation",
-  notAfter: "kp-rotor-not-after",
-} as const;
+/** The most of a receiver's answer that is read; the rest is discarded with the connection. */
+export const MAX_RESPONSE_BYTES = 64 * 1024;
+/** Connecting (TCP) may take at most this long, within the whole request's timeout. */
+const CONNECT_TIMEOUT_MS = 3_000;
 
 /**
- * The signature a receiver checks: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
- * The timestamp lets the receiver refuse replays outside its tolerance.
- */
-export function signWebhook(secret: string, timestampSeconds: number, body: Uint8Array): string {
-  const mac = createHmac("sha256", secret)
-    .update(`${timestampSeconds}.`)
-    .update(body)
-    .digest("hex");
-  return `t=${timestampSeconds},v1=${mac}`;
-}
-
-/**
- * POSTs the key package as `message/mls` (RFC 9420's media type) to a URL. Any 2xx is success;
- * anything else, a timeout or a network error is a
- * PublishError whose message says which (never the secret or the body).
+ * POSTs the key package to a URL as a signed Standard Webhooks message (src/webhooks). Any 2xx
+ * is success. Anything else is a PublishError whose message says which (never the secret, the
+ * body, or what the receiver answered): a 3xx (redirects are never followed: they would carry
+ * the signed message to another origin), another status, a timeout, a network error. At most
+ * MAX_RESPONSE_BYTES of the answer are read.
  */
 export function createWebhookPublisher(options: WebhookOptions): Publisher {
-  const doFetch = options.fetch ?? fetch;
   const now = options.now ?? Date.now;
+  const url = new URL(options.url);
   return {
     kind: "webhook",
     async publish(request) {
-      const t = Math.floor(now() / 1000);
-      let response: Response;
-      try {
-        response = await doFetch(options.url, {
-          method: "POST",
-          headers: {
-            "content-type": "message/mls",
-            [WEBHOOK_HEADERS.signature]: signWebhook(options.secret, t, request.keyPackage),
-            [WEBHOOK_HEADERS.idempotencyKey]: request.ref,
-            [WEBHOOK_HEADERS.identity]: request.identityId,
-            [WEBHOOK_HEADERS.generation]: String(request.generation),
-            [WEBHOOK_HEADERS.notAfter]: request.notAfter.toISOString(),
-          },
-          body: Buffer.from(request.keyPackage),
-          signal: AbortSignal.timeout(options.timeoutMs),
-        });
-      } catch (err) {
-        const timedOut = err instanceof Error && err.name === "TimeoutError";
+      const at = now();
+      const message: KeyPackagePublished = {
+        type: "key_package.published",
+        timestamp: new Date(at).toISOString(),
+        data: {
+          identityId: request.identityId,
+          generation: request.generation,
+          ref: request.ref,
+          notAfter: request.notAfter.toISOString(),
+          keyPackage: Buffer.from(request.keyPackage).toString("base64"),
+        },
+      };
+      const body = JSON.stringify(message);
+      const headers = signWebhook(options.secrets, {
+        id: `kp_${request.ref}`,
+        timestampSeconds: Math.floor(at / 1000),
+        body,
+      });
+      const status = await post(url, headers, body, options.timeoutMs);
+      if (status >= 300 && status < 400) {
         throw new PublishError(
-          timedOut
-            ? `webhook did not answer within ${options.timeoutMs} ms`
-            : `webhook unreachable: ${err instanceof Error ? ((err.cause as Error)?.message ?? err.message) : String(err)}`,
+          `webhook answered ${status}, a redirect (redirects are never followed)`,
         );
       }
-      // Drain the body so the connection can be reused; its content is not ours to log.
-      await response.arrayBuffer().catch(() => {});
-      if (!response.ok) throw new PublishError(`webhook answered ${response.status}`);
+      if (status < 200 || status >= 300) throw new PublishError(`webhook answered ${status}`);
     },
   };
+}
+
+/** One POST with node:http(s), which never follows a redirect; resolves with the status. */
+function post(
+  url: URL,
+  headers: Record<string, string>,
+  body: string,
+  timeoutMs: number,
+): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const bytes = Buffer.from(body, "utf8");
+    const send = url.protocol === "https:" ? httpsRequest : httpRequest;
+    const req = send(url, {
+      method: "POST",
+      headers: {
+        ...headers,
+        "content-type": "application/json",
+        "content-length": String(bytes.length),
+      },
+    });
+    const fail = (message: string) => {
+      clearTimeout(total);
+      req.destroy();
+      reject(new PublishError(message));
+    };
+    const total = setTimeout(
+      () => fail(`webhook did not answer within ${timeoutMs} ms`),
+      timeoutMs,
+    );
+    req.once("socket", (socket) => {
+      if (!socket.connecting) return;
+      const connect = setTimeout(
+        () => fail(`webhook: no connection within ${Math.min(CONNECT_TIMEOUT_MS, timeoutMs)} ms`),
+        Math.min(CONNECT_TIMEOUT_MS, timeoutMs),
+      );
+      socket.once("connect", () => clearTimeout(connect));
+      socket.once("close", () => clearTimeout(connect));
+    });
+    req.once("error", (err: NodeJS.ErrnoException) => {
+      clearTimeout(total);
+      reject(new PublishError(`webhook unreachable: ${err.code ?? err.message}`));
+    });
+    req.once("response", (res) => {
+      const status = res.statusCode ?? 0;
+      let read = 0;
+      const done = () => {
+        clearTimeout(total);
+        resolve(status);
+      };
+      // Read and drop the answer (its content is not ours to log) up to the cap, so the
+      // connection can be reused; beyond it the connection is closed instead.
+      res.on("data", (chunk: Buffer) => {
+        read += chunk.length;
+        if (read > MAX_RESPONSE_BYTES) {
+          res.destroy();
+          done();
+        }
+      });
+      res.once("end", done);
+      res.once("error", done);
+    });
+    req.end(bytes);
+  });
 }

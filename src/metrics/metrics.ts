@@ -2,6 +2,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom
 import type { Timers } from "../queue/timers.js";
 import type { RotorEventMap } from "../services/events.js";
 import type { Rotor } from "../services/rotor.js";
+import { lastSealedKeysReport } from "../services/rewrap.service.js";
 import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
 
 /**
@@ -12,8 +13,11 @@ import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
  */
 export interface Metrics {
   readonly registry: Registry;
-  /** The API accepted `count` welcomes (one per identity found, single or batch). */
-  welcomesAccepted(count: number): void;
+  /**
+   * The API accepted `count` welcomes (one per identity found, single or batch), of which
+   * `pulledIn` moved a rotation earlier, from `principal` (see WELCOME_PRINCIPALS).
+   */
+  welcomesAccepted(count: number, by?: { pulledIn: number; principal: string | undefined }): void;
   /** The text exposition format, for GET /metrics. */
   scrape(): Promise<{ contentType: string; body: string }>;
   /** Stops following the rotor's events. */
@@ -27,6 +31,16 @@ type CountableQueues = Record<string, { getJobCounts(): Promise<Record<string, n
 type RotationEvent = RotorEventMap["rotation"][0];
 type ReconcileSummary = RotorEventMap["reconcile"][0];
 
+/**
+ * The principal label's values: a fixed set, so an open API's client addresses (principal
+ * "ip:<address>") cannot grow the series without bound; they are all "anonymous".
+ */
+export const WELCOME_PRINCIPALS = ["api", "ingest", "board", "anonymous"] as const;
+const principalLabel = (principal: string | undefined) =>
+  (WELCOME_PRINCIPALS as readonly string[]).includes(principal ?? "")
+    ? (principal as string)
+    : "anonymous";
+
 /** 1 ms to 10 min: a wake-up is normally tens of ms late, minutes only after a crash. */
 export const LATENESS_BUCKETS = [
   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
@@ -38,11 +52,29 @@ const REPAIR_ACTIONS = ["add", "reschedule", "replace", "remove"];
 /** Collectors give up after this, so a scrape never hangs on a dependency that is down. */
 const COLLECT_TIMEOUT_MS = 2_000;
 
+/** How old the gauges read from Redis and Postgres may get before a scrape refreshes them. */
+export const GAUGE_MAX_AGE_MS = 15_000;
+
+export interface MetricsOptions {
+  /** See GAUGE_MAX_AGE_MS (METRICS_GAUGE_MAX_AGE). */
+  gaugeMaxAgeMs?: number;
+}
+
 /**
  * Builds the registry and subscribes to the rotor's events. Use `metricsFor(rotor)` in a
  * process, so that the API and a worker running in one process share one registry.
+ *
+ * A scrape costs no query: the gauges read from Redis and Postgres are cached. The first scrape
+ * waits for them; a later one that finds them older than `gaugeMaxAgeMs` serves them as they
+ * are and starts one refresh in the background (never two at once), so scrapers, however many
+ * and however often, cause at most one read of each per `gaugeMaxAgeMs`.
  */
-export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Metrics {
+export function createMetrics(
+  rotor: Rotor,
+  timers: Pick<Timers, "queues">,
+  options: MetricsOptions = {},
+): Metrics {
+  const gaugeMaxAgeMs = options.gaugeMaxAgeMs ?? GAUGE_MAX_AGE_MS;
   const registry = new Registry();
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
@@ -74,6 +106,13 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
     help: "Welcomes accepted by the API (one per registered identity, single or batch)",
     registers,
   });
+  const welcomeRotations = new Counter({
+    name: "kp_rotor_welcome_rotations_total",
+    help: "Rotations welcomes caused (welcomes that pulled a deadline in), by principal: api, ingest, board or anonymous",
+    labelNames: ["principal"],
+    registers,
+  });
+  for (const principal of WELCOME_PRINCIPALS) welcomeRotations.labels(principal).inc(0);
   const lateness = new Histogram({
     name: "kp_rotor_wakeup_lateness_seconds",
     help: "How long after its deadline a rotation started its work (rotated wake-ups only)",
@@ -115,45 +154,66 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
   }
 
   const queues = timers.queues as CountableQueues;
-  new Gauge({
+  const queueJobs = new Gauge({
     name: "kp_rotor_queue_jobs",
-    help: "Jobs in each wake-up queue, by state (read from Redis on scrape)",
+    help: "Jobs in each wake-up queue, by state (read from Redis, cached up to METRICS_GAUGE_MAX_AGE)",
     labelNames: ["queue", "state"],
     registers,
-    async collect() {
-      this.reset();
-      try {
-        const counts = await withTimeout(
-          Promise.all(
-            Object.entries(queues).map(
-              async ([name, q]) => [name, await q.getJobCounts()] as const,
-            ),
-          ),
-        );
-        for (const [queue, byState] of counts) {
-          for (const [state, n] of Object.entries(byState)) this.labels(queue, state).set(n);
-        }
-      } catch (err) {
-        collectErrors.labels("queue_jobs").inc();
-        rotor.log.warn({ component: "metrics", err }, "could not read queue counts");
-      }
-    },
+  });
+  const oldestAge = new Gauge({
+    name: "kp_rotor_oldest_current_key_package_age_seconds",
+    help: "Age of the oldest current key package (0 when there is none; read from Postgres, cached up to METRICS_GAUGE_MAX_AGE)",
+    registers,
   });
   new Gauge({
-    name: "kp_rotor_oldest_current_key_package_age_seconds",
-    help: "Age of the oldest current key package (0 when there is none; read from Postgres on scrape)",
+    name: "kp_rotor_sealed_keys_unreadable",
+    help: "Sealed private keys naming a KEY_ENCRYPTION_KEY this process does not have (checked at start; run kp-rotor rewrap)",
     registers,
-    async collect() {
-      try {
-        const age = await withTimeout(oldestCurrentKeyPackageAge(rotor));
-        this.set(age === null ? 0 : Math.max(0, age));
-      } catch (err) {
-        this.reset();
-        collectErrors.labels("oldest_key_package").inc();
-        rotor.log.warn({ component: "metrics", err }, "could not read the oldest key package");
-      }
+    collect() {
+      const report = lastSealedKeysReport(rotor);
+      if (report === undefined) this.reset();
+      else this.set(report.unreadable);
     },
   });
+  const readQueueJobs = async () => {
+    try {
+      const counts = await withTimeout(
+        Promise.all(
+          Object.entries(queues).map(async ([name, q]) => [name, await q.getJobCounts()] as const),
+        ),
+      );
+      queueJobs.reset();
+      for (const [queue, byState] of counts) {
+        for (const [state, n] of Object.entries(byState)) queueJobs.labels(queue, state).set(n);
+      }
+    } catch (err) {
+      queueJobs.reset();
+      collectErrors.labels("queue_jobs").inc();
+      rotor.log.warn({ component: "metrics", err }, "could not read queue counts");
+    }
+  };
+  const readOldestAge = async () => {
+    try {
+      const age = await withTimeout(oldestCurrentKeyPackageAge(rotor));
+      oldestAge.set(age === null ? 0 : Math.max(0, age));
+    } catch (err) {
+      oldestAge.reset();
+      collectErrors.labels("oldest_key_package").inc();
+      rotor.log.warn({ component: "metrics", err }, "could not read the oldest key package");
+    }
+  };
+  const readGauges = async () => {
+    await Promise.all([readQueueJobs(), readOldestAge()]);
+  };
+  let readAt: number | undefined;
+  let reading: Promise<void> | undefined;
+  const refreshGauges = () => {
+    reading ??= readGauges().finally(() => {
+      readAt = Date.now();
+      reading = undefined;
+    });
+    return reading;
+  };
 
   const onRotation = (event: RotationEvent) => {
     rotations.labels(event.outcome).inc();
@@ -188,10 +248,15 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
 
   return {
     registry,
-    welcomesAccepted(count) {
+    welcomesAccepted(count, by) {
       if (count > 0) welcomes.inc(count);
+      if (by !== undefined && by.pulledIn > 0) {
+        welcomeRotations.labels(principalLabel(by.principal)).inc(by.pulledIn);
+      }
     },
     async scrape() {
+      if (readAt === undefined) await refreshGauges();
+      else if (Date.now() - readAt >= gaugeMaxAgeMs) void refreshGauges();
       return { contentType: registry.contentType, body: await registry.metrics() };
     },
     close() {
@@ -207,10 +272,10 @@ export function createMetrics(rotor: Rotor, timers: Pick<Timers, "queues">): Met
 const shared = new WeakMap<Rotor, Metrics>();
 
 /** The metrics of a process's rotor, created on first use: the API and workers share them. */
-export function metricsFor(rotor: Rotor): Metrics {
+export function metricsFor(rotor: Rotor, options?: MetricsOptions): Metrics {
   let metrics = shared.get(rotor);
   if (metrics === undefined) {
-    metrics = createMetrics(rotor, rotor.timers);
+    metrics = createMetrics(rotor, rotor.timers, options);
     shared.set(rotor, metrics);
   }
   return metrics;

@@ -1,11 +1,15 @@
 import { identityIdProblem } from "../core/identity-id.js";
+import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
 import { deletionDeadline, pullIn } from "../core/timers.js";
+import type { Tx } from "../db/client.js";
+import { recentRotations } from "../db/rotation-cap.repo.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
+import { formatSafeError, redactError } from "../safe-errors.js";
 import { settleAll } from "../settle.js";
 
 /**
@@ -87,13 +91,14 @@ export async function register(
     const rotated = await rotateInline(rotor, id);
     return { ...registered, ...rotated };
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    await repo.recordRotationFailure(rotor.db, id, rotor.clock(), message).catch(() => {});
+    // The client and last_error get a code and this service's own words; the log the details.
+    const publishError = formatSafeError(err);
+    await repo.recordRotationFailure(rotor.db, id, rotor.clock(), publishError).catch(() => {});
     rotor.log.warn(
-      { identityId: id, err: message },
+      { identityId: id, err: redactError(err) },
       "first key package not published yet; the worker retries",
     );
-    return { ...registered, publishError: message };
+    return { ...registered, publishError };
   }
 }
 
@@ -151,34 +156,41 @@ export async function pullInMany(
     const locked = await repo.lockDeadlines(tx, unique);
     // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "One clock".
     const now = locked[0]?.now ?? rotor.clock();
+    const allowed = await allowedRotations(rotor, tx, locked, now);
     const results: PullInResult[] = [];
     const duringPublish: string[] = [];
-    const changed: string[] = [];
+    const changed: { identityId: string; deadline: number }[] = [];
     for (const identity of locked) {
       if (identity.deregistered || identity.rotationDeadline === null) continue;
-      const next = pullIn(identity.rotationDeadline, now, delayMs);
+      // Over MAX_ROTATIONS_PER_HOUR the pull-in still happens, to the next allowed time.
+      const target = Math.max(now + delayMs, allowed.get(identity.id) ?? now);
+      const next = pullIn(identity.rotationDeadline, now, target - now);
       // A rotation is publishing its new package: this welcome may have consumed it, and the
       // promote would roll the deadline a full interval on. Recorded, the promote keeps it.
       if (identity.publishing) duringPublish.push(identity.id);
       results.push({
         identityId: identity.id,
         // While publishing, the deadline that counts is the one the promote will keep.
-        rotationDeadline: identity.publishing ? now + delayMs : next.deadline,
+        rotationDeadline: identity.publishing ? target : next.deadline,
         changed: next.changed || identity.publishing,
       });
-      if (next.changed) changed.push(identity.id);
+      if (next.changed) changed.push({ identityId: identity.id, deadline: next.deadline });
     }
     // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
     // be armed before the commit (if it fails they only fire early). Both settle before the
     // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
-    // the same value, now + delay; the arm is one script call per 1,000 ids that moves every
-    // delayed wake-up earlier, and planArm only for the few whose job is in another state.
+    // the same value, now + delay (but for identities over the rotation cap, set apart); the arm
+    // is one script call per 1,000 ids that moves every delayed wake-up earlier, and planArm only
+    // for the few whose job is in another state.
+    const plain = changed.filter((c) => c.deadline === now + delayMs).map((c) => c.identityId);
+    const capped = changed.filter((c) => c.deadline !== now + delayMs);
     await settleAll([
-      repo.setRotationDeadlines(tx, changed, now + delayMs),
+      repo.setRotationDeadlines(tx, plain, now + delayMs),
+      ...capped.map((c) => repo.setRotationDeadlines(tx, [c.identityId], c.deadline)),
       repo.recordWelcomesDuringPublish(tx, duringPublish, now + delayMs),
       rotor.timers.armEarlier(
         "rotation",
-        changed.map((identityId) => ({ identityId, fireAt: now + delayMs })),
+        changed.map((c) => ({ identityId: c.identityId, fireAt: c.deadline })),
         now,
         locked[0]?.fence ?? 0,
       ),
@@ -186,6 +198,22 @@ export async function pullInMany(
     const found = new Set(results.map((r) => r.identityId));
     return { results, notFound: unique.filter((id) => !found.has(id)) };
   });
+}
+
+/** The earliest rotation time per identity under MAX_ROTATIONS_PER_HOUR (none without a cap). */
+async function allowedRotations(
+  rotor: Rotor,
+  tx: Tx,
+  locked: readonly { id: string; deregistered: boolean }[],
+  now: number,
+): Promise<Map<string, number>> {
+  const cap = rotor.timing.maxRotationsPerHour;
+  const allowed = new Map<string, number>();
+  if (cap === undefined) return allowed;
+  const live = locked.filter((i) => !i.deregistered).map((i) => i.id);
+  const recent = await recentRotations(tx, live, now - CAP_WINDOW_MS);
+  for (const [id, times] of recent) allowed.set(id, earliestAllowedRotation(times, now, cap));
+  return allowed;
 }
 
 /** A welcome consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY. */

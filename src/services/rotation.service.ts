@@ -160,7 +160,11 @@ async function generateSealed(
     ref: generated.ref,
     ciphersuite: rotor.keys.ciphersuite,
     keyPackage: generated.publicBytes,
-    privateKey: rotor.keyring.seal(generated.privateBytes, identity.id, "key-package-private"),
+    // Bound to the row it goes into: this identity's next generation and this package's ref.
+    privateKey: rotor.keyring.seal(generated.privateBytes, identity.id, "key-package-private", {
+      generation: identity.generation + 1,
+      ref: generated.ref,
+    }),
     notBefore: generated.notBefore,
     notAfter: generated.notAfter,
   };

@@ -1,5 +1,6 @@
 import { and, asc, count, eq, gt, isNull, lt, min, type SQL, sql } from "drizzle-orm";
 import { identities, keyPackages } from "../db/schema.js";
+import { lastSealedKeysReport } from "./rewrap.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -88,6 +89,8 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
     oldestCurrentKeyPackage: oldestRow
       ? { ...oldestRow, ageSeconds: Math.round((now - oldestRow.createdAt.getTime()) / 1000) }
       : null,
+    // From this process's start-up check (a full scan, so not repeated per request).
+    sealedKeys: lastSealedKeysReport(rotor) ?? null,
   };
 }
 

@@ -2,6 +2,7 @@ import { backoffMs, fireTimeFor } from "../core/timers.js";
 import * as repo from "../db/identities.repo.js";
 import * as kps from "../db/key-packages.repo.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
+import { formatSafeError, redactError } from "../safe-errors.js";
 import { settleAll } from "../settle.js";
 import type { ActiveWakeup, Rotor } from "./rotor.js";
 
@@ -105,7 +106,8 @@ export async function handleWakeFailure(
 ): Promise<number> {
   const failures = wake.failures + 1;
   const delay = backoffMs(failures);
-  const message = error instanceof Error ? error.message : String(error);
+  // last_error and the event get a code and this service's own words; the log the details.
+  const message = formatSafeError(error);
   rotor.log.warn(
     {
       identityId: wake.identityId,
@@ -113,7 +115,7 @@ export async function handleWakeFailure(
       kind,
       failures,
       retryInMs: delay,
-      err: message,
+      err: redactError(error),
     },
     "wake-up failed; retrying after backoff",
   );

@@ -237,6 +237,10 @@ export function serviceEnv(opts: {
     LOG_LEVEL: "warn",
     // The suite drives one client at thousands of requests a minute: no per-client rate limit.
     RATE_LIMIT_MAX: "0",
+    RATE_LIMIT_REGISTER_MAX: "0",
+    // Its load driver is one local client without a token, on as many connections as it needs.
+    ALLOW_UNAUTHENTICATED: "true",
+    MAX_CONNECTIONS_PER_CLIENT: "0",
     ...opts.overrides,
   };
 }

@@ -298,6 +298,10 @@ describe("backpressure", () => {
       expect(refused.headers["retry-after"]).toBe("5");
       expect(refused.json().error).toBe("OVERLOADED");
       expect((await small.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
+      // Readiness tells the truth: a load balancer should send this instance nothing new.
+      const ready = await small.inject({ method: "GET", url: "/readyz" });
+      expect(ready.statusCode).toBe(503);
+      expect(ready.json()).toMatchObject({ ready: false, overloaded: true });
       await holder`commit`;
       for (const res of await Promise.all(waiting)) expect(res.statusCode).toBe(202);
       expect(

@@ -14,7 +14,11 @@ import {
   KEY_PACKAGE_LIFETIME_MS,
   NOT_BEFORE_SKEW_MS,
 } from "../../src/keys/key-package.js";
-import { signWebhook, WEBHOOK_HEADERS } from "../../src/keys/publisher.js";
+import {
+  verifyKeyPackageWebhook,
+  WEBHOOK_HEADERS,
+  WebhookSignatureError,
+} from "../../src/client/webhooks.js";
 import { ed25519PublicKey } from "../../src/keys/signature.js";
 import { createLogger } from "../../src/logger.js";
 import * as identities from "../../src/services/identities.service.js";
@@ -107,8 +111,9 @@ describe("key packages", () => {
 
     const sealed = await storedPrivateKey(ctx, current.ref);
     if (!sealed) throw new Error("no stored private key");
+    const binding = { generation: current.generation, ref: current.ref };
     const opened = decodePrivateKeyPackage(
-      ctx.rotor.keyring.open(sealed, "alice", "key-package-private"),
+      ctx.rotor.keyring.open(sealed, "alice", "key-package-private", binding),
     );
     expect(Buffer.from(sealed).includes(Buffer.from(opened.initPrivateKey))).toBe(false);
     expect(opened.signaturePrivateKey).toEqual(seed);
@@ -118,10 +123,17 @@ describe("key packages", () => {
     expect(await sealOpen(info.encryptionKey, opened.encryptionPrivateKey)).toEqual(
       new TextEncoder().encode("hello"),
     );
-    // The sealed material is bound to its identity: copied to another, it does not open.
-    expect(() => ctx.rotor.keyring.open(sealed, "bob", "key-package-private")).toThrow(
-      /failed authentication/,
-    );
+    // The sealed material is bound to its identity and key package: copied to another identity
+    // or another key-package row (generation, ref), it does not open.
+    for (const [id, other] of [
+      ["bob", binding],
+      ["alice", { ...binding, generation: binding.generation + 1 }],
+      ["alice", { ...binding, ref: "00".repeat(32) }],
+    ] as const) {
+      expect(() => ctx.rotor.keyring.open(sealed, id, "key-package-private", other)).toThrow(
+        /failed authentication/,
+      );
+    }
   });
 
   it("deletion really deletes the superseded package and its sealed private half", async () => {
@@ -163,7 +175,10 @@ describe("key packages", () => {
     const second = await identities.currentKeyPackage(ctx.rotor, "carol");
     const sealed = await storedPrivateKey(ctx, second.ref);
     const opened = decodePrivateKeyPackage(
-      ctx.rotor.keyring.open(sealed as Uint8Array, "carol", "key-package-private"),
+      ctx.rotor.keyring.open(sealed as Uint8Array, "carol", "key-package-private", {
+        generation: second.generation,
+        ref: second.ref,
+      }),
     );
 
     const log = lines.join("");
@@ -235,13 +250,13 @@ describe("webhook publisher", () => {
     expect(registered).toMatchObject({
       created: true,
       generation: 0,
-      publishError: "webhook answered 500",
+      publishError: "PUBLISH_FAILED: webhook answered 500",
     });
     const failing = await identities.status(ctx.rotor, "dave");
     expect(failing).toMatchObject({
       generation: 0,
       rotationFailures: 1,
-      lastError: "webhook answered 500",
+      lastError: "PUBLISH_FAILED: webhook answered 500",
     });
     expect(failing.keyPackages.map((k) => k.state)).toEqual(["pending"]);
 
@@ -254,30 +269,32 @@ describe("webhook publisher", () => {
     );
     startWorkers(ctx);
     await published;
-    expect(failures).toEqual(["webhook did not answer within 300 ms"]);
+    expect(failures).toEqual(["PUBLISH_FAILED: webhook did not answer within 300 ms"]);
 
     expect(receiver.received).toHaveLength(3);
     const [first] = receiver.received;
-    for (const request of receiver.received) {
-      expect(request.headers["content-type"]).toBe("message/mls");
-      expect(request.headers[WEBHOOK_HEADERS.idempotencyKey]).toBe(
-        first?.headers[WEBHOOK_HEADERS.idempotencyKey],
-      );
-      expect(request.headers[WEBHOOK_HEADERS.identity]).toBe("dave");
-      expect(request.headers[WEBHOOK_HEADERS.generation]).toBe("1");
-      expect(request.body.equals(first?.body as Buffer)).toBe(true);
-      const signature = String(request.headers[WEBHOOK_HEADERS.signature]);
-      const t = Number(/^t=(\d+),/.exec(signature)?.[1]);
-      expect(signature).toBe(signWebhook(secret, t, request.body));
-      expect(signature).not.toBe(signWebhook("another-secret-0000000", t, request.body));
+    const verified = receiver.received.map((request) => {
+      expect(request.headers["content-type"]).toBe("application/json");
+      expect(request.headers[WEBHOOK_HEADERS.id]).toBe(first?.headers[WEBHOOK_HEADERS.id]);
+      const body = request.body.toString("utf8");
+      expect(() =>
+        verifyKeyPackageWebhook(["another-secret-0000000"], body, request.headers),
+      ).toThrow(WebhookSignatureError);
+      return verifyKeyPackageWebhook([secret], body, request.headers);
+    });
+    for (const message of verified) {
+      expect(message.data).toMatchObject({ identityId: "dave", generation: 1 });
+      expect(message.data.keyPackage).toBe(verified[0]?.data.keyPackage);
     }
-    const info = await inspectKeyPackage(new Uint8Array(receiver.received[2]?.body as Buffer));
+    const sent = verified[2]?.data;
+    const info = await inspectKeyPackage(Buffer.from(sent?.keyPackage ?? "", "base64"));
     expect(info.signatureValid).toBe(true);
 
     const status = await identities.status(ctx.rotor, "dave");
     expect(status).toMatchObject({ generation: 1, rotationFailures: 0, lastError: null });
     expect(status.keyPackages.map((k) => [k.generation, k.state])).toEqual([[1, "current"]]);
-    expect(status.keyPackages[0]?.ref).toBe(first?.headers[WEBHOOK_HEADERS.idempotencyKey]);
+    expect(status.keyPackages[0]?.ref).toBe(sent?.ref);
+    expect(first?.headers[WEBHOOK_HEADERS.id]).toBe(`kp_${sent?.ref}`);
 
     // The next rotation publishes a new package and supersedes the first exactly once.
     const next = nextEvent<RotationEvent>(

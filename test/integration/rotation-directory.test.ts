@@ -77,7 +77,7 @@ describe("directory rotation in one transaction", () => {
     );
     const webhook = createWebhookPublisher({
       url: "http://127.0.0.1:9/",
-      secret: "0123456789abcdef",
+      secrets: ["0123456789abcdef"],
       timeoutMs: 100,
     });
     expect(publishesByPromoting(webhook)).toBe(false);

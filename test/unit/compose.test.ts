@@ -34,4 +34,14 @@ describe("docker-compose.yml", () => {
     const seconds = Number.parseInt(compose.services.worker.stop_grace_period, 10);
     expect(seconds).toBeGreaterThan(30);
   });
+
+  it("refuses to come up without an API token or a key-encryption key", () => {
+    // `${VAR:?message}`: compose stops with the message when VAR is unset or empty.
+    // Every service merges these settings (YAML anchor x-service-env).
+    const env = compose["x-service-env"];
+    expect(compose.services.api.environment["<<"]).toEqual(env);
+    expect(env.API_TOKEN).toMatch(/^\$\{API_TOKEN:\?.+\}$/);
+    expect(env.KEY_ENCRYPTION_KEY).toMatch(/^\$\{KEY_ENCRYPTION_KEY:\?.+\}$/);
+    expect(env.ALLOW_UNAUTHENTICATED).toBeUndefined();
+  });
 });

@@ -6,7 +6,7 @@ import { KpRotorError } from "../../src/errors.js";
 
 const PASSWORD = "correct-horse-battery";
 /** The service refuses to start without a key-encryption key; it is beside the point here. */
-const BASE = { KEY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64") };
+const BASE = { KEY_ENCRYPTION_KEY: Buffer.from(Array.from({ length: 32 }, (_, i) => i + 7)).toString("base64") };
 const load = (env: Record<string, string>) => loadConfig({ ...BASE, ...env });
 
 function problemsOf(env: Record<string, string>): string[] {

@@ -4,7 +4,7 @@ import { KpRotorError } from "../../src/errors.js";
 
 const DAY = 86_400_000;
 /** Every environment gets a key-encryption key: without one the service refuses to start. */
-const KEY = Buffer.alloc(32, 7).toString("base64");
+const KEY = Buffer.from(Array.from({ length: 32 }, (_, i) => i + 7)).toString("base64");
 const load = (env: Record<string, string | undefined>) =>
   loadConfig({ KEY_ENCRYPTION_KEY: KEY, ...env });
 const TOKEN = "0123456789abcdef";
@@ -34,9 +34,17 @@ describe("loadConfig defaults", () => {
     port: 3000,
     host: "0.0.0.0",
     apiToken: undefined,
+    allowUnauthenticated: false,
     ingestToken: undefined,
     rateLimitMax: 60_000,
     rateLimitWindowMs: 60_000,
+    rateLimitRegisterMax: 600,
+    authFailureMax: 20,
+    requestTimeoutMs: 10_000,
+    maxConnectionsPerClient: 256,
+    metricsHost: "127.0.0.1",
+    metricsGaugeMaxAgeMs: 15_000,
+    maxRotationsPerHour: undefined,
     rotationIntervalMs: 2_592_000_000,
     welcomeRotationDelayMs: 5_000,
     deletionGraceMs: DAY,

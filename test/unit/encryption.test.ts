@@ -7,7 +7,9 @@ import {
   INSECURE_DEV_KEY,
   keyIdOf,
   parseKey,
+  sealedHeader,
 } from "../../src/keys/encryption.js";
+import { sealV1 } from "../helpers/legacy-seal.js";
 
 const key = () => new Uint8Array(randomBytes(32));
 const secret = new TextEncoder().encode("init, encryption and signature private keys");
@@ -51,8 +53,31 @@ describe("keyring", () => {
     const sealed = change(ring.seal(secret, "alice", "key-package-private"));
     expect(() => ring.open(sealed, identity, purpose)).toThrow(DecryptionError);
     expect(() => ring.open(sealed, identity, purpose)).toThrow(
-      /failed authentication: it was altered, or belongs to another identity or purpose/,
+      /failed authentication: it was altered, or belongs to another identity, purpose or key package/,
     );
+  });
+
+  it("binds a key package's generation and ref (version 2), and still reads version 1", () => {
+    const kek = key();
+    const ring = createKeyring(kek);
+    const binding = { generation: 7, ref: "ab".repeat(32) };
+    const sealed = ring.seal(secret, "alice", "key-package-private", binding);
+    expect(sealedHeader(sealed)).toEqual({ version: 2, keyId: keyIdOf(kek) });
+    expect(ring.open(sealed, "alice", "key-package-private", binding)).toEqual(secret);
+    for (const other of [
+      { ...binding, generation: 8 },
+      { ...binding, ref: "cd".repeat(32) },
+      undefined,
+    ]) {
+      expect(() => ring.open(sealed, "alice", "key-package-private", other)).toThrow(
+        DecryptionError,
+      );
+    }
+    const legacy = sealV1(kek, secret, "alice", "key-package-private");
+    expect(sealedHeader(legacy)).toEqual({ version: 1, keyId: keyIdOf(kek) });
+    expect(ring.open(legacy, "alice", "key-package-private", binding)).toEqual(secret);
+    expect(() => ring.open(legacy, "bob", "key-package-private", binding)).toThrow(DecryptionError);
+    expect(createKeyring(key(), kek).keyIds).toContain(keyIdOf(kek));
   });
 
   it("refuses truncated input and unknown versions", () => {
@@ -125,12 +150,97 @@ describe("key configuration", () => {
       problems,
     );
     expect(problems).toEqual([
-      "PUBLISH_WEBHOOK_URL: expected an http:// or https:// URL",
-      "PUBLISH_WEBHOOK_SECRET: expected at least 16 characters",
+      "PUBLISH_WEBHOOK_URL: expected an https:// URL",
+      "PUBLISH_WEBHOOK_SECRET: expected one or more space-separated secrets of at least 16 characters",
       "PUBLISH_WEBHOOK_TIMEOUT: expected a duration from 1ms to 10m, e.g. 5s",
     ]);
     const other: string[] = [];
     loadKeysConfig({ KEY_ENCRYPTION_KEY: good, PUBLISHER: "carrier-pigeon" }, other);
     expect(other).toEqual(['PUBLISHER="carrier-pigeon": expected directory or webhook']);
+  });
+
+  it("requires https:// for the webhook except to loopback or with PUBLISH_WEBHOOK_ALLOW_HTTP", () => {
+    const urlProblems = (url: string, allowHttp?: string) => {
+      const problems: string[] = [];
+      loadKeysConfig(
+        {
+          KEY_ENCRYPTION_KEY: good,
+          PUBLISHER: "webhook",
+          PUBLISH_WEBHOOK_URL: url,
+          PUBLISH_WEBHOOK_SECRET: "0123456789abcdef",
+          ...(allowHttp === undefined ? {} : { PUBLISH_WEBHOOK_ALLOW_HTTP: allowHttp }),
+        },
+        problems,
+      );
+      return problems;
+    };
+    for (const ok of [
+      "https://receiver.example/kp",
+      "http://127.0.0.1:8080/kp",
+      "http://localhost/kp",
+      "http://[::1]:9/kp",
+    ]) {
+      expect(urlProblems(ok), ok).toEqual([]);
+    }
+    expect(urlProblems("http://receiver.example/kp")).toEqual([
+      expect.stringMatching(
+        /^PUBLISH_WEBHOOK_URL: expected an https:\/\/ URL \(http:\/\/ only to a loopback/,
+      ),
+    ]);
+    // A name that merely starts like a loopback address is not one.
+    expect(urlProblems("http://127.0.0.1.evil.example/kp")).toHaveLength(1);
+    expect(urlProblems("http://receiver.example/kp", "true")).toEqual([]);
+  });
+
+  it("takes several space-separated webhook secrets, for rotation", () => {
+    const problems: string[] = [];
+    const config = loadKeysConfig(
+      {
+        KEY_ENCRYPTION_KEY: good,
+        PUBLISHER: "webhook",
+        PUBLISH_WEBHOOK_URL: "https://receiver.example/kp",
+        PUBLISH_WEBHOOK_SECRET: " old-secret-0123456789  whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw ",
+      },
+      problems,
+    );
+    expect(problems).toEqual([]);
+    expect(config.publisher).toMatchObject({
+      secrets: ["old-secret-0123456789", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    });
+  });
+
+  it("refuses degenerate keys, and the development key in production", () => {
+    for (const byte of [0, 7, 255]) {
+      const problems: string[] = [];
+      loadKeysConfig({ KEY_ENCRYPTION_KEY: Buffer.alloc(32, byte).toString("base64") }, problems);
+      expect(problems).toEqual([
+        expect.stringMatching(/^KEY_ENCRYPTION_KEY: refusing a degenerate key/),
+      ]);
+      const previous: string[] = [];
+      loadKeysConfig(
+        {
+          KEY_ENCRYPTION_KEY: good,
+          KEY_ENCRYPTION_KEY_PREVIOUS: Buffer.alloc(32, byte).toString("base64"),
+        },
+        previous,
+      );
+      expect(previous).toEqual([
+        expect.stringMatching(/^KEY_ENCRYPTION_KEY_PREVIOUS: refusing a degenerate/),
+      ]);
+    }
+    const flag: string[] = [];
+    loadKeysConfig({ KP_ROTOR_INSECURE_DEV_KEY: "1", NODE_ENV: "production" }, flag);
+    expect(flag).toEqual([
+      expect.stringMatching(/^KP_ROTOR_INSECURE_DEV_KEY: refused with NODE_ENV=production/),
+    ]);
+    const devKey = Buffer.from(INSECURE_DEV_KEY).toString("base64");
+    const named: string[] = [];
+    loadKeysConfig({ KEY_ENCRYPTION_KEY: devKey, NODE_ENV: "production" }, named);
+    expect(named).toEqual([
+      "KEY_ENCRYPTION_KEY: the public development key is refused with NODE_ENV=production",
+    ]);
+    const dev: string[] = [];
+    loadKeysConfig({ KP_ROTOR_INSECURE_DEV_KEY: "1", NODE_ENV: "development" }, dev);
+    expect(dev).toEqual([]);
   });
 });

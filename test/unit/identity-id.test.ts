@@ -38,6 +38,9 @@ describe("identityIdProblem: invalid ids", () => {
     ["unicode letter", "alicé", CHARSET],
     ["emoji", "a😀", CHARSET],
     ["NUL", "a\u0000b", CHARSET],
+    // Path segments: a receiver building a URL or a file name from the id would climb a level.
+    ["dot", ".", 'identity id must not be "."'],
+    ["dot dot", "..", 'identity id must not be ".."'],
     ["number", 123, "identity id must be a string"],
     ["undefined", undefined, "identity id must be a string"],
     ["null", null, "identity id must be a string"],
@@ -45,5 +48,6 @@ describe("identityIdProblem: invalid ids", () => {
     ["String object", new String("abc"), "identity id must be a string"],
   ])("%s", (_name, value, message) => {
     expect(identityIdProblem(value)).toBe(message);
+    if (typeof value === "string") expect(new RegExp(IDENTITY_ID_PATTERN).test(value)).toBe(false);
   });
 });

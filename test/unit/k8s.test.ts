@@ -3,8 +3,10 @@ import { readdirSync, readFileSync } from "node:fs";
 import { Deployment } from "kubernetes-models/apps/v1/Deployment";
 import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler";
 import { Job } from "kubernetes-models/batch/v1/Job";
+import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1/NetworkPolicy";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
+import { Namespace } from "kubernetes-models/v1/Namespace";
 import { Secret } from "kubernetes-models/v1/Secret";
 import { Service } from "kubernetes-models/v1/Service";
 import ts from "typescript";
@@ -27,7 +29,7 @@ const SAMPLE_SECRET: Record<string, string> = {
   DATABASE_URL: "postgres://kp_rotor:pw@postgres.example.internal:5432/kp_rotor",
   REDIS_URL: "redis://:pw@redis.example.internal:6379",
   API_TOKEN: "0123456789abcdef0123456789abcdef",
-  KEY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
+  KEY_ENCRYPTION_KEY: Buffer.from(Array.from({ length: 32 }, (_, i) => i + 7)).toString("base64"),
 };
 /** Settings that never go in the ConfigMap. */
 const SECRET_KEYS = [
@@ -45,6 +47,11 @@ const MODELS: Record<string, { model: new (data: never) => { validate(): void };
   "v1/ConfigMap": { model: ConfigMap, type: "v1/ConfigMap#IConfigMap" },
   "v1/Secret": { model: Secret, type: "v1/Secret#ISecret" },
   "v1/Service": { model: Service, type: "v1/Service#IService" },
+  "v1/Namespace": { model: Namespace, type: "v1/Namespace#INamespace" },
+  "networking.k8s.io/v1/NetworkPolicy": {
+    model: NetworkPolicy,
+    type: "networking.k8s.io/v1/NetworkPolicy#INetworkPolicy",
+  },
   "apps/v1/Deployment": { model: Deployment, type: "apps/v1/Deployment#IDeployment" },
   "batch/v1/Job": { model: Job, type: "batch/v1/Job#IJob" },
   "policy/v1/PodDisruptionBudget": {
@@ -284,6 +291,43 @@ describe("deploy/k8s: the objects fit together", () => {
       expect(Object.keys(c.resources.requests).sort()).toEqual(["cpu", "memory"]);
       expect(c.resources.limits.memory).toBeDefined();
     }
+  });
+});
+
+describe("deploy/k8s: isolation", () => {
+  it("runs in its own namespace under the restricted Pod Security Standard", () => {
+    expect(kustomization.namespace).toBe("kp-rotor");
+    const ns = find("Namespace", "kp-rotor") as Manifest & {
+      metadata: { labels: Record<string, string> };
+    };
+    for (const mode of ["enforce", "audit", "warn"]) {
+      expect(ns.metadata.labels[`pod-security.kubernetes.io/${mode}`]).toBe("restricted");
+    }
+  });
+
+  it("admits ingress only to the API's port, and to metrics from the monitoring namespace", () => {
+    const policies = applied.filter((m) => m.kind === "NetworkPolicy");
+    const deny = policies.find((p) => Object.keys(p.spec.podSelector).length === 0);
+    expect(deny?.spec).toEqual({ podSelector: {}, policyTypes: ["Ingress"] });
+    const rulesFor = (d: Manifest) =>
+      policies
+        .filter((p) =>
+          matches(p.spec.podSelector.matchLabels ?? {}, d.spec.template.metadata.labels),
+        )
+        .flatMap((p) => p.spec.ingress ?? []);
+    const ports = (rules: Manifest[]) =>
+      rules.flatMap((r) => r.ports.map((p: { port: string }) => p.port)).sort();
+    expect(ports(rulesFor(api))).toEqual(["http", "metrics"]);
+    expect(ports(rulesFor(worker))).toEqual(["metrics"]);
+    for (const rule of [...rulesFor(api), ...rulesFor(worker)]) {
+      if (rule.ports.some((p: { port: string }) => p.port === "metrics")) {
+        expect(rule.from).toEqual([
+          { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "monitoring" } } },
+        ]);
+      }
+    }
+    // The unauthenticated metrics port listens beyond loopback only because of this policy.
+    expect(configMap.data.METRICS_HOST).toBe("0.0.0.0");
   });
 });
 

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import { createFailureLimiter } from "./auth-failures.js";
 
 const digest = (value: string) => createHash("sha256").update(value).digest();
 
@@ -21,6 +22,8 @@ export interface AuthOptions {
   basic: { user: string; password: string } | undefined;
   /** Serve /docs without credentials (DOCS_PUBLIC). */
   docsPublic: boolean;
+  /** Failed authentications per client address per window before 429; absent or 0: no limit. */
+  failures?: { max: number; windowMs: number };
 }
 
 type Area = "public" | "api" | "docs" | "board";
@@ -50,10 +53,25 @@ function areaOf(request: FastifyRequest, docsPublic: boolean): Area {
  * - /docs: like the API, and basic credentials also do; DOCS_PUBLIC=true opens it.
  * - /admin/queues: always closed; bearer token or basic credentials, whichever are configured
  *   (the board is not mounted when neither is).
+ *
+ * A request that passes is marked with its principal (`request.principal`), which the rate
+ * limiter keys on. A client address whose credentials failed `failures.max` times in a window
+ * gets 429 before any credential it sends is even compared, so a password cannot be guessed at
+ * line speed.
  */
 export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
   const { token, basic, docsPublic } = options;
-  if (token === undefined && basic === undefined) return;
+  if (token === undefined && basic === undefined) {
+    // An open API (ALLOW_UNAUTHENTICATED): each address is its own client.
+    app.addHook("onRequest", async (request) => {
+      request.principal = `ip:${request.ip}`;
+    });
+    return;
+  }
+  const failures =
+    options.failures && options.failures.max > 0
+      ? createFailureLimiter(options.failures.max, options.failures.windowMs)
+      : undefined;
   const expectedToken = token === undefined ? undefined : digest(token);
   const expectedIngest =
     options.ingestToken === undefined ? undefined : digest(options.ingestToken);
@@ -73,12 +91,26 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
 
   app.addHook("onRequest", async (request, reply) => {
     const area = areaOf(request, docsPublic);
+    request.principal = `ip:${request.ip}`;
     if (area === "public") return;
-    // With no API token, the API (and so its docs) is open, as it always was.
-    if ((area === "api" || area === "docs") && token === undefined) return;
+    // With no API token the API is open (ALLOW_UNAUTHENTICATED); its docs too, unless the board's
+    // login exists to protect them.
+    if (token === undefined && (area === "api" || (area === "docs" && basic === undefined))) return;
+    const retryAfter = failures?.blockedFor(request.ip);
+    if (retryAfter !== undefined) {
+      reply.header("retry-after", String(retryAfter));
+      return reply.status(429).send({
+        error: "RATE_LIMITED",
+        message: "too many failed authentications from this address; retry later",
+      });
+    }
     const header = request.headers.authorization ?? "";
-    if (bearerOk(header)) return;
+    if (bearerOk(header)) {
+      request.principal = "api";
+      return;
+    }
     if (area === "api" && ingestOk(header)) {
+      request.principal = "ingest";
       if (INGEST_ROUTES.has(request.routeOptions.url ?? "")) return;
       return reply.status(403).send({
         error: "FORBIDDEN",
@@ -87,7 +119,11 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
       });
     }
     const browser = area === "board" || area === "docs";
-    if (browser && basicOk(header)) return;
+    if (browser && basicOk(header)) {
+      request.principal = "board";
+      return;
+    }
+    failures?.fail(request.ip);
     const challenge =
       browser && basic !== undefined ? 'Basic realm="kp-rotor"' : 'Bearer realm="kp-rotor"';
     reply.header("www-authenticate", challenge);

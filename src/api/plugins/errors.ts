@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance } from "fastify";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
+import { isUnavailable, redactError } from "../../safe-errors.js";
 
 const STATUS: Record<string, number> = {
   [ErrorCodes.invalidIdentityId]: 400,
@@ -8,39 +9,6 @@ const STATUS: Record<string, number> = {
   [ErrorCodes.unavailable]: 503,
   [ErrorCodes.publishFailed]: 502,
 };
-
-/** Errors from the drivers that mean "Postgres or Redis is not answering", not "we are broken". */
-const UNAVAILABLE =
-  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|CONNECT_TIMEOUT|Connection is closed|MaxRetriesPerRequest|Command timed out|Stream isn't writeable|the database system is (starting up|shutting down)|terminating connection/;
-
-function isUnavailable(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; depth++) {
-    const code = (e as { code?: unknown }).code;
-    // ioredis names the error of a command that ran out of retries (MaxRetriesPerRequestError)
-    // without saying so in its message: test the name too.
-    if (
-      UNAVAILABLE.test(e.message) ||
-      UNAVAILABLE.test(e.name) ||
-      (typeof code === "string" && UNAVAILABLE.test(code))
-    ) {
-      return true;
-    }
-    // Postgres admin shutdown / cannot connect now.
-    // Postgres shutting down or not accepting connections, or too slow (lock_timeout,
-    // statement_timeout, idle-in-transaction timeout).
-    if (
-      code === "57P01" ||
-      code === "57P03" ||
-      code === "55P03" ||
-      code === "57014" ||
-      code === "25P03"
-    ) {
-      return true;
-    }
-    e = e.cause;
-  }
-  return false;
-}
 
 /** A plugin's own code (rate limiting says RATE_LIMITED), else Fastify's, else a generic one. */
 function clientErrorCode(err: unknown, code: string | undefined): string {
@@ -74,14 +42,14 @@ export function registerErrorHandler(app: FastifyInstance): void {
         .send({ error: clientErrorCode(err, fastifyErr.code), message: err.message });
     }
     if (isUnavailable(err)) {
-      request.log.warn({ err }, "dependency unavailable");
+      request.log.warn({ err: redactError(err) }, "dependency unavailable");
       reply.header("retry-after", "5");
       return reply.status(503).send({
         error: ErrorCodes.unavailable,
         message: "Postgres or Redis is unavailable; retry later",
       });
     }
-    request.log.error({ err }, "internal error");
+    request.log.error({ err: redactError(err) }, "internal error");
     return reply.status(500).send({ error: "INTERNAL", message: "internal error" });
   });
   app.setNotFoundHandler((request, reply) =>

@@ -42,8 +42,11 @@ const tags = ["identities"];
 
 export interface IdentityRouteDeps {
   rotor: Rotor;
-  /** Told how many welcomes each request accepted (the welcomes counter). */
-  onWelcomes?: (count: number) => void;
+  /**
+   * Told how many welcomes each request accepted and how many of them pulled a rotation in
+   * (each such causes one rotation), and by whom (the welcomes counters).
+   */
+  onWelcomes?: (count: number, pulledIn: number, principal: string | undefined) => void;
 }
 
 /** Thin routes: validate, call one service function, shape the answer. */
@@ -111,7 +114,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
         request.params.identityId,
         rotor.timing.welcomeRotationDelayMs,
       );
-      deps.onWelcomes?.(1);
+      deps.onWelcomes?.(1, result.changed ? 1 : 0, request.principal);
       return reply.status(202).send({
         identityId: result.identityId,
         nextRotationAt: iso(result.rotationDeadline),
@@ -165,7 +168,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
         request.body.identityIds,
         rotor.timing.welcomeRotationDelayMs,
       );
-      deps.onWelcomes?.(results.length);
+      deps.onWelcomes?.(results.length, results.filter((r) => r.changed).length, request.principal);
       return reply.status(202).send({
         accepted: results.map((r) => ({
           identityId: r.identityId,

@@ -5,6 +5,8 @@ import { commonErrors, health, readiness } from "../schemas.js";
 export interface OperationRouteDeps {
   checkReady: () => Promise<{ postgres: boolean; redis: boolean }>;
   isAccepting?: (() => boolean) | undefined;
+  /** True while the API refuses new work (503 OVERLOADED). */
+  isOverloaded?: (() => boolean) | undefined;
   metrics: Metrics;
 }
 
@@ -30,7 +32,7 @@ export function operationRoutes(app: FastifyInstance, deps: OperationRouteDeps):
     {
       schema: {
         tags,
-        summary: "Postgres and Redis answer and the process is not shutting down",
+        summary: "Postgres and Redis answer, the process is not overloaded and not shutting down",
         security: [],
         response: {
           200: { description: "Ready", ...readiness },
@@ -41,8 +43,9 @@ export function operationRoutes(app: FastifyInstance, deps: OperationRouteDeps):
     async (_request, reply) => {
       const checks = await deps.checkReady();
       const accepting = deps.isAccepting?.() ?? true;
-      const ready = accepting && checks.postgres && checks.redis;
-      return reply.status(ready ? 200 : 503).send({ ready, accepting, ...checks });
+      const overloaded = deps.isOverloaded?.() ?? false;
+      const ready = accepting && !overloaded && checks.postgres && checks.redis;
+      return reply.status(ready ? 200 : 503).send({ ready, accepting, overloaded, ...checks });
     },
   );
 
