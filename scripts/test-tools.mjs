@@ -32,7 +32,9 @@ if (!onPath("apt-get")) {
 }
 const root = process.getuid?.() === 0;
 if (!root && !onPath("sudo")) {
-  console.error(`test tools: missing ${list}; run as root or install: apt-get install chromium prometheus`);
+  console.error(
+    `test tools: missing ${list}; run as root or install: apt-get install chromium prometheus`,
+  );
   process.exit(1);
 }
 
