@@ -226,7 +226,7 @@ describe("deploy/k8s: the objects fit together", () => {
 
   it("the image's entry point takes those args: exec-form ENTRYPOINT running the compiled CLI", () => {
     // A shell-form ENTRYPOINT would ignore args; CMD is only the default (start) they replace.
-    // test/integration/dockerfile.test.ts builds the image and runs each subcommand through it.
+    // test/image/dockerfile.test.ts builds the image and runs each subcommand through it.
     const stages = parseDockerfile(readFileSync(new URL("../../Dockerfile", import.meta.url), "utf8"));
     const image = stages.at(-1) as NonNullable<ReturnType<typeof stages.at>>;
     const entrypoint = lastOf(image, "ENTRYPOINT");
