@@ -10,8 +10,15 @@ export interface RunningApi {
   close(): Promise<void>;
 }
 
-/** Builds the API on a context and listens on the configured host and port. */
-export async function startApi(ctx: Context): Promise<RunningApi> {
+/**
+ * Builds the API on a context and listens on the configured host and port. `openBoard` mounts
+ * Bull Board without credentials when none are configured: dev mode only, which listens on
+ * loopback only (src/cli/dev.ts).
+ */
+export async function startApi(
+  ctx: Context,
+  options: { openBoard?: boolean | undefined } = {},
+): Promise<RunningApi> {
   assertApiProtected(ctx.config);
   let accepting = true;
   const app = await buildApp({
@@ -33,6 +40,7 @@ export async function startApi(ctx: Context): Promise<RunningApi> {
       user: ctx.config.boardUser,
       password: ctx.config.boardPassword,
       readOnly: ctx.config.boardReadOnly,
+      open: options.openBoard ?? false,
     },
     docsPublic: ctx.config.docsPublic,
   });

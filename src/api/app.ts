@@ -41,7 +41,13 @@ export interface AppDeps {
    * Bull Board at /admin/queues: HTTP basic credentials (BOARD_USER/BOARD_PASSWORD) and
    * read-only mode. The board is mounted only if these or an API token protect it.
    */
-  board?: { user?: string | undefined; password?: string | undefined; readOnly?: boolean };
+  board?: {
+    user?: string | undefined;
+    password?: string | undefined;
+    readOnly?: boolean;
+    /** Mount it without credentials when none are configured (dev mode, loopback only). */
+    open?: boolean;
+  };
   /** Serve /docs without credentials (DOCS_PUBLIC). */
   docsPublic?: boolean;
 }
@@ -104,7 +110,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   keyRoutes(app, deps.rotor);
   await registerDocsUi(app);
 
-  if (deps.apiToken === undefined && basic === undefined) {
+  const open = deps.apiToken === undefined && basic === undefined;
+  if (open && deps.board?.open) {
+    await registerBoard(app, {
+      queues: deps.rotor.timers.queues,
+      readOnly: deps.board.readOnly ?? false,
+    });
+    app.log.info(`Bull Board at ${BOARD_PREFIX} without credentials (dev mode)`);
+  } else if (open) {
     app.log.warn(
       `Bull Board not mounted at ${BOARD_PREFIX}: set API_TOKEN or BOARD_USER and BOARD_PASSWORD`,
     );

@@ -2,7 +2,7 @@ import closeWithGrace from "close-with-grace";
 import { assertApiProtected, type Config, loadConfig } from "../config.js";
 import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
-import { createLogger } from "../logger.js";
+import { createLogger, type Logger } from "../logger.js";
 import { startApi } from "../server.js";
 import * as identities from "../services/identities.service.js";
 import { reconcile } from "../services/reconcile.service.js";
@@ -19,8 +19,13 @@ import { progressBar } from "./progress.js";
 export async function runCommand(
   command: string,
   identityId: string | undefined,
-  quiet: boolean,
+  flags: { quiet: boolean; embedded: boolean },
 ): Promise<number> {
+  if (command === "dev") {
+    const { runDev } = await import("./dev.js");
+    return runDev({ embedded: flags.embedded });
+  }
+  const { quiet } = flags;
   const config = loadConfig();
   switch (command) {
     case "migrate":
@@ -46,13 +51,28 @@ async function migrate(config: Config): Promise<number> {
   }
 }
 
+export interface ServeOptions {
+  log?: Logger;
+  /** Bull Board without credentials when none are configured (dev mode, loopback only). */
+  openBoard?: boolean;
+  /** Stopped after everything else: the backends dev mode started. */
+  stopLast?: () => Promise<void>;
+  onListening?: (api: { address: string; metricsPort: number | undefined }) => void;
+}
+
 /** Long-running processes; SIGTERM/SIGINT close them in reverse order of start. */
-async function serve(config: Config, command: "start" | "api" | "worker"): Promise<number> {
+export async function serve(
+  config: Config,
+  command: "start" | "api" | "worker",
+  options: ServeOptions = {},
+): Promise<number> {
   // Before anything starts: an API process without a token refuses at once, in one line.
   if (command !== "worker") assertApiProtected(config);
-  const log = createLogger(config.logLevel);
+  const log = options.log ?? createLogger(config.logLevel);
   const ctx = await createContext(config, log, { migrate: command !== "api" });
-  const stops: (() => Promise<void>)[] = [() => ctx.close()];
+  const stops: (() => Promise<void>)[] = [];
+  if (options.stopLast) stops.push(options.stopLast);
+  stops.push(() => ctx.close());
   // Keys sealed under a KEK this process does not have: logged, in the safety view and metrics.
   checkSealedKeys(ctx.rotor).catch((err) =>
     log.warn(
@@ -68,9 +88,10 @@ async function serve(config: Config, command: "start" | "api" | "worker"): Promi
   if (metrics) stops.push(() => metrics.close());
   if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
   if (command !== "worker") {
-    const api = await startApi(ctx);
+    const api = await startApi(ctx, { openBoard: options.openBoard });
     stops.push(api.close);
     log.info({ address: api.address }, "api listening");
+    options.onListening?.({ address: api.address, metricsPort: metrics?.port });
   }
   // Workers wait up to WORKER_LOCK_DURATION for active wake-ups; 10 s more for the rest. The
   // Kubernetes worker pods' terminationGracePeriodSeconds (deploy/k8s) is above this.

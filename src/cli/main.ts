@@ -28,6 +28,13 @@ const COMMANDS: Record<string, CommandSpec> = {
     details:
       "Metrics on METRICS_PORT (GET /metrics). On SIGTERM it takes no new wake-ups and waits for\nthe active ones, at most WORKER_LOCK_DURATION.",
   },
+  dev: {
+    usage: "dev [--embedded]",
+    summary: "start for development: local or private Postgres and Redis, open board",
+    details:
+      "Loopback only, with the public development key. Uses Postgres and Redis on their default\naddresses when they answer (database kp_rotor_dev), else starts private ones with their data\nin .kp-rotor/ (embedded Postgres, redis-server from PATH). Bull Board needs no credentials.\n\noptions:\n  --embedded    private Postgres and Redis even when others answer",
+    options: { embedded: { type: "boolean" } },
+  },
   migrate: { usage: "migrate", summary: "apply the database migrations in drizzle/" },
   reconcile: {
     usage: "reconcile [--quiet]",
@@ -118,9 +125,13 @@ async function main(command: string | undefined, rest: string[]): Promise<number
   }
   // Loaded only now: the service's modules take a second or more to load, --help should not.
   const { runCommand } = await import("./commands.js");
-  // Only reconcile and rewrap declare --quiet; parseArgs has refused it elsewhere.
-  const quiet = (values as { quiet?: boolean }).quiet === true;
-  return runCommand(command, positionals[0], quiet);
+  // Only reconcile and rewrap declare --quiet, only dev --embedded; parseArgs has refused them
+  // elsewhere.
+  const flags = values as { quiet?: boolean; embedded?: boolean };
+  return runCommand(command, positionals[0], {
+    quiet: flags.quiet === true,
+    embedded: flags.embedded === true,
+  });
 }
 
 const unknownCommand = (name: string) =>

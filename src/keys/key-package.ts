@@ -28,6 +28,10 @@ import {
   type KeyPackage,
   zeroOutUint8Array,
 } from "ts-mls";
+// @noble/hashes is a runtime dependency of this service (package.json) though no line here names
+// it: ts-mls 1.6.4's root module re-exports its noble crypto provider, which imports
+// @noble/hashes at load time without declaring it, so without it this import fails at start
+// (ERR_MODULE_NOT_FOUND), whatever the ciphersuite.
 // Not re-exported from the package root, but public through ts-mls's "./*.js" export map.
 import { makeKeyPackageRef, verifyKeyPackage } from "ts-mls/keyPackage.js";
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js";

@@ -8,8 +8,8 @@ import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
 /**
  * Bull Board as a person sees it: the API listening for real, Debian's Chromium (installed by
- * .ci/run) with basic-auth credentials, the registered identity's wake-up on the Delayed tab.
- * The screenshot lands in test/artifacts/board.png.
+ * npm test's first step, scripts/test-tools.mjs) with basic-auth credentials, the registered
+ * identity's wake-up on the Delayed tab. The screenshot lands in test/artifacts/board.png.
  */
 
 const CHROMIUM = "/usr/bin/chromium";

@@ -1,6 +1,8 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { loadConfig } from "../../src/config.js";
+import { configNames, interpolate } from "../helpers/config-env.js";
 
 // No Docker engine (nor the compose plugin) runs where the tests run, so the compose file is
 // checked as data: the parts the service's guarantees depend on.
@@ -43,5 +45,47 @@ describe("docker-compose.yml", () => {
     expect(env.API_TOKEN).toMatch(/^\$\{API_TOKEN:\?.+\}$/);
     expect(env.KEY_ENCRYPTION_KEY).toMatch(/^\$\{KEY_ENCRYPTION_KEY:\?.+\}$/);
     expect(env.ALLOW_UNAUTHENTICATED).toBeUndefined();
+  });
+});
+
+describe("docker-compose.yml: the services' environment", () => {
+  // With YAML merge keys resolved, as Compose does (x-service-env is merged into each service).
+  const merged = parse(readFileSync(new URL("../../docker-compose.yml", import.meta.url), "utf8"), {
+    merge: true,
+  });
+  const built = Object.entries<{ build?: string; environment?: Record<string, string> }>(
+    merged.services,
+  ).filter(([, s]) => s.build !== undefined);
+  const shell = { KEY_ENCRYPTION_KEY: Buffer.alloc(32, 3).toString("base64") };
+
+  it("gives every service built from the image an environment the config loader accepts", () => {
+    expect(built.map(([name]) => name).sort()).toEqual(["api", "migrate", "worker"]);
+    for (const [name, service] of built) {
+      const env = Object.fromEntries(
+        Object.entries(service.environment ?? {}).map(([k, v]) => [
+          k,
+          interpolate(String(v), shell),
+        ]),
+      );
+      expect(() => loadConfig(env), name).not.toThrow();
+      // Every name is one the service reads: a misspelt one would be ignored silently.
+      const known = configNames(env);
+      for (const key of Object.keys(env)) expect(known.has(key), `${name}: ${key}`).toBe(true);
+      // The Compose network's Postgres and Redis, not the development defaults.
+      expect(loadConfig(env).databaseUrl).toMatch(/@postgres:5432\//);
+      expect(loadConfig(env).redisUrl).toBe("redis://redis:6379");
+    }
+  });
+
+  it("refuses to start without KEY_ENCRYPTION_KEY instead of sealing keys with a default", () => {
+    const [, api] = built.find(([name]) => name === "api") ?? [];
+    const raw = String(api?.environment?.KEY_ENCRYPTION_KEY);
+    expect(() => interpolate(raw, {})).toThrow(/KEY_ENCRYPTION_KEY/);
+  });
+
+  it("the API's PORT is the port it publishes and checks", () => {
+    const api = merged.services.api;
+    expect(api.ports).toEqual([`${api.environment.PORT}:${api.environment.PORT}`]);
+    expect(api.healthcheck.test.join(" ")).toContain(`127.0.0.1:${api.environment.PORT}/readyz`);
   });
 });

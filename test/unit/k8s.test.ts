@@ -14,6 +14,8 @@ import { describe, expect, it } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { loadConfig } from "../../src/config.js";
 import { parseDuration } from "../../src/core/duration.js";
+import { configNames } from "../helpers/config-env.js";
+import { lastOf, parseDockerfile } from "../helpers/dockerfile.js";
 
 // The manifests in deploy/k8s are checked as data: each object against the Kubernetes OpenAPI
 // schema (kubernetes-models' validators: types, required fields, formats), then for fields the
@@ -229,6 +231,25 @@ describe("deploy/k8s: the objects fit together", () => {
     expect(podSpec(migrateJob).restartPolicy).toBe("Never");
   });
 
+  it("the image's entry point takes those args: exec-form ENTRYPOINT running the compiled CLI", () => {
+    // A shell-form ENTRYPOINT would ignore args; CMD is only the default (start) they replace.
+    // test/image/dockerfile.test.ts builds the image and runs each subcommand through it.
+    const stages = parseDockerfile(readFileSync(new URL("../../Dockerfile", import.meta.url), "utf8"));
+    const image = stages.at(-1) as NonNullable<ReturnType<typeof stages.at>>;
+    const entrypoint = lastOf(image, "ENTRYPOINT");
+    expect(entrypoint?.exec).toBe(true);
+    expect(entrypoint?.args).toEqual(["node", "dist/src/cli/main.js"]);
+    expect(lastOf(image, "CMD")?.args).toEqual(["start"]);
+    // The probes' ports are ones the image exposes.
+    const exposed = (lastOf(image, "EXPOSE")?.args ?? []).map(Number);
+    for (const d of [api, worker]) {
+      for (const p of containerOf(d).ports) expect(exposed).toContain(p.containerPort);
+    }
+    // The manifests' image is the one kustomization.yaml retags.
+    const names = (kustomization.images as { name: string }[]).map((i) => i.name);
+    for (const m of workloads) expect(names).toContain(containerOf(m).image.split(":")[0]);
+  });
+
   it("gives workers time to finish active wake-ups before SIGKILL", () => {
     expect(worker.spec.replicas).toBe(3);
     const lockMs = parseDuration(configMap.data.WORKER_LOCK_DURATION);
@@ -285,7 +306,7 @@ describe("deploy/k8s: the objects fit together", () => {
         readOnlyRootFilesystem: true,
         capabilities: { drop: ["ALL"] },
       });
-      // tsx writes its cache under /tmp: with a read-only root it needs a volume there.
+      // A read-only root leaves no writable temp directory: a volume at /tmp gives one.
       const tmp = c.volumeMounts.find((v: { mountPath: string }) => v.mountPath === "/tmp");
       expect(spec.volumes.map((v: { name: string }) => v.name)).toContain(tmp?.name);
       expect(Object.keys(c.resources.requests).sort()).toEqual(["cpu", "memory"]);
@@ -342,6 +363,11 @@ describe("deploy/k8s: configuration and secrets", () => {
     expect(Object.keys(secret.stringData).sort()).toEqual(Object.keys(SAMPLE_SECRET).sort());
     // The service's whole environment in the cluster: every value must pass loadConfig.
     expect(() => loadConfig({ ...configMap.data, ...SAMPLE_SECRET })).not.toThrow();
+    // And every name in them is one the service reads (loadConfig ignores unknown ones).
+    const known = configNames({ ...configMap.data, ...SAMPLE_SECRET });
+    for (const key of [...Object.keys(configMap.data), ...SECRET_KEYS]) {
+      expect(known.has(key), key).toBe(true);
+    }
   });
 
   it("every workload takes its environment from the ConfigMap and the Secret, by name", () => {
