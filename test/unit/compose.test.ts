@@ -10,11 +10,21 @@ const compose = parse(readFileSync(new URL("../../docker-compose.yml", import.me
 
 describe("docker-compose.yml", () => {
   it("has the stack: postgres, redis, one-shot migrate, api, three workers", () => {
-    expect(Object.keys(compose.services).sort()).toEqual(["api", "migrate", "postgres", "redis", "worker"]);
+    expect(Object.keys(compose.services).sort()).toEqual([
+      "api",
+      "migrate",
+      "postgres",
+      "redis",
+      "worker",
+    ]);
     expect(compose.services.worker.deploy.replicas).toBe(3);
     expect(compose.services.migrate.restart).toBe("no");
-    expect(compose.services.worker.depends_on.migrate.condition).toBe("service_completed_successfully");
-    expect(compose.services.api.depends_on.migrate.condition).toBe("service_completed_successfully");
+    expect(compose.services.worker.depends_on.migrate.condition).toBe(
+      "service_completed_successfully",
+    );
+    expect(compose.services.api.depends_on.migrate.condition).toBe(
+      "service_completed_successfully",
+    );
   });
 
   it("keeps Redis data and never evicts a wake-up", () => {
@@ -56,7 +66,11 @@ describe("docker-compose.yml: the services' environment", () => {
   const built = Object.entries<{ build?: string; environment?: Record<string, string> }>(
     merged.services,
   ).filter(([, s]) => s.build !== undefined);
-  const shell = { KEY_ENCRYPTION_KEY: Buffer.alloc(32, 3).toString("base64") };
+  // What the operator's shell gives compose: the two secrets it requires.
+  const shell = {
+    KEY_ENCRYPTION_KEY: Buffer.from(Array.from({ length: 32 }, (_, i) => i + 1)).toString("base64"),
+    API_TOKEN: "compose-test-token-0123456789",
+  };
 
   it("gives every service built from the image an environment the config loader accepts", () => {
     expect(built.map(([name]) => name).sort()).toEqual(["api", "migrate", "worker"]);
