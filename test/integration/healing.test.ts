@@ -209,6 +209,22 @@ describe("the backstop cannot be saturated (B, C)", () => {
     expect(armed.map((a) => [a.id, a.action.kind])).toEqual([["dora", "add"]]);
     const [view] = await rotor.timers.view("deletion", ["dora"]);
     expect(view?.state).toBe("delayed");
+
+    // A deletion wake-up that exists but fires far too late (moved by hand): the census sees
+    // nothing wrong, the watchdog's deletion scan brings it back to its delete_at.
+    await runtime.startupReconcile; // the reconcile mark is there: the run below only scans
+    await rotor.timers.apply(
+      "deletion",
+      "dora",
+      { kind: "reschedule", fireAt: Date.now() + 365 * 86_400_000 },
+      await nextArmFence(rotor.db),
+    );
+    const report = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
+    expect(report).toMatchObject({ reconciled: false, rearmedDeletions: 1 });
+    const [moved] = await rotor.timers.view("deletion", ["dora"]);
+    expect(
+      moved?.state === "waiting" || (moved?.state === "delayed" && moved.fireAt <= Date.now()),
+    ).toBe(true);
   });
 
   it("partial loss with the mark intact: the census finds it and a reconcile repairs only what is missing", async () => {
