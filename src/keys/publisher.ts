@@ -1,4 +1,5 @@
 import { createHmac } from "node:crypto";
+import type { Publisher } from "../core/ports.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 
 /**
@@ -6,20 +7,7 @@ import { ErrorCodes, KpRotorError } from "../errors.js";
  * storing the new package and making it current (libxmtp's order): only a successful publish
  * rolls the deadline forward, a failed one leaves it due and the wake-up retries with backoff.
  */
-export interface PublishRequest {
-  identityId: string;
-  generation: number;
-  /** KeyPackageRef (hex); also the idempotency key: a retried publish sends the same one. */
-  ref: string;
-  /** TLS-encoded MLSMessage (mls_key_package). */
-  keyPackage: Uint8Array;
-  notAfter: Date;
-}
-
-export interface Publisher {
-  readonly kind: "directory" | "webhook";
-  publish(request: PublishRequest): Promise<void>;
-}
+export type { Publisher, PublishRequest } from "../core/ports.js";
 
 export class PublishError extends KpRotorError {
   constructor(message: string, options?: { cause?: unknown }) {
