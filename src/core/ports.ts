@@ -205,7 +205,12 @@ export interface ArmItem {
  */
 export interface Wakeups {
   view(kind: WakeupKind, identityIds: readonly string[]): Promise<JobView[]>;
-  arm(kind: WakeupKind, identityId: string, desired: number | null, now: number): Promise<ArmAction>;
+  arm(
+    kind: WakeupKind,
+    identityId: string,
+    desired: number | null,
+    now: number,
+  ): Promise<ArmAction>;
   armMany(kind: WakeupKind, items: readonly ArmItem[], now: number): Promise<ArmAction[]>;
   armEarlier(
     kind: WakeupKind,

@@ -68,18 +68,15 @@ export function createMemoryStore(world: World, proc: Proc): Store {
       const tx = new MemoryTx(world, proc);
       try {
         const result = await fn(tx.port);
-        await world.step(proc, "commit", () => tx.commit());
+        await tx.step("commit", () => tx.commit());
         return result;
       } catch (err) {
         tx.rollback();
         throw err;
       }
     },
-    recordRotationFailure: (id, _now, _error) =>
-      world.step(proc, "recordRotationFailure", () => {
-        const row = db.identities.get(id);
-        if (row && !world.lockedByOther(id, undefined)) row.rotationFailures++;
-      }),
+    // Only the status endpoint reads the failure count; nothing to model but the step.
+    recordRotationFailure: () => world.step(proc, "recordRotationFailure", () => {}),
     countLive: () => world.step(proc, "countLive", () => liveRows(world).length),
     liveAmong: (ids) =>
       world.step(proc, "liveAmong", () => new Set(ids.filter((id) => isLive(read(id).row)))),
@@ -101,7 +98,11 @@ export function createMemoryStore(world: World, proc: Proc): Store {
       world.step(proc, "overdueDeletions", () =>
         db.packages
           .filter((p) => p.deleteAt !== null && p.deleteAt <= before)
-          .map((p) => ({ identityId: p.identityId, deleteAt: p.deleteAt as number, packageId: p.id }))
+          .map((p) => ({
+            identityId: p.identityId,
+            deleteAt: p.deleteAt as number,
+            packageId: p.id,
+          }))
           .sort((a, b) => a.deleteAt - b.deleteAt || a.packageId - b.packageId)
           .filter(
             (p) =>
@@ -178,11 +179,17 @@ class MemoryTx {
     this.world.releaseLocks(this);
   }
 
-  private step<T>(label: string, effect: () => T | Promise<T>): Promise<T> {
-    return this.world.step(this.proc, label, () => {
-      if (this.done) throw new Error("transaction already ended");
-      return effect();
-    });
+  /** Statements of one transaction run in the order issued (one connection). */
+  private chain: Promise<unknown> = Promise.resolve();
+  step<T>(label: string, effect: () => T | Promise<T>): Promise<T> {
+    const run = this.chain.then(() =>
+      this.world.step(this.proc, label, () => {
+        if (this.done) throw new Error("transaction already ended");
+        return effect();
+      }),
+    );
+    this.chain = run.catch(() => {});
+    return run;
   }
 
   private locked(id: string): LockedIdentity | undefined {
@@ -203,7 +210,7 @@ class MemoryTx {
   }
 
   private async lock(ids: readonly string[]): Promise<void> {
-    for (const id of [...ids].sort(cmp)) await this.world.lock(this, id);
+    for (const id of [...ids].sort(cmp)) await this.world.lock(this, id, this.proc);
   }
 
   private bind(): StoreTx {
@@ -214,7 +221,13 @@ class MemoryTx {
       if (slice.row === undefined) throw new Error(`model: no row ${id}`);
       Object.assign(slice.row, patch);
     };
-    const addPackage = (id: string, generation: number, now: number, kp: NewKeyPackage, current: boolean) => {
+    const addPackage = (
+      id: string,
+      generation: number,
+      now: number,
+      kp: NewKeyPackage,
+      current: boolean,
+    ) => {
       const slice = this.write(id);
       const row: PackageRow = {
         id: w.nextPackageId(),
@@ -239,7 +252,6 @@ class MemoryTx {
         if (!row || row.generation !== input.generation - 1 || row.deregisteredAt !== null) {
           return { fenced: true, nextDeleteAt: earliest(slice.packages) };
         }
-        w.recordRotation(input.identityId, row, input.now);
         Object.assign(row, {
           generation: input.generation,
           rotationDeadline: input.rotationDeadline,
@@ -248,12 +260,15 @@ class MemoryTx {
           welcomeDeadline: null,
         });
         for (const p of slice.packages) {
-          if (p.isCurrent) Object.assign(p, { isCurrent: false, deleteAt: input.supersededDeleteAt });
+          if (p.isCurrent)
+            Object.assign(p, { isCurrent: false, deleteAt: input.supersededDeleteAt });
         }
         return { fenced: false, nextDeleteAt: earliest(slice.packages) };
       });
     const markCurrent = (packageId: number, now: number) => {
-      const p = [...this.writes.values()].flatMap((s) => s.packages).find((k) => k.id === packageId);
+      const p = [...this.writes.values()]
+        .flatMap((s) => s.packages)
+        .find((k) => k.id === packageId);
       if (!p || p.isCurrent || p.deleteAt !== null) {
         throw new Error("pending key package vanished under the identity lock");
       }
@@ -261,77 +276,118 @@ class MemoryTx {
       checkConstraints(p.identityId, this.write(p.identityId));
     };
     return {
-      lockIdentity: (id) => this.step("lockIdentity", async () => {
-        await this.lock([id]);
-        return this.locked(id);
-      }),
-      lockOrTombstone: (id) => this.step("lockOrTombstone", async () => {
-        await this.lock([id]);
-        if (this.view(id).row === undefined) {
-          this.write(id).row = tombstoneRow(id, w.now());
-        }
-        return this.locked(id) as LockedIdentity;
-      }),
-      lockDeadlines: (ids) => this.step("lockDeadlines", async () => {
-        const present = [...new Set(ids)].filter((id) => this.view(id).row !== undefined);
-        await this.lock(present);
-        return present.sort(cmp).flatMap((id) => {
-          const l = this.locked(id);
-          return l ? [{ id, rotationDeadline: l.rotationDeadline, deregistered: l.deregistered, publishing: l.publishing, now: l.now }] : [];
-        });
-      }),
-      lockLiveDeadlines: (afterId, limit) => this.step("lockLiveDeadlines", async () => {
-        const ids = liveRows(w).map((r) => r.id).filter((id) => afterId === null || cmp(id, afterId) > 0).sort(cmp).slice(0, limit);
-        await this.lock(ids);
-        return ids.flatMap((id) => {
-          const l = this.locked(id);
-          return l && !l.deregistered ? [{ id, rotationDeadline: l.rotationDeadline, now: l.now }] : [];
-        });
-      }),
-      nextDeleteAtsOf: (ids) => this.step("nextDeleteAtsOf", () => {
-        const out = new Map<string, number>();
-        for (const id of ids) {
-          const at = earliest(pkgs(id));
-          if (at !== null) out.set(id, at);
-        }
-        return out;
-      }),
-      insertIdentity: (input) => this.step("insertIdentity", () => {
-        const slice = this.write(input.id);
-        const generation = slice.row?.generation ?? 0;
-        slice.row = { ...tombstoneRow(input.id, null), generation, rotationDeadline: input.rotationDeadline, signed: true };
-      }),
-      setRotationDeadlines: (ids, deadline) => this.step("setRotationDeadlines", () => {
-        for (const id of ids) setRow(id, { rotationDeadline: deadline });
-      }),
-      recordWelcomesDuringPublish: (ids, deadline) => this.step("recordWelcomesDuringPublish", () => {
-        for (const id of ids) {
-          const current = this.view(id).row?.welcomeDeadline ?? null;
-          setRow(id, { welcomeDeadline: current === null ? deadline : Math.min(current, deadline) });
-        }
-      }),
-      markPublishing: (id, now) => this.step("markPublishing", () => {
-        setRow(id, { publishingSince: this.view(id).row?.publishingSince ?? now });
-      }),
-      tombstone: (id, now) => this.step("tombstone", () => {
-        const slice = this.write(id);
-        w.recordTombstone(id, slice.packages);
-        slice.packages = [];
-        setRow(id, { deregisteredAt: now, rotationDeadline: null, signed: false, publishingSince: null, welcomeDeadline: null });
-      }),
-      findPending: (id) => this.step("findPending", () => {
-        const p = pkgs(id).find((k) => !k.isCurrent && k.deleteAt === null);
-        return p && asPending(p);
-      }),
+      lockIdentity: (id) =>
+        this.step("lockIdentity", async () => {
+          await this.lock([id]);
+          return this.locked(id);
+        }),
+      lockOrTombstone: (id) =>
+        this.step("lockOrTombstone", async () => {
+          await this.lock([id]);
+          if (this.view(id).row === undefined) {
+            this.write(id).row = tombstoneRow(id, w.now());
+          }
+          return this.locked(id) as LockedIdentity;
+        }),
+      lockDeadlines: (ids) =>
+        this.step("lockDeadlines", async () => {
+          const present = [...new Set(ids)].filter((id) => this.view(id).row !== undefined);
+          await this.lock(present);
+          return present.sort(cmp).flatMap((id) => {
+            const l = this.locked(id);
+            return l
+              ? [
+                  {
+                    id,
+                    rotationDeadline: l.rotationDeadline,
+                    deregistered: l.deregistered,
+                    publishing: l.publishing,
+                    now: l.now,
+                  },
+                ]
+              : [];
+          });
+        }),
+      lockLiveDeadlines: (afterId, limit) =>
+        this.step("lockLiveDeadlines", async () => {
+          const ids = liveRows(w)
+            .map((r) => r.id)
+            .filter((id) => afterId === null || cmp(id, afterId) > 0)
+            .sort(cmp)
+            .slice(0, limit);
+          await this.lock(ids);
+          return ids.flatMap((id) => {
+            const l = this.locked(id);
+            return l && !l.deregistered
+              ? [{ id, rotationDeadline: l.rotationDeadline, now: l.now }]
+              : [];
+          });
+        }),
+      nextDeleteAtsOf: (ids) =>
+        this.step("nextDeleteAtsOf", () => {
+          const out = new Map<string, number>();
+          for (const id of ids) {
+            const at = earliest(pkgs(id));
+            if (at !== null) out.set(id, at);
+          }
+          return out;
+        }),
+      insertIdentity: (input) =>
+        this.step("insertIdentity", () => {
+          const slice = this.write(input.id);
+          const generation = slice.row?.generation ?? 0;
+          slice.row = {
+            ...tombstoneRow(input.id, null),
+            generation,
+            rotationDeadline: input.rotationDeadline,
+            signed: true,
+          };
+        }),
+      setRotationDeadlines: (ids, deadline) =>
+        this.step("setRotationDeadlines", () => {
+          for (const id of ids) setRow(id, { rotationDeadline: deadline });
+        }),
+      recordWelcomesDuringPublish: (ids, deadline) =>
+        this.step("recordWelcomesDuringPublish", () => {
+          for (const id of ids) {
+            const current = this.view(id).row?.welcomeDeadline ?? null;
+            setRow(id, {
+              welcomeDeadline: current === null ? deadline : Math.min(current, deadline),
+            });
+          }
+        }),
+      markPublishing: (id, now) =>
+        this.step("markPublishing", () => {
+          setRow(id, { publishingSince: this.view(id).row?.publishingSince ?? now });
+        }),
+      tombstone: (id, now) =>
+        this.step("tombstone", () => {
+          const slice = this.write(id);
+          slice.packages = [];
+          setRow(id, {
+            deregisteredAt: now,
+            rotationDeadline: null,
+            signed: false,
+            publishingSince: null,
+            welcomeDeadline: null,
+          });
+        }),
+      findPending: (id) =>
+        this.step("findPending", () => {
+          const p = pkgs(id).find((k) => !k.isCurrent && k.deleteAt === null);
+          return p && asPending(p);
+        }),
       insertPending: (id, generation, now, kp) =>
         this.step("insertPending", () => asPending(addPackage(id, generation, now, kp, false))),
-      deletePending: (packageId) => this.step("deletePending", () => {
-        for (const slice of this.writes.values()) slice.packages = slice.packages.filter((p) => p.id !== packageId);
-        for (const p of w.db.packages.filter((k) => k.id === packageId)) {
-          const slice = this.write(p.identityId);
-          slice.packages = slice.packages.filter((k) => k.id !== packageId);
-        }
-      }),
+      deletePending: (packageId) =>
+        this.step("deletePending", () => {
+          for (const slice of this.writes.values())
+            slice.packages = slice.packages.filter((p) => p.id !== packageId);
+          for (const p of w.db.packages.filter((k) => k.id === packageId)) {
+            const slice = this.write(p.identityId);
+            slice.packages = slice.packages.filter((k) => k.id !== packageId);
+          }
+        }),
       supersedeCurrent: supersede,
       markCurrent: (packageId, now) => this.step("markCurrent", () => markCurrent(packageId, now)),
       insertCurrent: (id, generation, now, kp) =>
@@ -342,13 +398,13 @@ class MemoryTx {
         await this.step("markCurrent", () => markCurrent(input.pending.id, input.now));
         return { nextDeleteAt: superseded.nextDeleteAt };
       },
-      deleteDueKeyPackages: (id, now) => this.step("deleteDueKeyPackages", () => {
-        const slice = this.write(id);
-        const due = slice.packages.filter((p) => p.deleteAt !== null && p.deleteAt <= now);
-        w.recordDeletions(due, w.now());
-        slice.packages = slice.packages.filter((p) => !due.includes(p));
-        return due.length;
-      }),
+      deleteDueKeyPackages: (id, now) =>
+        this.step("deleteDueKeyPackages", () => {
+          const slice = this.write(id);
+          const due = slice.packages.filter((p) => p.deleteAt !== null && p.deleteAt <= now);
+          slice.packages = slice.packages.filter((p) => !due.includes(p));
+          return due.length;
+        }),
       nextDeleteAt: (id) => this.step("nextDeleteAt", () => earliest(pkgs(id))),
       hasCurrent: (id) => this.step("hasCurrent", () => pkgs(id).some((p) => p.isCurrent)),
     };
@@ -374,7 +430,11 @@ const earliest = (packages: readonly PackageRow[]): number | null =>
     null,
   );
 
-const asPending = (p: PackageRow): PendingKeyPackage => ({ ...p.kp, id: p.id, generation: p.generation });
+const asPending = (p: PackageRow): PendingKeyPackage => ({
+  ...p.kp,
+  id: p.id,
+  generation: p.generation,
+});
 
 /** The schema's constraints on one identity's rows (raised at the statement, as Postgres does). */
 function checkConstraints(id: string, slice: Slice): void {
