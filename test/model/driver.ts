@@ -35,7 +35,8 @@ export type Command =
   | { c: "restart" }
   | { c: "publishFails"; id: string; forever: boolean }
   | { c: "publishHeals"; id: string }
-  | { c: "reconcile" };
+  | { c: "reconcile" }
+  | { c: "run"; steps: number };
 
 export interface Scenario {
   publishers: PublisherMode[];
@@ -90,6 +91,13 @@ export const commandArb: fc.Arbitrary<Command> = fc.oneof(
   },
   { arbitrary: fc.record({ c: fc.constant("publishHeals" as const), id }), weight: 1 },
   { arbitrary: fc.constant({ c: "reconcile" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("run" as const),
+      steps: fc.integer({ min: 1, max: 30 }),
+    }),
+    weight: 4,
+  },
 );
 
 export const scenarioArb = (maxCommands: number): fc.Arbitrary<Scenario> =>
@@ -115,6 +123,9 @@ export const scenarioArb = (maxCommands: number): fc.Arbitrary<Scenario> =>
   });
 
 const T0 = Date.UTC(2027, 0, 1);
+
+/** Lets every promise chain that is ready run (setImmediate is not faked). */
+const flushMicrotasks = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** Longest time step while nothing is due: keeps the healer's 15 s mark checks in order. */
 const MAX_STEP_MS = Number(process.env.MODEL_STEP ?? 15_000);
 
@@ -243,6 +254,15 @@ export async function runScenario(
           break;
         case "reconcile":
           launch("reconcile", reconcile(api().rotor, { pageSize: 2 }));
+          break;
+        case "run":
+          // A few port calls complete, leaving the rest in flight for the next commands.
+          pumpWorkers(world, procs);
+          for (let i = 0; i < command.steps; i++) {
+            await flushMicrotasks();
+            if (s.count() === 0) break;
+            await s.waitNext(1);
+          }
           break;
       }
       snapshots.push(copyRedis(world.redis));

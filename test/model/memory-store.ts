@@ -113,9 +113,22 @@ export function createMemoryStore(world: World, proc: Proc): Store {
           .slice(0, limit),
       ),
     expectedWakeups: () => world.step(proc, "expectedWakeups", () => world.census()),
-    getIdentity: async () => {
-      throw new Error("status is not modelled");
-    },
+    getIdentity: (id) =>
+      world.step(proc, "getIdentity", () => {
+        const row = db.identities.get(id);
+        if (row === undefined || row.deregisteredAt !== null) return undefined;
+        const date = (ms: number | null) => (ms === null ? null : new Date(ms));
+        return {
+          id,
+          generation: row.generation,
+          rotationDeadline: date(row.rotationDeadline),
+          lastRotatedAt: null,
+          rotationFailures: row.rotationFailures,
+          lastError: null,
+          lastFailureAt: null,
+          createdAt: new Date(world.t0),
+        };
+      }),
     listPublic: async () => [],
     getCurrent: async () => undefined,
   };

@@ -130,6 +130,7 @@ export class World {
       if (proc.dead) throw new Crashed(proc.name);
       const n = ++this.steps;
       this.seq++;
+      if (TRACE_STEPS) this.trace.push(`    #${n} ${proc.name}:${label}`);
       const fault = this.faultsOff ? undefined : this.faults.get(n);
       if (fault) {
         this.trace.push(`  fault #${n} ${proc.name}:${label}: ${fault}`);
@@ -253,6 +254,8 @@ export class World {
     return { rotation, deletion };
   }
 }
+
+const TRACE_STEPS = process.env.MODEL_TRACE_STEPS === "1";
 
 /** Lock duration + stalled interval: how long an active job of a dead worker stays active. */
 export const STALL_MS = 60_000;

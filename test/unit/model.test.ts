@@ -47,23 +47,31 @@ describe("model: the real services on in-memory ports", () => {
     let faults = 0;
     let lastTrace: string[] = [];
     const started = Date.now();
-    await fc.assert(
-      fc.asyncProperty(fc.scheduler(), scenarioArb(MAX_COMMANDS), async (s, scenario) => {
-        const trace: string[] = [];
-        const result = await runScenario(s, scenario, trace);
-        runs++;
-        steps += result.steps;
-        rotations += result.rotations;
-        faults += result.faults;
-        if (result.violations.length > 0) {
-          lastTrace = trace;
-          throw new Error(result.violations.join("\n"));
-        }
-      }),
-      { numRuns: RUNS, seed: SEED },
-    ).catch((err: unknown) => {
-      throw new Error(`${String(err)}\n\ntrace of the last failing run:\n${lastTrace.join("\n")}`);
-    });
+    await fc
+      .assert(
+        fc.asyncProperty(fc.scheduler(), scenarioArb(MAX_COMMANDS), async (s, scenario) => {
+          const trace: string[] = [];
+          const result = await runScenario(s, scenario, trace);
+          runs++;
+          steps += result.steps;
+          rotations += result.rotations;
+          faults += result.faults;
+          if (result.violations.length > 0) {
+            lastTrace = [
+              `scenario: ${JSON.stringify(scenario)}`,
+              ...result.violations.map((v) => `VIOLATION: ${v}`),
+              ...trace,
+            ];
+            throw new Error(result.violations.join("\n"));
+          }
+        }),
+        { numRuns: RUNS, seed: SEED },
+      )
+      .catch((err: unknown) => {
+        throw new Error(
+          `${String(err)}\n\ntrace of the last failing run:\n${lastTrace.join("\n")}`,
+        );
+      });
     console.log(
       `model: ${runs} runs, ${steps} scheduled port calls (${Math.round(steps / Math.max(1, runs))} per run), ${faults} injected faults, ${rotations} rotations, ${Date.now() - started} ms`,
     );
