@@ -19,6 +19,9 @@ import { STALL_MS, type World } from "./world.js";
  * exempt while it fails (they are overdue and retrying, as they should be).
  */
 
+/** How far a worker's clock may run ahead: fireTimeFor shifts its re-arms by that much. */
+const MAX_SKEW_MS = 30_000;
+
 const SLACK_MS = STALL_MS + 60_000 + 15_000 + 60_000 + 30_000 + 15_000;
 
 /** How long after a fault the service's own healing may take, by kind (DESIGN.md, issue 10). */
@@ -85,6 +88,7 @@ export class Invariants {
 
   check(failing: ReadonlySet<string>): void {
     const now = this.world.now();
+    this.checkArmed(now);
     const { identities, packages } = this.world.db;
     for (const row of identities.values()) {
       if (row.deregisteredAt !== null || failing.has(row.id) || row.rotationDeadline === null)
@@ -115,6 +119,44 @@ export class Invariants {
           `ack ${ack.id} ${ack.reqSeq}`,
           `${ack.id}: welcome acknowledged with deadline ${this.t(ack.deadline)} (request at step ${ack.reqSeq}) not honoured by ${this.t(now)}`,
         );
+      }
+    }
+  }
+
+  /**
+   * The arm invariant (DESIGN.md, guarantee 2), once the service has had time to heal the last
+   * fault: every live identity's rotation wake-up, and its deletion wake-up while it has a
+   * superseded package, fires no later than the deadline (a worker's skew aside), or is
+   * waiting, running, or retrying within the backoff cap. Checked only at quiet points.
+   */
+  private checkArmed(now: number): void {
+    if (this.events.some((e) => now <= e.at + e.heal + SLACK_MS)) return;
+    const { identities, packages } = this.world.db;
+    for (const row of identities.values()) {
+      if (row.deregisteredAt !== null || row.rotationDeadline === null) continue;
+      const deleteAts = packages.flatMap((p) =>
+        p.identityId === row.id && p.deleteAt !== null ? [p.deleteAt] : [],
+      );
+      const wanted = {
+        rotation: row.rotationDeadline,
+        deletion: deleteAts.length > 0 ? Math.min(...deleteAts) : null,
+      };
+      for (const kind of ["rotation", "deletion"] as const) {
+        const deadline = wanted[kind];
+        if (deadline === null) continue;
+        const job = this.world.redis.queues[kind].get(row.id);
+        const ok =
+          job !== undefined &&
+          (job.state === "waiting" ||
+            job.state === "active" ||
+            (job.state === "delayed" &&
+              job.fireAt <= Math.max(deadline, now + 60_000) + MAX_SKEW_MS));
+        if (!ok) {
+          this.violation(
+            `armed ${kind} ${row.id} ${deadline}`,
+            `${row.id}: no ${kind} wake-up for its deadline ${this.t(deadline)} at ${this.t(now)} (job: ${job ? `${job.state}${job.state === "delayed" ? ` at ${this.t(job.fireAt)}` : ""}` : "missing"})`,
+          );
+        }
       }
     }
   }

@@ -128,6 +128,11 @@ export function pumpWorkers(world: World, processes: readonly ModelProcess[]): v
   const now = world.now();
   for (const queue of Object.values(world.redis.queues)) {
     for (const job of queue.values()) {
+      // Held by no running processor (it ended with the job still active, or the worker never
+      // got moveToActive's answer): the lock is not renewed, and the stall check takes it back.
+      if (job.state === "active" && job.stallAt === undefined && !world.handling.has(job.token)) {
+        job.stallAt = now + STALL_MS;
+      }
       if (job.state === "active" && job.stallAt !== undefined && job.stallAt <= now) {
         Object.assign(job, { state: "waiting", owner: undefined, stallAt: undefined, token: 0 });
       }
@@ -168,11 +173,11 @@ function take(world: World, p: ModelProcess, kind: WakeupKind): void {
     })
     .then(async (taken) => {
       if (taken === undefined) return;
-      await handler(activeWakeup(world, p.proc, kind, taken.id, taken.job)).catch(() => {});
-      // The processor ended with the job still held: it stalls and runs again.
-      const job = world.redis.queues[kind].get(taken.id);
-      if (job?.state === "active" && job.token === taken.job.token && job.stallAt === undefined) {
-        job.stallAt = world.now() + STALL_MS;
+      world.handling.add(taken.job.token);
+      try {
+        await handler(activeWakeup(world, p.proc, kind, taken.id, taken.job)).catch(() => {});
+      } finally {
+        world.handling.delete(taken.job.token);
       }
     })
     .catch(() => {});

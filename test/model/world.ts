@@ -16,9 +16,14 @@ export interface Proc {
 }
 
 export type FaultKind = "fail" | "fail-after" | "late" | "crash";
+/**
+ * A fault on the `at`-th port call overall, or, with `on`, on the `at`-th call whose label
+ * starts with `on` (say the second page of a reconcile: "lockLiveDeadlines").
+ */
 export interface Fault {
   at: number;
   kind: FaultKind;
+  on?: string;
 }
 
 export class Crashed extends Error {
@@ -84,6 +89,8 @@ export class World {
   seq = 0;
   steps = 0;
   readonly openTxs = new Set<object>();
+  /** Tokens of the jobs a live processor is running (its lock is being renewed). */
+  readonly handling = new Set<number>();
   readonly rotations: RotationRecord[] = [];
   readonly violations: string[] = [];
   /** Writes whose client timed out; they land when the driver says so. */
@@ -92,7 +99,9 @@ export class World {
   private readonly txProc = new Map<object, Proc>();
   private packageIds = 0;
   private token = 0;
-  private readonly faults: Map<number, FaultKind>;
+  private readonly faults: Map<string, FaultKind>;
+  private readonly targets: string[];
+  private readonly counts = new Map<string, number>();
   /** Set for the quiet phase: no more injected faults. */
   faultsOff = false;
   readonly t0 = Date.now();
@@ -107,7 +116,8 @@ export class World {
     faults: readonly Fault[],
     readonly trace: string[] = [],
   ) {
-    this.faults = new Map(faults.map((f) => [f.at, f.kind]));
+    this.faults = new Map(faults.map((f) => [`${f.on ?? ""}#${f.at}`, f.kind]));
+    this.targets = [...new Set(faults.flatMap((f) => (f.on ? [f.on] : [])))];
   }
 
   /** The store's clock (vitest fakes Date). */
@@ -131,7 +141,7 @@ export class World {
       const n = ++this.steps;
       this.seq++;
       if (TRACE_STEPS) this.trace.push(`    #${n} ${proc.name}:${label}`);
-      const fault = this.faultsOff ? undefined : this.faults.get(n);
+      const fault = this.faultsOff ? undefined : this.faultAt(n, label);
       if (fault) {
         this.trace.push(`  fault #${n} ${proc.name}:${label}: ${fault}`);
         this.onFault(fault);
@@ -142,13 +152,35 @@ export class World {
       }
       if (fault === "fail" || (fault === "late" && !late)) throw new InjectedFault(label);
       if (fault === "late") {
-        this.late.push(() => void effect());
+        this.late.push(() => {
+          // A write refused when it lands (BullMQ's lock check, say) changes nothing.
+          try {
+            void Promise.resolve(effect()).catch(() => {});
+          } catch {}
+        });
         throw new InjectedFault(`${label} timed out (lands later)`);
       }
       const result = await effect();
       if (fault === "fail-after") throw new InjectedFault(`${label} (answer lost)`);
       return result;
     });
+  }
+
+  /** A fault on the k-th next call whose label starts with `on`, counted from now. */
+  faultNext(on: string, k: number, kind: FaultKind): void {
+    if (!this.targets.includes(on)) this.targets.push(on);
+    this.faults.set(`${on}#${(this.counts.get(on) ?? 0) + k}`, kind);
+  }
+
+  private faultAt(n: number, label: string): FaultKind | undefined {
+    let fault = this.faults.get(`#${n}`);
+    for (const on of this.targets) {
+      if (!label.startsWith(on)) continue;
+      const k = (this.counts.get(on) ?? 0) + 1;
+      this.counts.set(on, k);
+      fault ??= this.faults.get(`${on}#${k}`);
+    }
+    return fault;
   }
 
   /** A process dies: its transactions roll back (connection closed), its jobs stall. */
