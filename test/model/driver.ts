@@ -129,6 +129,7 @@ export async function runScenario(
           break;
         case "crash":
           killProcess(world, procs[command.proc] as ModelProcess);
+          inv.fault("crash");
           break;
         case "restart":
           if (procs.some((p) => p.proc.dead)) inv.fault("restart");

@@ -28,12 +28,17 @@ const SLACK_MS = STALL_MS + 60_000 + 15_000 + 60_000 + 30_000 + 15_000;
 const HEAL_MS: Record<string, number> = {
   // The mark check (15 s) finds the loss; the reconcile re-arms everything.
   "full loss": 60_000,
-  // The census finds it at the next watchdog tick (+ its 2 s re-reading); the reconcile repairs.
-  "partial loss": WATCHDOG_MS + 2_000 + 60_000,
+  // The census finds it at the next watchdog tick (+ its 2 s re-reading) and the reconcile
+  // repairs it; unless a lasting orphan (a parked job, a deregistration that died before its
+  // removal) balances the count: then the overdue scans find it, as for a tail loss.
+  "partial loss": OVERDUE_GRACE_MS + WATCHDOG_MS + 60_000,
   // Invisible to the mark and the census (a job moved back, a resurrected one balancing a lost
   // one): the overdue scans find it once it is overdue by the grace, at the next watchdog tick.
   "tail loss": OVERDUE_GRACE_MS + WATCHDOG_MS + 60_000,
   "late write": OVERDUE_GRACE_MS + WATCHDOG_MS + 60_000,
+  // A process that dies while it runs the census' reconcile leaves its lease for 60 s and the
+  // mark intact: the next watchdog tick (of any process) redoes it.
+  crash: WATCHDOG_MS + 60_000 + 60_000,
 };
 
 interface Ack {
@@ -77,7 +82,7 @@ export class Invariants {
 
   /** Model time long enough for every bound of the run to pass. */
   quietPhaseMs(): number {
-    return OVERDUE_GRACE_MS + 2 * WATCHDOG_MS + TIMING.rotationIntervalMs + SLACK_MS;
+    return OVERDUE_GRACE_MS + 2 * WATCHDOG_MS + TIMING.deletionGraceMs + SLACK_MS;
   }
 
   private violation(key: string, message: string): void {

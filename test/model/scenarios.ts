@@ -202,6 +202,20 @@ export const healingCommandArb: fc.Arbitrary<Command> = fc.oneof(
 
 export type Mix = "general" | "healing";
 
+/**
+ * The healing mix starts from a fleet where two identities' publishes fail for good (they are
+ * overdue and retrying forever, as in issue 10's defect B) next to two healthy ones.
+ */
+export const HEALING_PRELUDE: readonly Command[] = [
+  { c: "publishFails", id: "a", forever: true },
+  { c: "publishFails", id: "b", forever: true },
+  { c: "register", id: "a" },
+  { c: "register", id: "b" },
+  { c: "register", id: "c" },
+  { c: "register", id: "d" },
+  { c: "advance", ms: 30_000 },
+];
+
 export const scenarioArb = (maxCommands: number, mix: Mix = "general"): fc.Arbitrary<Scenario> =>
   fc.record({
     publishers: fc.array(fc.constantFrom<PublisherMode>("webhook", "directory"), {
@@ -209,10 +223,12 @@ export const scenarioArb = (maxCommands: number, mix: Mix = "general"): fc.Arbit
       maxLength: 3,
     }),
     skews: fc.array(fc.constantFrom(0, 0, 30_000, -30_000, 5_000), { minLength: 3, maxLength: 3 }),
-    commands: fc.array(mix === "general" ? commandArb : healingCommandArb, {
-      minLength: 1,
-      maxLength: maxCommands,
-      size: "medium",
-    }),
+    commands: fc
+      .array(mix === "general" ? commandArb : healingCommandArb, {
+        minLength: 1,
+        maxLength: maxCommands,
+        size: "medium",
+      })
+      .map((commands) => (mix === "healing" ? [...HEALING_PRELUDE, ...commands] : commands)),
     faults: fc.array(faultArb, { maxLength: 8 }),
   });

@@ -10,16 +10,19 @@
  * test/model/invariants.ts and World.applyCommit. Two command mixes: the general one, and a
  * healing one where losses, failing heals and retrying identities meet more often.
  *
- * MODEL_RUNS (default 400 per mix) and MODEL_SEED override the number of runs and the seed.
+ * MODEL_RUNS (default 800 per mix) and MODEL_SEED override the number of runs and the seed.
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { runScenario } from "../model/driver.js";
+import { REGRESSIONS } from "../model/regressions.js";
 import { type Mix, type Scenario, scenarioArb } from "../model/scenarios.js";
 
-const RUNS = Number(process.env.MODEL_RUNS ?? 400);
+const RUNS = Number(process.env.MODEL_RUNS ?? 800);
 const SEED = process.env.MODEL_SEED === undefined ? undefined : Number(process.env.MODEL_SEED);
 const MAX_COMMANDS = 24;
+/** Interleavings per regression scenario. */
+const REPLAYS = 30;
 
 async function explore(mix: Mix): Promise<void> {
   let runs = 0;
@@ -78,6 +81,25 @@ describe("model: the real services on in-memory ports", () => {
       { numRuns: 5 },
     );
   });
+
+  for (const [name, scenario] of Object.entries(REGRESSIONS)) {
+    it(`issue 10, ${name}`, async () => {
+      let failure: string[] = [];
+      await fc
+        .assert(
+          fc.asyncProperty(fc.scheduler(), async (s) => {
+            const trace: string[] = [];
+            const result = await runScenario(s, scenario, trace);
+            if (result.violations.length > 0) failure = [...result.violations, ...trace];
+            expect(result.violations).toEqual([]);
+          }),
+          { numRuns: REPLAYS, seed: SEED },
+        )
+        .catch((err: unknown) => {
+          throw new Error(`${String(err)}\n${failure.join("\n")}`);
+        });
+    });
+  }
 
   it(
     "keeps every invariant under interleavings and faults (general mix)",
