@@ -10,7 +10,7 @@
  * test/model/invariants.ts and World.applyCommit. Two command mixes: the general one, and a
  * healing one where losses, failing heals and retrying identities meet more often.
  *
- * MODEL_RUNS (default 800 per mix) and MODEL_SEED override the number of runs and the seed.
+ * MODEL_RUNS (default 1500 per mix) and MODEL_SEED override the number of runs and the seed.
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -18,7 +18,7 @@ import { runScenario } from "../model/driver.js";
 import { REGRESSIONS } from "../model/regressions.js";
 import { type Mix, type Scenario, scenarioArb } from "../model/scenarios.js";
 
-const RUNS = Number(process.env.MODEL_RUNS ?? 800);
+const RUNS = Number(process.env.MODEL_RUNS ?? 1500);
 const SEED = process.env.MODEL_SEED === undefined ? undefined : Number(process.env.MODEL_SEED);
 const MAX_COMMANDS = 24;
 /** Interleavings per regression scenario. */
