@@ -1,18 +1,19 @@
 import type { Redis } from "ioredis";
 import type { Config } from "./config.js";
 import { createDatabase, type Database, runMigrations } from "./db/client.js";
+import { createPostgresStore } from "./db/store.js";
 import { createKeyring } from "./keys/encryption.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
 import { createDirectoryPublisher, createWebhookPublisher } from "./keys/publisher.js";
 import type { Logger } from "./logger.js";
 import { createRedis, createTimers } from "./queue/timers.js";
 import { RotorEvents } from "./services/events.js";
-import type { Rotor } from "./services/rotor.js";
+import type { LiveRotor } from "./services/rotor.js";
 
 /** The process-wide resources behind a Rotor, opened in order and closed in reverse. */
 export interface Context {
   config: Config;
-  rotor: Rotor;
+  rotor: LiveRotor;
   database: Database;
   redis: Redis;
   /** Postgres and Redis both answer. */
@@ -57,8 +58,9 @@ export async function createContext(
       config.keys.publisher.kind === "webhook"
         ? createWebhookPublisher(config.keys.publisher)
         : createDirectoryPublisher();
-    const rotor: Rotor = {
+    const rotor: LiveRotor = {
       db: database.db,
+      store: createPostgresStore(database.db),
       timers,
       keys,
       keyring,

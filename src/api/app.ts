@@ -1,7 +1,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../logger.js";
 import { type Metrics, metricsFor } from "../metrics/metrics.js";
-import type { Rotor } from "../services/rotor.js";
+import type { LiveRotor as Rotor } from "../services/rotor.js";
 import { BOARD_PREFIX, registerAuth } from "./plugins/auth.js";
 import { registerBoard } from "./plugins/board.js";
 import { registerDocsUi, registerOpenApi } from "./plugins/docs.js";

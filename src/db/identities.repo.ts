@@ -11,30 +11,11 @@ import {
   sql,
 } from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
-import type { RotationState } from "../core/timers.js";
+import type { LockedDeadline, LockedIdentity, NewIdentity } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
 import { identities, type IdentityRow, keyPackages, wakeupCensus } from "./schema.js";
 
-export interface LockedIdentity extends RotationState {
-  id: string;
-  generation: number;
-  credentialIdentity: Uint8Array | null;
-  signaturePublicKey: Uint8Array | null;
-  /** Sealed; open with the keyring. */
-  signaturePrivateKey: Uint8Array | null;
-  /** A rotation's key package is being published (pending, visible before its promote). */
-  publishing: boolean;
-  /** The earliest deadline asked for by welcomes acknowledged while publishing. */
-  welcomeDeadline: number | null;
-  /** The arm fence taken after the lock was granted: pass it to every arm made under this lock. */
-  fence: number;
-  /**
-   * Postgres' clock when the row was read, epoch ms: the one clock that decides what is due and
-   * stamps deadlines (DESIGN.md, "One clock"). Read before any wait for the lock, so it is never
-   * later than the moment the lock was granted.
-   */
-  now: number;
-}
+export type { LockedIdentity };
 
 const toMs = (d: Date | null): number | null => (d === null ? null : d.getTime());
 
@@ -120,10 +101,7 @@ export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<Lo
  * Locks many identities in id order and reads only their deadlines (welcome batches: no key
  * material fetched; one array parameter instead of one parameter per id).
  */
-export async function lockDeadlines(
-  tx: Tx,
-  ids: readonly string[],
-): Promise<(RotationState & { id: string; publishing: boolean; now: number; fence: number })[]> {
+export async function lockDeadlines(tx: Tx, ids: readonly string[]): Promise<LockedDeadline[]> {
   if (ids.length === 0) return [];
   const rows = await tx
     .select({
@@ -214,17 +192,7 @@ const epochMs = (column: AnyPgColumn) =>
  * Creates (or revives a tombstoned) identity without a key package: its first rotation, due at
  * `rotationDeadline`, generates and publishes one.
  */
-export async function insertIdentity(
-  tx: Tx,
-  input: {
-    id: string;
-    rotationDeadline: number;
-    now: number;
-    credentialIdentity: Uint8Array;
-    signaturePublicKey: Uint8Array;
-    signaturePrivateKey: Uint8Array;
-  },
-): Promise<void> {
+export async function insertIdentity(tx: Tx, input: NewIdentity): Promise<void> {
   const values = {
     rotationDeadline: new Date(input.rotationDeadline),
     lastRotatedAt: null,

@@ -1,21 +1,9 @@
 import { and, asc, eq, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
+import type { NewKeyPackage, PendingKeyPackage, RotationWrite } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
 import { identities, keyPackages } from "./schema.js";
 
-/** A new key package as a rotation hands it to the store; privateKey is already sealed. */
-export interface NewKeyPackage {
-  ref: string;
-  ciphersuite: string;
-  keyPackage: Uint8Array;
-  privateKey: Uint8Array;
-  notBefore: Date;
-  notAfter: Date;
-}
-
-export interface PendingKeyPackage extends NewKeyPackage {
-  id: number;
-  generation: number;
-}
+export type { NewKeyPackage, PendingKeyPackage, RotationWrite };
 
 const toMs = (d: Date | null): number | null => (d === null ? null : d.getTime());
 
@@ -56,15 +44,6 @@ export async function insertPending(
 /** Drops a pending key package that no longer fits (its generation is stale). */
 export async function deletePending(tx: Tx, id: number): Promise<void> {
   await tx.delete(keyPackages).where(eq(keyPackages.id, id));
-}
-
-export interface RotationWrite {
-  identityId: string;
-  /** The generation the rotation installs; the identity must still be at generation - 1. */
-  generation: number;
-  now: number;
-  rotationDeadline: number;
-  supersededDeleteAt: number;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
+import type { Publisher } from "../core/ports.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { KeyPackagePublished } from "../client/webhooks.js";
 import { signWebhook } from "../webhooks/signature.js";
@@ -9,20 +10,7 @@ import { signWebhook } from "../webhooks/signature.js";
  * storing the new package and making it current (libxmtp's order): only a successful publish
  * rolls the deadline forward, a failed one leaves it due and the wake-up retries with backoff.
  */
-export interface PublishRequest {
-  identityId: string;
-  generation: number;
-  /** KeyPackageRef (hex); also the idempotency key: a retried publish sends the same one. */
-  ref: string;
-  /** TLS-encoded MLSMessage (mls_key_package). */
-  keyPackage: Uint8Array;
-  notAfter: Date;
-}
-
-export interface Publisher {
-  readonly kind: "directory" | "webhook";
-  publish(request: PublishRequest): Promise<void>;
-}
+export type { Publisher, PublishRequest } from "../core/ports.js";
 
 export class PublishError extends KpRotorError {
   constructor(message: string, options?: { cause?: unknown }) {

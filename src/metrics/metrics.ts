@@ -1,7 +1,7 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Timers } from "../queue/timers.js";
 import type { RotorEventMap } from "../services/events.js";
-import type { Rotor } from "../services/rotor.js";
+import type { LiveRotor as Rotor } from "../services/rotor.js";
 import { lastSealedKeysReport } from "../services/rewrap.service.js";
 import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
 

@@ -1,7 +1,7 @@
 import { DelayedError, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Logger } from "../logger.js";
-import type { ActiveWakeup } from "../services/rotor.js";
+import type { ActiveWakeup } from "../core/ports.js";
 import { PreciseWorker } from "./precise-worker.js";
 import { identityIdOf, jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
 

@@ -1,10 +1,8 @@
 import { identityIdProblem } from "../core/identity-id.js";
 import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
-import { deletionDeadline, pullIn } from "../core/timers.js";
-import type { Tx } from "../db/client.js";
-import { recentRotations } from "../db/rotation-cap.repo.js";
-import * as repo from "../db/identities.repo.js";
-import * as kps from "../db/key-packages.repo.js";
+import { deletionDeadline } from "../core/timers.js";
+import type { StoreTx } from "../core/ports.js";
+import { type PullInResult, planPullIns } from "../core/transitions.js";
 import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
@@ -61,8 +59,8 @@ export async function register(
   const signatureKeys = input.signaturePrivateKey
     ? importSignatureKey(rotor, input.signaturePrivateKey)
     : await rotor.keys.generateSignatureKeyPair();
-  const registered = await rotor.db.transaction(async (tx) => {
-    const existing = await repo.lockOrTombstone(tx, id);
+  const registered = await rotor.store.transaction(async (tx) => {
+    const existing = await tx.lockOrTombstone(id);
     const now = existing.now;
     if (!existing.deregistered && existing.rotationDeadline !== null) {
       // Re-registering repairs the wake-up, so a client retry also heals a lost one.
@@ -74,7 +72,7 @@ export async function register(
       };
     }
     const firstDeadline = now + rotor.timing.welcomeRotationDelayMs;
-    await repo.insertIdentity(tx, {
+    await tx.insertIdentity({
       id,
       rotationDeadline: firstDeadline,
       now,
@@ -93,7 +91,7 @@ export async function register(
   } catch (err) {
     // The client and last_error get a code and this service's own words; the log the details.
     const publishError = formatSafeError(err);
-    await repo.recordRotationFailure(rotor.db, id, rotor.clock(), publishError).catch(() => {});
+    await rotor.store.recordRotationFailure(id, rotor.clock(), publishError).catch(() => {});
     rotor.log.warn(
       { identityId: id, err: redactError(err) },
       "first key package not published yet; the worker retries",
@@ -117,8 +115,8 @@ async function rotateInline(
   rotor: Rotor,
   id: string,
 ): Promise<{ rotationDeadline: number; generation: number }> {
-  const prepared = await rotor.db.transaction(async (tx) => {
-    const identity = await repo.lockOrTombstone(tx, id);
+  const prepared = await rotor.store.transaction(async (tx) => {
+    const identity = await tx.lockOrTombstone(id);
     return prepareRotation(rotor, tx, identity, identity.now, { firstPublish: true });
   });
   if (prepared.kind === "publish") {
@@ -126,7 +124,7 @@ async function rotateInline(
       rotor.timers.arm("rotation", id, deadline, rotor.clock(), fence),
     );
   }
-  const identity = await repo.getIdentity(rotor.db, id);
+  const identity = await rotor.store.getIdentity(id);
   if (identity === undefined) throw notFound(id);
   return {
     rotationDeadline: identity.rotationDeadline?.getTime() ?? rotor.clock(),
@@ -134,11 +132,7 @@ async function rotateInline(
   };
 }
 
-export interface PullInResult {
-  identityId: string;
-  rotationDeadline: number;
-  changed: boolean;
-}
+export type { PullInResult };
 
 /**
  * Pulls rotation deadlines in to now + delay (earliest wins) for one or many identities, in one
@@ -152,45 +146,31 @@ export async function pullInMany(
 ): Promise<{ results: PullInResult[]; notFound: string[] }> {
   for (const id of ids) assertIdentityId(id);
   const unique = [...new Set(ids)];
-  return rotor.db.transaction(async (tx) => {
-    const locked = await repo.lockDeadlines(tx, unique);
+  return rotor.store.transaction(async (tx) => {
+    const locked = await tx.lockDeadlines(unique);
     // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "One clock".
     const now = locked[0]?.now ?? rotor.clock();
+    // Over MAX_ROTATIONS_PER_HOUR the pull-in still happens, to the next allowed time.
     const allowed = await allowedRotations(rotor, tx, locked, now);
-    const results: PullInResult[] = [];
-    const duringPublish: string[] = [];
-    const changed: { identityId: string; deadline: number }[] = [];
-    for (const identity of locked) {
-      if (identity.deregistered || identity.rotationDeadline === null) continue;
-      // Over MAX_ROTATIONS_PER_HOUR the pull-in still happens, to the next allowed time.
-      const target = Math.max(now + delayMs, allowed.get(identity.id) ?? now);
-      const next = pullIn(identity.rotationDeadline, now, target - now);
-      // A rotation is publishing its new package: this welcome may have consumed it, and the
-      // promote would roll the deadline a full interval on. Recorded, the promote keeps it.
-      if (identity.publishing) duringPublish.push(identity.id);
-      results.push({
-        identityId: identity.id,
-        // While publishing, the deadline that counts is the one the promote will keep.
-        rotationDeadline: identity.publishing ? target : next.deadline,
-        changed: next.changed || identity.publishing,
-      });
-      if (next.changed) changed.push({ identityId: identity.id, deadline: next.deadline });
-    }
+    // Welcomes during a rotation's publish are recorded; the promote keeps their deadline.
+    const plan = planPullIns(locked, now, delayMs, allowed);
+    const { results, changed, capped, duringPublish, deadline } = plan;
     // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
     // be armed before the commit (if it fails they only fire early). Both settle before the
     // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
     // the same value, now + delay (but for identities over the rotation cap, set apart); the arm
     // is one script call per 1,000 ids that moves every delayed wake-up earlier, and planArm only
     // for the few whose job is in another state.
-    const plain = changed.filter((c) => c.deadline === now + delayMs).map((c) => c.identityId);
-    const capped = changed.filter((c) => c.deadline !== now + delayMs);
     await settleAll([
-      repo.setRotationDeadlines(tx, plain, now + delayMs),
-      ...capped.map((c) => repo.setRotationDeadlines(tx, [c.identityId], c.deadline)),
-      repo.recordWelcomesDuringPublish(tx, duringPublish, now + delayMs),
+      tx.setRotationDeadlines(changed, deadline),
+      ...capped.map((c) => tx.setRotationDeadlines([c.identityId], c.deadline)),
+      tx.recordWelcomesDuringPublish(duringPublish, deadline),
       rotor.timers.armEarlier(
         "rotation",
-        changed.map((c) => ({ identityId: c.identityId, fireAt: c.deadline })),
+        [
+          ...changed.map((identityId) => ({ identityId, fireAt: deadline })),
+          ...capped.map((c) => ({ identityId: c.identityId, fireAt: c.deadline })),
+        ],
         now,
         locked[0]?.fence ?? 0,
       ),
@@ -203,7 +183,7 @@ export async function pullInMany(
 /** The earliest rotation time per identity under MAX_ROTATIONS_PER_HOUR (none without a cap). */
 async function allowedRotations(
   rotor: Rotor,
-  tx: Tx,
+  tx: StoreTx,
   locked: readonly { id: string; deregistered: boolean }[],
   now: number,
 ): Promise<Map<string, number>> {
@@ -211,7 +191,7 @@ async function allowedRotations(
   const allowed = new Map<string, number>();
   if (cap === undefined) return allowed;
   const live = locked.filter((i) => !i.deregistered).map((i) => i.id);
-  const recent = await recentRotations(tx, live, now - CAP_WINDOW_MS);
+  const recent = await tx.recentRotations(live, now - CAP_WINDOW_MS);
   for (const [id, times] of recent) allowed.set(id, earliestAllowedRotation(times, now, cap));
   return allowed;
 }
@@ -240,13 +220,13 @@ async function pullInOne(rotor: Rotor, id: string, delayMs: number): Promise<Pul
  */
 export async function deregister(rotor: Rotor, id: string): Promise<void> {
   assertIdentityId(id);
-  await rotor.db.transaction(async (tx) => {
-    const identity = await repo.lockIdentity(tx, id);
+  await rotor.store.transaction(async (tx) => {
+    const identity = await tx.lockIdentity(id);
     if (identity === undefined || identity.deregistered) throw notFound(id);
-    await repo.tombstone(tx, id, rotor.clock());
+    await tx.tombstone(id, rotor.clock());
   });
-  await rotor.db.transaction(async (tx) => {
-    const identity = await repo.lockIdentity(tx, id);
+  await rotor.store.transaction(async (tx) => {
+    const identity = await tx.lockIdentity(id);
     // Registered again in between: its registration armed its own wake-ups; leave them.
     if (identity === undefined || !identity.deregistered) return;
     await rotor.timers.arm("rotation", id, null, identity.now, identity.fence);
@@ -257,9 +237,9 @@ export async function deregister(rotor: Rotor, id: string): Promise<void> {
 /** What the status endpoint shows: deadlines from Postgres, wake-ups as they stand in Redis. */
 export async function status(rotor: Rotor, id: string) {
   assertIdentityId(id);
-  const identity = await repo.getIdentity(rotor.db, id);
+  const identity = await rotor.store.getIdentity(id);
   if (identity === undefined) throw notFound(id);
-  const keyPackages = await kps.listPublic(rotor.db, id);
+  const keyPackages = await rotor.store.listPublic(id);
   const [rotationWake] = await rotor.timers.view("rotation", [id]);
   const [deletionWake] = await rotor.timers.view("deletion", [id]);
   const deleteAts = keyPackages.flatMap((kp) => (kp.deleteAt ? [kp.deleteAt.getTime()] : []));
@@ -285,9 +265,9 @@ export async function status(rotor: Rotor, id: string) {
 /** The identity's current published key package (public half). */
 export async function currentKeyPackage(rotor: Rotor, id: string) {
   assertIdentityId(id);
-  const current = await kps.getCurrent(rotor.db, id);
+  const current = await rotor.store.getCurrent(id);
   if (current === undefined) {
-    const identity = await repo.getIdentity(rotor.db, id);
+    const identity = await rotor.store.getIdentity(id);
     throw identity === undefined
       ? notFound(id)
       : new KpRotorError(

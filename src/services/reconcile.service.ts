@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto";
+import { WAKEUP_KINDS as TIMER_KINDS, type WakeupKind as TimerKind } from "../core/ports.js";
 import type { ArmAction } from "../core/timers.js";
-import * as repo from "../db/identities.repo.js";
-import { TIMER_KINDS, type TimerKind } from "../queue/timers.js";
 import { settleAll } from "../settle.js";
 import type { Rotor } from "./rotor.js";
 
@@ -62,7 +61,7 @@ export async function reconcile(
   // a failure, a shutdown or a loss of Redis data during the run leaves no mark behind.
   const runId = randomUUID();
   await rotor.timers.beginReconcile(runId);
-  const total = await repo.countLive(rotor.db);
+  const total = await rotor.store.countLive();
   const repairs = emptyCounts();
   const count = (kind: TimerKind, actions: readonly ArmAction[]) => {
     for (const action of actions) if (action.kind !== "none") repairs[kind][action.kind]++;
@@ -75,8 +74,8 @@ export async function reconcile(
 
   /** One page under its row locks; hands the next page its cursor once the rows are locked. */
   const runPage = (after: string | null, handOff: (next: string | undefined) => void) =>
-    rotor.db.transaction(async (tx) => {
-      const locked = await repo.lockLiveDeadlines(tx, after, pageSize);
+    rotor.store.transaction(async (tx) => {
+      const locked = await tx.lockLiveDeadlines(after, pageSize);
       handOff(locked.length === pageSize ? locked[locked.length - 1]?.id : undefined);
       if (locked.length === 0) return 0;
       const ids = locked.map((i) => i.id);
@@ -91,7 +90,7 @@ export async function reconcile(
           now,
           fence,
         ),
-        repo.nextDeleteAtsOf(tx, ids).then((deleteAts) =>
+        tx.nextDeleteAtsOf(ids).then((deleteAts) =>
           rotor.timers.armMany(
             "deletion",
             ids.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null })),
@@ -173,11 +172,11 @@ export async function armOverdue(
   let repaired = 0;
   let after: { deadline: number; id: string } | undefined;
   while (repaired < limit) {
-    const page = await repo.overdueIdentities(rotor.db, before, pageSize, after);
+    const page = await rotor.store.overdueIdentities(before, pageSize, after);
     if (page.length === 0) break;
     const ids = page.map((p) => p.id);
-    await rotor.db.transaction(async (tx) => {
-      const rows = await repo.lockDeadlines(tx, ids);
+    await rotor.store.transaction(async (tx) => {
+      const rows = await tx.lockDeadlines(ids);
       const locked = new Map(rows.map((i) => [i.id, i]));
       const now = rows[0]?.now ?? rotor.clock();
       // Still in deadline order (the page's order), restricted to identities still live.
@@ -215,14 +214,14 @@ export async function armOverdueDeletions(
   let repaired = 0;
   let after: { deleteAt: number; packageId: number } | undefined;
   while (repaired < limit) {
-    const page = await repo.overdueDeletions(rotor.db, before, pageSize, after);
+    const page = await rotor.store.overdueDeletions(before, pageSize, after);
     if (page.length === 0) break;
     const ids = [...new Set(page.map((p) => p.identityId))];
-    await rotor.db.transaction(async (tx) => {
-      const rows = await repo.lockDeadlines(tx, ids);
+    await rotor.store.transaction(async (tx) => {
+      const rows = await tx.lockDeadlines(ids);
       const live = rows.filter((r) => !r.deregistered).map((r) => r.id);
       const now = rows[0]?.now ?? rotor.clock();
-      const deleteAts = await repo.nextDeleteAtsOf(tx, live);
+      const deleteAts = await tx.nextDeleteAtsOf(live);
       const items = live.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null }));
       const actions = await rotor.timers.armMany("deletion", items, now, rows[0]?.fence ?? 0);
       items.forEach((item, i) => {
@@ -252,11 +251,11 @@ async function removeOrphans(rotor: Rotor, pageSize: number): Promise<number> {
     pending = pages.next();
     pending.catch(() => {}); // surfaces at the next await
     const page = result.value;
-    const live = await repo.liveAmong(rotor.db, [...new Set([...page.rotation, ...page.deletion])]);
+    const live = await rotor.store.liveAmong([...new Set([...page.rotation, ...page.deletion])]);
     for (const kind of TIMER_KINDS) {
       for (const id of page[kind].filter((i) => !live.has(i))) {
-        await rotor.db.transaction(async (tx) => {
-          const identity = await repo.lockOrTombstone(tx, id);
+        await rotor.store.transaction(async (tx) => {
+          const identity = await tx.lockOrTombstone(id);
           if (!identity.deregistered) return; // registered meanwhile: it armed itself
           const action = await rotor.timers.arm(kind, id, null, identity.now, identity.fence);
           if (action.kind !== "none") removed++;

@@ -11,7 +11,7 @@
  */
 import * as sealed from "../db/sealed.repo.js";
 import { sealedHeader } from "../keys/encryption.js";
-import type { Rotor } from "./rotor.js";
+import type { LiveRotor as Rotor } from "./rotor.js";
 
 export interface SealedKeysReport {
   checkedAt: string;

@@ -1,7 +1,6 @@
-import { afterRotation, decideRotation, fireTimeFor } from "../core/timers.js";
-import type { Tx } from "../db/client.js";
-import { type LockedIdentity, lockIdentity, markPublishing } from "../db/identities.repo.js";
-import * as kps from "../db/key-packages.repo.js";
+import type { LockedIdentity, NewKeyPackage, PendingKeyPackage, StoreTx } from "../core/ports.js";
+import { afterRotation, decideRotation } from "../core/timers.js";
+import { reusablePending, rotationRearmAt } from "../core/transitions.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
 import { settleAll } from "../settle.js";
@@ -27,7 +26,7 @@ import { settleAll } from "../settle.js";
  */
 
 /** A prepared key package; `promotedAt` is set when prepare already made it current. */
-export interface PreparedPackage extends kps.PendingKeyPackage {
+export interface PreparedPackage extends PendingKeyPackage {
   /** Directory publisher: published and promoted at this time, in prepare's transaction. */
   promotedAt?: number;
 }
@@ -48,36 +47,35 @@ export type Prepared =
  */
 export async function prepareRotation(
   rotor: Rotor,
-  tx: Tx,
+  tx: StoreTx,
   identity: LockedIdentity,
   now: number,
   options: {
     firstPublish?: boolean;
     /** The identity's pending package, when the caller read it under the lock already. */
-    pending?: kps.PendingKeyPackage | null;
+    pending?: PendingKeyPackage | null;
   } = {},
 ): Promise<Prepared> {
   const decision = decideRotation(identity, now);
-  const first = options.firstPublish === true && !(await kps.hasCurrent(tx, identity.id));
+  const first = options.firstPublish === true && !(await tx.hasCurrent(identity.id));
   if (decision.kind === "gone" || (decision.kind === "not-due" && !first)) return decision;
   const dueDeadline = identity.rotationDeadline as number;
   const generation = identity.generation + 1;
   const direct = publishesByPromoting(rotor.publisher);
   const existing =
-    options.pending === undefined ? await kps.findPending(tx, identity.id) : options.pending;
-  const reuse =
-    existing?.generation === generation && existing.ciphersuite === rotor.keys.ciphersuite;
-  if (existing && !reuse) await kps.deletePending(tx, existing.id);
+    options.pending === undefined ? await tx.findPending(identity.id) : options.pending;
+  const reuse = reusablePending(existing, generation, rotor.keys.ciphersuite);
+  if (existing && !reuse) await tx.deletePending(existing.id);
 
-  if (reuse && !direct) {
-    if (!identity.publishing) await markPublishing(tx, identity.id, now);
+  if (reuse && existing && !direct) {
+    if (!identity.publishing) await tx.markPublishing(identity.id, now);
     return { kind: "publish", pending: existing, dueDeadline };
   }
-  if (reuse) {
+  if (reuse && existing) {
     // A pending package left by an earlier attempt (say, under the webhook publisher): it is
     // published by becoming current, here.
     const at = await promoteInPrepare(rotor, tx, identity, now, generation, (promotedAt) =>
-      kps.markCurrent(tx, existing.id, promotedAt),
+      tx.markCurrent(existing.id, promotedAt),
     );
     return { kind: "publish", pending: { ...existing, promotedAt: at }, dueDeadline };
   }
@@ -86,14 +84,14 @@ export async function prepareRotation(
     // From here until the promote the package may be visible where it is published: welcomes
     // in that window are recorded (markPublishing) and honoured by the promote.
     const [pending] = await settleAll([
-      kps.insertPending(tx, identity.id, generation, now, fresh),
-      markPublishing(tx, identity.id, now),
+      tx.insertPending(identity.id, generation, now, fresh),
+      tx.markPublishing(identity.id, now),
     ] as const);
     return { kind: "publish", pending, dueDeadline };
   }
   let id = 0;
   const at = await promoteInPrepare(rotor, tx, identity, now, generation, async (promotedAt) => {
-    id = await kps.insertCurrent(tx, identity.id, generation, promotedAt, fresh);
+    id = await tx.insertCurrent(identity.id, generation, promotedAt, fresh);
   });
   return { kind: "publish", pending: { ...fresh, id, generation, promotedAt: at }, dueDeadline };
 }
@@ -112,7 +110,7 @@ export async function prepareRotation(
  */
 async function promoteInPrepare(
   rotor: Rotor,
-  tx: Tx,
+  tx: StoreTx,
   identity: LockedIdentity,
   now: number,
   generation: number,
@@ -121,7 +119,7 @@ async function promoteInPrepare(
   const identityId = identity.id;
   const next = afterRotation(now, rotor.timing, identity.welcomeDeadline);
   const [superseded] = await settleAll([
-    kps.supersedeCurrent(tx, {
+    tx.supersedeCurrent({
       identityId,
       generation,
       now,
@@ -140,7 +138,7 @@ async function generateSealed(
   rotor: Rotor,
   identity: LockedIdentity,
   now: number,
-): Promise<kps.NewKeyPackage> {
+): Promise<NewKeyPackage> {
   if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
     throw new Error("live identity without a signature key");
   }
@@ -174,7 +172,7 @@ async function generateSealed(
 async function publishPending(
   rotor: Rotor,
   identityId: string,
-  pending: kps.PendingKeyPackage,
+  pending: PendingKeyPackage,
 ): Promise<void> {
   await rotor.publisher.publish({
     identityId,
@@ -189,13 +187,13 @@ async function publishPending(
 async function promoteRotation(
   rotor: Rotor,
   identityId: string,
-  pending: kps.PendingKeyPackage,
+  pending: PendingKeyPackage,
 ): Promise<{ outcome: "rotated" | "fenced"; at: number }> {
-  return rotor.db.transaction(async (tx) => {
-    const locked = await lockIdentity(tx, identityId);
+  return rotor.store.transaction(async (tx) => {
+    const locked = await tx.lockIdentity(identityId);
     const now = locked?.now ?? rotor.clock();
     const next = afterRotation(now, rotor.timing, locked?.welcomeDeadline ?? null);
-    const promoted = await kps.promotePending(tx, {
+    const promoted = await tx.promotePending({
       identityId,
       pending,
       now,
@@ -235,21 +233,12 @@ export async function completeRotation(
   // state it committed; anything that changed delete_at since arms it too, under the same lock.
   // Only an attempt that was fenced (another one promoted) arms it again here.
   const armDeletion = promoted.outcome !== "rotated";
-  await rotor.db.transaction(async (tx) => {
+  await rotor.store.transaction(async (tx) => {
     const localNow = rotor.clock();
-    const identity = await lockIdentity(tx, identityId);
+    const identity = await tx.lockIdentity(identityId);
     const now = identity?.now ?? localNow;
-    const decision = decideRotation(identity, now);
     // Due again already (a welcome during publish, a zero interval in tests): fire at once.
-    const fence = identity?.fence ?? 0;
-    const rearmed = rearmRotation(
-      decision.kind === "gone"
-        ? null
-        : decision.kind === "not-due"
-          ? fireTimeFor(decision.deadline, localNow, now)
-          : localNow,
-      fence,
-    );
+    const rearmed = rearmRotation(rotationRearmAt(identity, localNow, now), identity?.fence ?? 0);
     if (!armDeletion) {
       await rearmed;
       return;
@@ -257,9 +246,9 @@ export async function completeRotation(
     // Two different jobs: arm them side by side, and let both settle before the commit.
     await settleAll([
       rearmed,
-      kps
-        .nextDeleteAt(tx, identityId)
-        .then((next) => rotor.timers.arm("deletion", identityId, next, now, fence)),
+      tx
+        .nextDeleteAt(identityId)
+        .then((next) => rotor.timers.arm("deletion", identityId, next, now, identity?.fence ?? 0)),
     ]);
   });
   return promoted;

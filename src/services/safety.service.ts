@@ -1,7 +1,7 @@
 import { and, asc, count, eq, gt, isNull, lt, min, type SQL, sql } from "drizzle-orm";
 import { identities, keyPackages } from "../db/schema.js";
 import { lastSealedKeysReport } from "./rewrap.service.js";
-import type { Rotor } from "./rotor.js";
+import type { LiveRotor as Rotor } from "./rotor.js";
 
 /**
  * Lifetime safety: a key package that stops rotating expires on the network after 84 days and

@@ -1,10 +1,9 @@
+import type { ActiveWakeup } from "../core/ports.js";
 import { backoffMs, fireTimeFor } from "../core/timers.js";
-import * as repo from "../db/identities.repo.js";
-import * as kps from "../db/key-packages.repo.js";
-import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { formatSafeError, redactError } from "../safe-errors.js";
 import { settleAll } from "../settle.js";
-import type { ActiveWakeup, Rotor } from "./rotor.js";
+import { completeRotation, prepareRotation } from "./rotation.service.js";
+import type { Rotor } from "./rotor.js";
 
 /**
  * What a wake-up does when its job fires. Both kinds follow the same two steps (DESIGN.md,
@@ -24,17 +23,14 @@ export async function handleRotationWake(
 ): Promise<RotationOutcome> {
   const id = wake.identityId;
   const startedAt = rotor.clock();
-  const prepared = await rotor.db.transaction(async (tx) => {
+  const prepared = await rotor.store.transaction(async (tx) => {
     // A wake-up nearly always has its row: lock it, and leave a tombstone only when it is missing.
     // The pending package is read in the same round trip: Postgres runs the two statements in
     // order on the transaction's connection (both are sent when awaited, lock first), so the
     // read takes its snapshot after the lock is granted. (Were the order ever reversed, prepare
     // would at worst miss a pending package and fail on the unique index: a retry, no harm.)
-    const [locked, pending] = await settleAll([
-      repo.lockIdentity(tx, id),
-      kps.findPending(tx, id),
-    ] as const);
-    const identity = locked ?? (await repo.lockOrTombstone(tx, id));
+    const [locked, pending] = await settleAll([tx.lockIdentity(id), tx.findPending(id)] as const);
+    const identity = locked ?? (await tx.lockOrTombstone(id));
     // Postgres' clock decides what is due (DESIGN.md, "One clock").
     const step = await prepareRotation(rotor, tx, identity, identity.now, {
       pending: pending ?? null,
@@ -70,20 +66,20 @@ export async function handleDeletionWake(
 ): Promise<DeletionOutcome> {
   const id = wake.identityId;
   const at = rotor.clock();
-  const deleted = await rotor.db.transaction(async (tx) => {
-    const identity = await repo.lockOrTombstone(tx, id);
+  const deleted = await rotor.store.transaction(async (tx) => {
+    const identity = await tx.lockOrTombstone(id);
     if (identity.deregistered) {
       await wake.finish();
       return "gone" as const;
     }
     // Due by Postgres' clock, never this process's: a clock running ahead deletes nothing early.
-    return kps.deleteDueKeyPackages(tx, id, identity.now);
+    return tx.deleteDueKeyPackages(id, identity.now);
   });
   if (deleted === "gone") return deleted;
-  const next = await rotor.db.transaction(async (tx) => {
+  const next = await rotor.store.transaction(async (tx) => {
     const localNow = rotor.clock();
-    const identity = await repo.lockIdentity(tx, id);
-    const next = identity?.deregistered === false ? await kps.nextDeleteAt(tx, id) : null;
+    const identity = await tx.lockIdentity(id);
+    const next = identity?.deregistered === false ? await tx.nextDeleteAt(id) : null;
     if (next === null || identity === undefined) await wake.finish();
     else await wake.rearm(fireTimeFor(next, localNow, identity.now));
     return next;
@@ -122,11 +118,9 @@ export async function handleWakeFailure(
   rotor.events.emit("wake-failed", { identityId: wake.identityId, kind, failures, error: message });
   await wake.retryLater(rotor.clock() + delay, failures);
   if (kind === "rotation") {
-    await repo
-      .recordRotationFailure(rotor.db, wake.identityId, rotor.clock(), message)
-      .catch(() => {
-        // Postgres is likely the reason we are here; the job's own counter still drives the backoff.
-      });
+    await rotor.store.recordRotationFailure(wake.identityId, rotor.clock(), message).catch(() => {
+      // Postgres is likely the reason we are here; the job's own counter still drives the backoff.
+    });
   }
   return delay;
 }

@@ -1,6 +1,5 @@
+import { WAKEUP_KINDS as TIMER_KINDS } from "../core/ports.js";
 import { backoffMs, censusMismatch, type CensusReading } from "../core/timers.js";
-import * as repo from "../db/identities.repo.js";
-import { TIMER_KINDS } from "../queue/timers.js";
 import { armOverdue, armOverdueDeletions, reconcile } from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";
 
@@ -85,7 +84,7 @@ export class ReconcileBusy extends Error {
 
 async function readCensus(rotor: Rotor, before: number) {
   const [probe, rotation, deletion] = await Promise.all([
-    repo.watchdogProbe(rotor.db, before),
+    rotor.store.watchdogProbe(before),
     rotor.timers.countWakeups("rotation"),
     rotor.timers.countWakeups("deletion"),
   ]);

@@ -112,7 +112,9 @@ function containerEnv(overrides: Record<string, string>): NodeJS.ProcessEnv {
     DATABASE_URL: database.url,
     REDIS_URL,
     QUEUE_PREFIX: prefix,
+    // The Secret (deploy/k8s/secret.example.yaml): the API refuses to start without a token.
     KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
+    API_TOKEN: randomBytes(16).toString("hex"),
     HOST: "127.0.0.1",
     LOG_LEVEL: "warn",
     ...overrides,

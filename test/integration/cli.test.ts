@@ -248,7 +248,11 @@ describe("kp-rotor long-running processes", () => {
     const { child, exited, stderr } = await startUntilReady(
       "api",
       `http://127.0.0.1:${port}/readyz`,
-      { PORT: String(port), METRICS_PORT: String(metricsPort), API_TOKEN: "cli-test-token-0123456789" },
+      {
+        PORT: String(port),
+        METRICS_PORT: String(metricsPort),
+        API_TOKEN: "cli-test-token-0123456789",
+      },
     );
     // Unauthenticated, on its own port: what Prometheus scrapes (deploy/k8s, port "metrics").
     const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);

@@ -6,7 +6,7 @@
 import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Context } from "../../src/context.js";
-import type { Db } from "../../src/db/client.js";
+import type { Store } from "../../src/core/ports.js";
 import * as identities from "../../src/services/identities.service.js";
 import type { Rotor } from "../../src/services/rotor.js";
 import { type HandlerFactories, startWorkerRuntime } from "../../src/worker-process.js";
@@ -35,13 +35,13 @@ async function setup(vars: Record<string, string> = {}): Promise<TestEnv> {
  * The same database, but the `n`-th transaction started through it first opens `reached`, then
  * waits for `gate`: a pause between two transactions of one service call.
  */
-function gateTransaction(db: Db, n: number, reached: Latch, gate: Latch): Db {
+function gateTransaction(store: Store, n: number, reached: Latch, gate: Latch): Store {
   let calls = 0;
-  return new Proxy(db, {
+  return new Proxy(store, {
     get(target, prop) {
       const value = Reflect.get(target, prop, target);
       if (prop !== "transaction") return typeof value === "function" ? value.bind(target) : value;
-      return async (...args: Parameters<Db["transaction"]>) => {
+      return async (...args: Parameters<Store["transaction"]>) => {
         if (++calls === n) {
           reached.open();
           await gate.promise;
@@ -65,7 +65,10 @@ describe("identity lock guards", () => {
     // wake-ups are not removed yet.
     const between = latch();
     const gate = latch();
-    const paused: Rotor = { ...ctx.rotor, db: gateTransaction(ctx.rotor.db, 2, between, gate) };
+    const paused: Rotor = {
+      ...ctx.rotor,
+      store: gateTransaction(ctx.rotor.store, 2, between, gate),
+    };
     const deregistering = identities.deregister(paused, "alice");
     await within(between.promise, 10_000, "deregistration committed its tombstone");
     await expect(identities.status(ctx.rotor, "alice")).rejects.toThrow(/not registered/);

@@ -6,7 +6,6 @@
  */
 import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
-import { lockOrTombstone } from "../../src/db/identities.repo.js";
 import * as identities from "../../src/services/identities.service.js";
 import { completeRotation, prepareRotation } from "../../src/services/rotation.service.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
@@ -48,9 +47,10 @@ describe("rotation guards", () => {
     // Two attempts for the same due deadline (a stalled job run twice, or a registration racing
     // a worker): each prepares under the row lock; the second reuses the first one's package.
     const prepare = () =>
-      rotor.db.transaction(async (tx) =>
-        prepareRotation(rotor, tx, await lockOrTombstone(tx, "dave"), rotor.clock()),
-      );
+      rotor.store.transaction(async (tx) => {
+        const identity = await tx.lockOrTombstone("dave");
+        return prepareRotation(rotor, tx, identity, identity.now);
+      });
     const first = await prepare();
     const second = await prepare();
     if (first.kind !== "publish" || second.kind !== "publish") throw new Error("not due");
@@ -99,9 +99,10 @@ describe("rotation guards", () => {
       },
     };
     await identities.rotateSoon(rotor, "fay");
-    const prepared = await rotor.db.transaction(async (tx) =>
-      prepareRotation(rotor, tx, await lockOrTombstone(tx, "fay"), rotor.clock()),
-    );
+    const prepared = await rotor.store.transaction(async (tx) => {
+      const identity = await tx.lockOrTombstone("fay");
+      return prepareRotation(rotor, tx, identity, identity.now);
+    });
     if (prepared.kind !== "publish") throw new Error("not due");
     const rearm = (deadline: number | null, fence: number) =>
       rotor.timers.arm("rotation", "fay", deadline, rotor.clock(), fence);

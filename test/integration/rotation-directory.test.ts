@@ -41,8 +41,8 @@ async function rotateOnce(
   rearm?: (deadline: number | null) => Promise<unknown>,
 ): Promise<string> {
   const { rotor } = ctx;
-  const prepared = await rotor.db.transaction(async (tx) =>
-    prepareRotation(rotor, tx, await repo.lockOrTombstone(tx, id), rotor.clock()),
+  const prepared = await rotor.store.transaction(async (tx) =>
+    prepareRotation(rotor, tx, await tx.lockOrTombstone(id), rotor.clock()),
   );
   if (prepared.kind !== "publish") return prepared.kind;
   const done = await completeRotation(

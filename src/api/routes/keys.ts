@@ -1,6 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import * as identities from "../../services/identities.service.js";
-import type { Rotor } from "../../services/rotor.js";
+import type { LiveRotor as Rotor } from "../../services/rotor.js";
 import { safetyReport } from "../../services/safety.service.js";
 import {
   commonErrors,

@@ -1,0 +1,280 @@
+import type { ArmAction, JobView, RotationState } from "./timers.js";
+
+/**
+ * The ports the services work through (STYLE.md, "Ports in core"): Store (Postgres, the truth),
+ * Wakeups (the Redis queues), Publisher and Clock. The services see nothing else of the world,
+ * so the same code runs on the production adapters (src/db/store.ts, src/queue/timers.ts,
+ * src/keys/publisher.ts) and on the in-memory ones of the model test (test/model/). Nothing here
+ * does I/O. Times are epoch milliseconds.
+ */
+
+/** The two wake-up queues. */
+export const WAKEUP_KINDS = ["rotation", "deletion"] as const;
+export type WakeupKind = (typeof WAKEUP_KINDS)[number];
+
+/** The process's clock (epoch ms). The store's clock (LockedIdentity.now) decides what is due. */
+export type Clock = () => number;
+
+/** The identity as read under its row lock. */
+export interface LockedIdentity extends RotationState {
+  id: string;
+  generation: number;
+  credentialIdentity: Uint8Array | null;
+  signaturePublicKey: Uint8Array | null;
+  /** Sealed; open with the keyring. */
+  signaturePrivateKey: Uint8Array | null;
+  /** A rotation's key package is being published (pending, visible before its promote). */
+  publishing: boolean;
+  /** The earliest deadline asked for by welcomes acknowledged while publishing. */
+  welcomeDeadline: number | null;
+  /**
+   * The arm fence, taken after the lock was granted (DESIGN.md, "Fenced arms"): pass it to every
+   * arm made under this lock. Of two holders of one identity's lock, the later one's is larger.
+   */
+  fence: number;
+  /**
+   * The store's clock when the row was read: the one clock that decides what is due and stamps
+   * deadlines (DESIGN.md, "One clock"). Never later than the moment the lock was granted.
+   */
+  now: number;
+}
+
+/** An identity's deadline as a batch lock reads it (welcomes, overdue pages). */
+export interface LockedDeadline extends RotationState {
+  id: string;
+  publishing: boolean;
+  now: number;
+  /** The arm fence of the whole batch, taken after all its locks were granted. */
+  fence: number;
+}
+
+/** A new key package as a rotation hands it to the store; privateKey is already sealed. */
+export interface NewKeyPackage {
+  ref: string;
+  ciphersuite: string;
+  keyPackage: Uint8Array;
+  privateKey: Uint8Array;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export interface PendingKeyPackage extends NewKeyPackage {
+  id: number;
+  generation: number;
+}
+
+/** The fenced write of a promote (supersedeCurrent). */
+export interface RotationWrite {
+  identityId: string;
+  /** The generation the rotation installs; the identity must still be at generation - 1. */
+  generation: number;
+  now: number;
+  rotationDeadline: number;
+  supersededDeleteAt: number;
+}
+
+export interface NewIdentity {
+  id: string;
+  rotationDeadline: number;
+  now: number;
+  credentialIdentity: Uint8Array;
+  signaturePublicKey: Uint8Array;
+  signaturePrivateKey: Uint8Array;
+}
+
+/**
+ * The statements of one transaction. Every method that reads or writes an identity needs that
+ * identity's row lock, taken by one of the lock methods of the same transaction (DESIGN.md, "One
+ * lock per identity"). Statements may be issued side by side; the store runs them in call order.
+ */
+export interface StoreTx {
+  lockIdentity(id: string): Promise<LockedIdentity | undefined>;
+  /** Like lockIdentity, leaving a tombstone first where there is no row. */
+  lockOrTombstone(id: string): Promise<LockedIdentity>;
+  /** Locks many identities in id order; unknown ids are left out. */
+  lockDeadlines(ids: readonly string[]): Promise<LockedDeadline[]>;
+  /** Locks the next page of live identities after `afterId`, in id order. */
+  lockLiveDeadlines(
+    afterId: string | null,
+    limit: number,
+  ): Promise<{ id: string; rotationDeadline: number | null; now: number; fence: number }[]>;
+  /** Earliest delete_at of each of `ids` that has a superseded package. */
+  nextDeleteAtsOf(ids: readonly string[]): Promise<Map<string, number>>;
+  /** Creates or revives an identity (no key package yet). */
+  insertIdentity(input: NewIdentity): Promise<void>;
+  setRotationDeadlines(ids: readonly string[], deadline: number): Promise<void>;
+  /** Keeps the earliest of `deadline` and the recorded welcome deadline (publish window). */
+  recordWelcomesDuringPublish(ids: readonly string[], deadline: number): Promise<void>;
+  markPublishing(id: string, now: number): Promise<void>;
+  /** Key material deleted, deadline cleared, deregistered. */
+  tombstone(id: string, now: number): Promise<void>;
+  findPending(identityId: string): Promise<PendingKeyPackage | undefined>;
+  insertPending(
+    identityId: string,
+    generation: number,
+    now: number,
+    kp: NewKeyPackage,
+  ): Promise<PendingKeyPackage>;
+  deletePending(packageId: number): Promise<void>;
+  /** Fenced on the generation; returns the deletion deadline as it will be committed. */
+  supersedeCurrent(input: RotationWrite): Promise<{ fenced: boolean; nextDeleteAt: number | null }>;
+  markCurrent(packageId: number, now: number): Promise<void>;
+  insertCurrent(
+    identityId: string,
+    generation: number,
+    now: number,
+    kp: NewKeyPackage,
+  ): Promise<number>;
+  /** supersedeCurrent, then markCurrent; null when fenced (nothing written). */
+  promotePending(input: {
+    identityId: string;
+    pending: PendingKeyPackage;
+    now: number;
+    rotationDeadline: number;
+    supersededDeleteAt: number;
+  }): Promise<{ nextDeleteAt: number | null } | null>;
+  /** Deletes superseded packages whose delete_at <= now; returns how many. */
+  deleteDueKeyPackages(identityId: string, now: number): Promise<number>;
+  nextDeleteAt(identityId: string): Promise<number | null>;
+  hasCurrent(identityId: string): Promise<boolean>;
+  /** When each of `ids`' key packages created after `since` were created (its rotations). */
+  recentRotations(ids: readonly string[], since: number): Promise<Map<string, number[]>>;
+}
+
+/** The identity as the status endpoint shows it (no key material). */
+export interface IdentitySummary {
+  id: string;
+  generation: number;
+  rotationDeadline: Date | null;
+  lastRotatedAt: Date | null;
+  rotationFailures: number;
+  lastError: string | null;
+  lastFailureAt: Date | null;
+  createdAt: Date;
+}
+
+/** A key package's public columns. */
+export interface PublicKeyPackage {
+  generation: number;
+  ref: string;
+  ciphersuite: string;
+  isCurrent: boolean;
+  createdAt: Date;
+  publishedAt: Date | null;
+  notBefore: Date;
+  notAfter: Date;
+  deleteAt: Date | null;
+}
+
+export interface CurrentKeyPackage {
+  generation: number;
+  ref: string;
+  ciphersuite: string;
+  keyPackage: Uint8Array;
+  notBefore: Date;
+  notAfter: Date;
+  publishedAt: Date | null;
+}
+
+/** The truth: identities, deadlines and key packages, with per-identity row locks. */
+export interface Store {
+  /** Runs `fn` in one transaction: committed if it resolves, rolled back if it throws. */
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  recordRotationFailure(id: string, now: number, error: string): Promise<void>;
+  countLive(): Promise<number>;
+  liveAmong(ids: readonly string[]): Promise<Set<string>>;
+  /** Live identities with a deadline <= before, by (deadline, id), after the cursor. */
+  overdueIdentities(
+    before: number,
+    limit: number,
+    after?: { deadline: number; id: string },
+  ): Promise<{ id: string; deadline: number }[]>;
+  /** Superseded packages with delete_at <= before, by (deleteAt, packageId), after the cursor. */
+  overdueDeletions(
+    before: number,
+    limit: number,
+    after?: { deleteAt: number; packageId: number },
+  ): Promise<{ identityId: string; deleteAt: number; packageId: number }[]>;
+  /**
+   * The watchdog's one read: the wakeup census (how many wake-ups each queue should hold), and
+   * whether any live identity's deadline or any superseded package's delete_at is <= before.
+   */
+  watchdogProbe(
+    before: number,
+  ): Promise<Record<WakeupKind, number> & { overdueRotation: boolean; overdueDeletion: boolean }>;
+  getIdentity(id: string): Promise<IdentitySummary | undefined>;
+  listPublic(identityId: string): Promise<PublicKeyPackage[]>;
+  getCurrent(identityId: string): Promise<CurrentKeyPackage | undefined>;
+}
+
+/** One identity's wanted fire time (null: no wake-up), for `armMany`. */
+export interface ArmItem {
+  identityId: string;
+  desired: number | null;
+}
+
+/**
+ * The wake-up queues. Every arm is made while the caller holds the identity's row lock; the
+ * production adapter's contract is documented on src/queue/timers.ts.
+ */
+export interface Wakeups {
+  view(kind: WakeupKind, identityIds: readonly string[]): Promise<JobView[]>;
+  /** `fence`: the arm fence of the caller's lock; a write older than the job's last is refused. */
+  arm(
+    kind: WakeupKind,
+    identityId: string,
+    desired: number | null,
+    now: number,
+    fence: number,
+  ): Promise<ArmAction>;
+  armMany(
+    kind: WakeupKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]>;
+  armEarlier(
+    kind: WakeupKind,
+    items: readonly { identityId: string; fireAt: number }[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]>;
+  beginReconcile(runId: string): Promise<void>;
+  completeReconcile(runId: string): Promise<boolean>;
+  isReconciled(): Promise<boolean>;
+  countWakeups(kind: WakeupKind): Promise<number>;
+  tryLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
+  releaseLease(name: string, owner: string): Promise<void>;
+  scanAllIdentityIds(pageSize: number): AsyncGenerator<Record<WakeupKind, string[]>>;
+}
+
+/**
+ * The wake-up job a processor is running: it can be re-armed to a new fire time or finished
+ * (removed), both while the caller holds the identity's row lock.
+ */
+export interface ActiveWakeup {
+  readonly identityId: string;
+  readonly jobId: string;
+  /** Consecutive failed attempts before this one. */
+  readonly failures: number;
+  rearm(fireAt: number): Promise<void>;
+  finish(): Promise<void>;
+  /** Re-arms after a failure; `failures` is stored with the job for the next backoff. */
+  retryLater(fireAt: number, failures: number): Promise<void>;
+}
+
+/** What a rotation publishes before its package becomes current. */
+export interface PublishRequest {
+  identityId: string;
+  generation: number;
+  /** KeyPackageRef (hex); also the idempotency key: a retried publish sends the same one. */
+  ref: string;
+  /** TLS-encoded MLSMessage (mls_key_package). */
+  keyPackage: Uint8Array;
+  notAfter: Date;
+}
+
+export interface Publisher {
+  readonly kind: "directory" | "webhook";
+  publish(request: PublishRequest): Promise<void>;
+}

@@ -1,0 +1,89 @@
+import type { LockedDeadline, PendingKeyPackage } from "./ports.js";
+import { decideRotation, fireTimeFor, pullIn, type RotationState } from "./timers.js";
+
+/**
+ * The protocol's decisions that the services take under a row lock, as pure functions of what
+ * the lock read: which welcomes change what, where a rotation's wake-up goes after its promote,
+ * whether an earlier attempt's pending package is reused. Free of I/O; DESIGN.md gives the why.
+ */
+
+export interface PullInResult {
+  identityId: string;
+  rotationDeadline: number;
+  changed: boolean;
+}
+
+export interface PullInPlan {
+  /** One result per live identity, in lock order. */
+  results: PullInResult[];
+  /** Identities whose deadline moves to `deadline` (and whose wake-up must fire by then). */
+  changed: string[];
+  /** Identities over MAX_ROTATIONS_PER_HOUR whose deadline moves to their next allowed time. */
+  capped: { identityId: string; deadline: number }[];
+  /**
+   * Identities publishing a rotation's package: the welcome may have consumed the new package,
+   * and the promote would roll the deadline a full interval on. Recorded, the promote keeps it.
+   */
+  duringPublish: string[];
+  /** The pulled-in deadline, now + delay. */
+  deadline: number;
+}
+
+/**
+ * What a batch of welcomes (or rotate-now requests, delay 0) does to the locked identities.
+ * `allowed` holds, for identities at MAX_ROTATIONS_PER_HOUR, the earliest time their next
+ * rotation may happen: their pull-in goes there instead (counted, never dropped).
+ */
+export function planPullIns(
+  locked: readonly LockedDeadline[],
+  now: number,
+  delayMs: number,
+  allowed: ReadonlyMap<string, number> = new Map(),
+): PullInPlan {
+  const deadline = now + delayMs;
+  const plan: PullInPlan = { results: [], changed: [], capped: [], duringPublish: [], deadline };
+  for (const identity of locked) {
+    if (identity.deregistered || identity.rotationDeadline === null) continue;
+    const target = Math.max(deadline, allowed.get(identity.id) ?? deadline);
+    const next = pullIn(identity.rotationDeadline, now, target - now);
+    if (identity.publishing) plan.duringPublish.push(identity.id);
+    plan.results.push({
+      identityId: identity.id,
+      // While publishing, the deadline that counts is the one the promote will keep.
+      rotationDeadline: identity.publishing ? target : next.deadline,
+      changed: next.changed || identity.publishing,
+    });
+    if (!next.changed) continue;
+    if (next.deadline === deadline) plan.changed.push(identity.id);
+    else plan.capped.push({ identityId: identity.id, deadline: next.deadline });
+  }
+  return plan;
+}
+
+/**
+ * Where a rotation's own wake-up goes after its promote, read under the lock again: nowhere
+ * (null) for an identity that is gone, to its deadline shifted by this process's skew when not
+ * due, and at once when it is due again already (a welcome during publish, a zero interval).
+ */
+export function rotationRearmAt(
+  identity: RotationState | undefined,
+  localNow: number,
+  now: number,
+): number | null {
+  const decision = decideRotation(identity, now);
+  if (decision.kind === "gone") return null;
+  return decision.kind === "not-due" ? fireTimeFor(decision.deadline, localNow, now) : localNow;
+}
+
+/**
+ * Whether a pending package an earlier attempt left is the one to publish for `generation`
+ * (same generation and ciphersuite): a retried publish then sends the same package and
+ * idempotency key. Any other pending package is stale and dropped.
+ */
+export function reusablePending(
+  existing: PendingKeyPackage | null | undefined,
+  generation: number,
+  ciphersuite: string,
+): boolean {
+  return existing?.generation === generation && existing.ciphersuite === ciphersuite;
+}

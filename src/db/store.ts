@@ -1,0 +1,52 @@
+import type { Store, StoreTx } from "../core/ports.js";
+import type { Db, Tx } from "./client.js";
+import * as repo from "./identities.repo.js";
+import * as kps from "./key-packages.repo.js";
+import { recentRotations } from "./rotation-cap.repo.js";
+
+/**
+ * The Store port on Postgres: every method is the repository function of the same name, bound
+ * to the pool or to the transaction. Each call dispatches its statement when called, so
+ * statements issued side by side reach the transaction's connection in call order.
+ */
+export function createPostgresStore(db: Db): Store {
+  return {
+    transaction: (fn) => db.transaction((tx) => fn(bindTx(tx))),
+    recordRotationFailure: (id, now, error) => repo.recordRotationFailure(db, id, now, error),
+    countLive: () => repo.countLive(db),
+    liveAmong: (ids) => repo.liveAmong(db, ids),
+    overdueIdentities: (before, limit, after) => repo.overdueIdentities(db, before, limit, after),
+    overdueDeletions: (before, limit, after) => repo.overdueDeletions(db, before, limit, after),
+    watchdogProbe: (before) => repo.watchdogProbe(db, before),
+    getIdentity: (id) => repo.getIdentity(db, id),
+    listPublic: (id) => kps.listPublic(db, id),
+    getCurrent: (id) => kps.getCurrent(db, id),
+  };
+}
+
+function bindTx(tx: Tx): StoreTx {
+  return {
+    lockIdentity: (id) => repo.lockIdentity(tx, id),
+    lockOrTombstone: (id) => repo.lockOrTombstone(tx, id),
+    lockDeadlines: (ids) => repo.lockDeadlines(tx, ids),
+    lockLiveDeadlines: (afterId, limit) => repo.lockLiveDeadlines(tx, afterId, limit),
+    nextDeleteAtsOf: (ids) => repo.nextDeleteAtsOf(tx, ids),
+    insertIdentity: (input) => repo.insertIdentity(tx, input),
+    setRotationDeadlines: (ids, deadline) => repo.setRotationDeadlines(tx, ids, deadline),
+    recordWelcomesDuringPublish: (ids, deadline) =>
+      repo.recordWelcomesDuringPublish(tx, ids, deadline),
+    markPublishing: (id, now) => repo.markPublishing(tx, id, now),
+    tombstone: (id, now) => repo.tombstone(tx, id, now),
+    findPending: (id) => kps.findPending(tx, id),
+    insertPending: (id, generation, now, kp) => kps.insertPending(tx, id, generation, now, kp),
+    deletePending: (packageId) => kps.deletePending(tx, packageId),
+    supersedeCurrent: (input) => kps.supersedeCurrent(tx, input),
+    markCurrent: (packageId, now) => kps.markCurrent(tx, packageId, now),
+    insertCurrent: (id, generation, now, kp) => kps.insertCurrent(tx, id, generation, now, kp),
+    promotePending: (input) => kps.promotePending(tx, input),
+    deleteDueKeyPackages: (id, now) => kps.deleteDueKeyPackages(tx, id, now),
+    nextDeleteAt: (id) => kps.nextDeleteAt(tx, id),
+    hasCurrent: (id) => kps.hasCurrent(tx, id),
+    recentRotations: (ids, since) => recentRotations(tx, ids, since),
+  };
+}

@@ -1,0 +1,234 @@
+import fc from "fast-check";
+import type { PublisherMode } from "./processes.js";
+import type { Fault, FaultKind } from "./world.js";
+
+/** The model's commands and the arbitraries that generate scenarios of them. */
+
+export const IDS = ["a", "b", "c", "d"] as const;
+
+/** Port calls a fault can be aimed at (label prefixes). */
+const CALL_KINDS = [
+  "lockLiveDeadlines",
+  "overdueIdentities",
+  "overdueDeletions",
+  "lockDeadlines",
+  "arm-script",
+  "commit",
+  "publish",
+  "moveToDelayed",
+  "scan",
+  "completeReconcile",
+] as const;
+
+export type Command =
+  | { c: "register"; id: string }
+  | { c: "welcome"; ids: string[] }
+  | { c: "rotateNow"; id: string }
+  | { c: "deregister"; id: string }
+  | { c: "advance"; ms: number }
+  | { c: "flushAll" }
+  | { c: "loseJobs"; kind: "rotation" | "deletion"; ids: string[] }
+  | { c: "tailLoss"; back: number }
+  | { c: "land" }
+  | { c: "crash"; proc: number }
+  | { c: "restart" }
+  | { c: "publishFails"; id: string; forever: boolean }
+  | { c: "publishHeals"; id: string }
+  | { c: "reconcile" }
+  | { c: "run"; steps: number }
+  | { c: "faultNext"; on: string; k: number; kind: FaultKind };
+
+export interface Scenario {
+  publishers: PublisherMode[];
+  skews: number[];
+  commands: Command[];
+  faults: Fault[];
+}
+
+const id = fc.constantFrom(...IDS);
+const ids = fc.uniqueArray(id, { minLength: 1, maxLength: 3 });
+
+export const commandArb: fc.Arbitrary<Command> = fc.oneof(
+  { arbitrary: fc.record({ c: fc.constant("register" as const), id }), weight: 4 },
+  { arbitrary: fc.record({ c: fc.constant("welcome" as const), ids }), weight: 4 },
+  { arbitrary: fc.record({ c: fc.constant("rotateNow" as const), id }), weight: 1 },
+  { arbitrary: fc.record({ c: fc.constant("deregister" as const), id }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("advance" as const),
+      ms: fc.constantFrom(1_000, 4_000, 30_000, 120_000, 400_000, 900_000),
+    }),
+    weight: 5,
+  },
+  { arbitrary: fc.constant({ c: "flushAll" as const }), weight: 2 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("loseJobs" as const),
+      kind: fc.constantFrom("rotation" as const, "deletion" as const),
+      ids,
+    }),
+    weight: 1,
+  },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("tailLoss" as const),
+      back: fc.integer({ min: 1, max: 3 }),
+    }),
+    weight: 1,
+  },
+  { arbitrary: fc.constant({ c: "land" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("crash" as const),
+      proc: fc.integer({ min: 0, max: 2 }),
+    }),
+    weight: 1,
+  },
+  { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({ c: fc.constant("publishFails" as const), id, forever: fc.boolean() }),
+    weight: 1,
+  },
+  { arbitrary: fc.record({ c: fc.constant("publishHeals" as const), id }), weight: 1 },
+  { arbitrary: fc.constant({ c: "reconcile" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("run" as const),
+      steps: fc.integer({ min: 1, max: 30 }),
+    }),
+    weight: 4,
+  },
+  {
+    // A fault on one of the next calls of a kind: a reconcile failing part-way, a lost commit...
+    arbitrary: fc.record({
+      c: fc.constant("faultNext" as const),
+      on: fc.constantFrom(...CALL_KINDS),
+      k: fc.integer({ min: 1, max: 3 }),
+      kind: fc.constantFrom(
+        "fail" as const,
+        "fail-after" as const,
+        "late" as const,
+        "crash" as const,
+      ),
+    }),
+    weight: 3,
+  },
+);
+
+const faultKind = fc.constantFrom(
+  "fail" as const,
+  "fail-after" as const,
+  "late" as const,
+  "crash" as const,
+);
+
+/** Faults on any call, or aimed at the n-th call of one kind (a reconcile's pages, a commit...). */
+const faultArb: fc.Arbitrary<Fault> = fc.oneof(
+  fc.record({ at: fc.integer({ min: 1, max: 300 }), kind: faultKind }),
+  fc.record({
+    at: fc.integer({ min: 1, max: 4 }),
+    kind: faultKind,
+    on: fc.constantFrom(
+      "lockLiveDeadlines",
+      "lockLiveDeadlines",
+      "overdueIdentities",
+      "arm-script",
+      "commit",
+      "publish",
+      "moveToDelayed",
+      "scan",
+      "completeReconcile",
+    ),
+  }),
+);
+
+/**
+ * The healing mix: fewer kinds of commands, so that Redis losses, a heal failing part-way,
+ * retrying identities and near deadlines meet in one run more often.
+ */
+export const healingCommandArb: fc.Arbitrary<Command> = fc.oneof(
+  { arbitrary: fc.record({ c: fc.constant("register" as const), id }), weight: 3 },
+  { arbitrary: fc.record({ c: fc.constant("welcome" as const), ids }), weight: 3 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("advance" as const),
+      ms: fc.constantFrom(4_000, 30_000, 120_000, 400_000),
+    }),
+    weight: 4,
+  },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("run" as const),
+      steps: fc.integer({ min: 1, max: 30 }),
+    }),
+    weight: 2,
+  },
+  { arbitrary: fc.constant({ c: "flushAll" as const }), weight: 2 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("loseJobs" as const),
+      kind: fc.constantFrom("rotation" as const, "deletion" as const),
+      ids,
+    }),
+    weight: 1,
+  },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("tailLoss" as const),
+      back: fc.integer({ min: 1, max: 3 }),
+    }),
+    weight: 1,
+  },
+  { arbitrary: fc.constant({ c: "land" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("faultNext" as const),
+      on: fc.constantFrom("lockLiveDeadlines", "arm-script", "commit", "overdueIdentities", "scan"),
+      k: fc.integer({ min: 1, max: 2 }),
+      kind: fc.constantFrom("fail" as const, "crash" as const),
+    }),
+    weight: 3,
+  },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("publishFails" as const),
+      id,
+      forever: fc.constant(true),
+    }),
+    weight: 2,
+  },
+  { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
+);
+
+export type Mix = "general" | "healing";
+
+/**
+ * The healing mix starts from a fleet where two identities' publishes fail for good (they are
+ * overdue and retrying forever, as in issue 10's defect B) next to two healthy ones.
+ */
+export const HEALING_PRELUDE: readonly Command[] = [
+  { c: "publishFails", id: "a", forever: true },
+  { c: "publishFails", id: "b", forever: true },
+  { c: "register", id: "a" },
+  { c: "register", id: "b" },
+  { c: "register", id: "c" },
+  { c: "register", id: "d" },
+  { c: "advance", ms: 30_000 },
+];
+
+export const scenarioArb = (maxCommands: number, mix: Mix = "general"): fc.Arbitrary<Scenario> =>
+  fc.record({
+    publishers: fc.array(fc.constantFrom<PublisherMode>("webhook", "directory"), {
+      minLength: 3,
+      maxLength: 3,
+    }),
+    skews: fc.array(fc.constantFrom(0, 0, 30_000, -30_000, 5_000), { minLength: 3, maxLength: 3 }),
+    commands: fc
+      .array(mix === "general" ? commandArb : healingCommandArb, {
+        minLength: 1,
+        maxLength: maxCommands,
+        size: "medium",
+      })
+      .map((commands) => (mix === "healing" ? [...HEALING_PRELUDE, ...commands] : commands)),
+    faults: fc.array(faultArb, { maxLength: 8 }),
+  });

@@ -1,0 +1,89 @@
+import { describe, expect, it } from "vitest";
+import type { LockedDeadline, PendingKeyPackage } from "../../src/core/ports.js";
+import { planPullIns, reusablePending, rotationRearmAt } from "../../src/core/transitions.js";
+
+const NOW = Date.UTC(2025, 0, 15, 12, 0, 0);
+const SEC = 1_000;
+
+const locked = (id: string, over: Partial<LockedDeadline> = {}): LockedDeadline => ({
+  id,
+  rotationDeadline: NOW + 3_600 * SEC,
+  deregistered: false,
+  publishing: false,
+  now: NOW,
+  fence: 1,
+  ...over,
+});
+
+describe("planPullIns", () => {
+  it("pulls later deadlines in, keeps sooner ones, skips tombstones", () => {
+    const plan = planPullIns(
+      [
+        locked("later"),
+        locked("sooner", { rotationDeadline: NOW + 2 * SEC }),
+        locked("gone", { deregistered: true, rotationDeadline: null }),
+      ],
+      NOW,
+      5 * SEC,
+    );
+    expect(plan.deadline).toBe(NOW + 5 * SEC);
+    expect(plan.changed).toEqual(["later"]);
+    expect(plan.duringPublish).toEqual([]);
+    expect(plan.results).toEqual([
+      { identityId: "later", rotationDeadline: NOW + 5 * SEC, changed: true },
+      { identityId: "sooner", rotationDeadline: NOW + 2 * SEC, changed: false },
+    ]);
+  });
+
+  it("records a welcome during a publish, even when the deadline is already due", () => {
+    const plan = planPullIns(
+      [locked("p", { publishing: true, rotationDeadline: NOW - SEC })],
+      NOW,
+      5 * SEC,
+    );
+    expect(plan.changed).toEqual([]);
+    expect(plan.duringPublish).toEqual(["p"]);
+    // The deadline the promote will keep, and the answer says it changed.
+    expect(plan.results).toEqual([
+      { identityId: "p", rotationDeadline: NOW + 5 * SEC, changed: true },
+    ]);
+  });
+});
+
+describe("rotationRearmAt", () => {
+  const cases: [string, Parameters<typeof rotationRearmAt>, number | null][] = [
+    ["gone: no wake-up", [undefined, NOW, NOW], null],
+    ["tombstone: no wake-up", [{ rotationDeadline: null, deregistered: true }, NOW, NOW], null],
+    [
+      "not due: the deadline",
+      [{ rotationDeadline: NOW + SEC, deregistered: false }, NOW, NOW],
+      NOW + SEC,
+    ],
+    [
+      "not due, local clock 30 s ahead: shifted by the skew",
+      [{ rotationDeadline: NOW + SEC, deregistered: false }, NOW + 30 * SEC, NOW],
+      NOW + 31 * SEC,
+    ],
+    [
+      "due again already: at once",
+      [{ rotationDeadline: NOW, deregistered: false }, NOW + 7, NOW],
+      NOW + 7,
+    ],
+  ];
+  it.each(cases)("%s", (_name, args, expected) => {
+    expect(rotationRearmAt(...args)).toBe(expected);
+  });
+});
+
+describe("reusablePending", () => {
+  const pending = { generation: 3, ciphersuite: "X" } as PendingKeyPackage;
+  it.each([
+    [pending, 3, "X", true],
+    [pending, 4, "X", false],
+    [pending, 3, "Y", false],
+    [undefined, 3, "X", false],
+    [null, 3, "X", false],
+  ] as const)("%o for generation %i, suite %s: %s", (existing, generation, suite, expected) => {
+    expect(reusablePending(existing, generation, suite)).toBe(expected);
+  });
+});
