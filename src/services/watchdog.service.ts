@@ -220,26 +220,34 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
       : undefined;
 
   let watching: Promise<void> | undefined;
+  let soon: NodeJS.Timeout | undefined;
+  const watch = () => {
+    if (signal.aborted || watching !== undefined || healing !== undefined) return;
+    watching = runWatchdog(rotor, { ...options, signal })
+      .then((report) => {
+        if (report.reconciled || report.rearmed > 0 || report.rearmedDeletions > 0) {
+          log.warn(report, "watchdog repaired wake-ups");
+        }
+      })
+      .catch((err) => {
+        if (signal.aborted) return;
+        if (err instanceof ReconcileBusy) {
+          // Another process runs the reconcile. If it dies, its lease lapses (60 s) with the
+          // mark still there: look again then, not a whole WATCHDOG_INTERVAL later.
+          log.info("another process holds the reconcile lease; the watchdog looks again soon");
+          clearTimeout(soon);
+          soon = setTimeout(watch, LEASE_TTL_MS + 5_000);
+          return;
+        }
+        log.error({ err }, "watchdog could not heal; retrying with backoff");
+        void heal("watchdog retry");
+      })
+      .finally(() => {
+        watching = undefined;
+      });
+  };
   const watchdogTimer =
-    options.watchdogIntervalMs > 0
-      ? setInterval(() => {
-          if (watching !== undefined || healing !== undefined) return;
-          watching = runWatchdog(rotor, { ...options, signal })
-            .then((report) => {
-              if (report.reconciled || report.rearmed > 0 || report.rearmedDeletions > 0) {
-                log.warn(report, "watchdog repaired wake-ups");
-              }
-            })
-            .catch((err) => {
-              if (signal.aborted) return;
-              log.error({ err }, "watchdog could not heal; the mark check retries");
-              if (!(err instanceof ReconcileBusy)) void heal("watchdog retry");
-            })
-            .finally(() => {
-              watching = undefined;
-            });
-        }, options.watchdogIntervalMs)
-      : undefined;
+    options.watchdogIntervalMs > 0 ? setInterval(watch, options.watchdogIntervalMs) : undefined;
 
   return {
     checkMark,
@@ -249,6 +257,7 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
       clearInterval(markTimer);
       clearInterval(watchdogTimer);
       clearTimeout(retry);
+      clearTimeout(soon);
       await Promise.allSettled([healing, watching]);
     },
   };
