@@ -214,12 +214,15 @@ export interface ArmItem {
 }
 
 /**
- * The wake-up queues. Every arm is made while the caller holds the identity's row lock; the
- * production adapter's contract is documented on src/queue/timers.ts.
+ * The wake-up queues. Every arm is made while the caller holds the identity's row lock
+ * (DESIGN.md, "One lock per identity") and passes the arm fence taken after that lock was
+ * granted; a write older than the job's last one is refused and reported as "none" (DESIGN.md,
+ * "Fenced arms"). The production adapter is src/queue/timers.ts (BullMQ, one Lua script).
  */
 export interface Wakeups {
+  /** Reads the state and fire time of identities' wake-up jobs (one script call per 1,000). */
   view(kind: WakeupKind, identityIds: readonly string[]): Promise<JobView[]>;
-  /** `fence`: the arm fence of the caller's lock; a write older than the job's last is refused. */
+  /** Makes the identity's wake-up fire at `desired` (null: no wake-up); returns what was done. */
   arm(
     kind: WakeupKind,
     identityId: string,
@@ -227,24 +230,44 @@ export interface Wakeups {
     now: number,
     fence: number,
   ): Promise<ArmAction>;
+  /**
+   * `arm` for many identities at once (the caller holds all their row locks): one view, planArm
+   * per identity, then every add and every move of a delayed job in one arm-script call per
+   * chunk of 1,000, applied in the order given, with exact fire times. Returns the action per
+   * item, in order.
+   */
   armMany(
     kind: WakeupKind,
     items: readonly ArmItem[],
     now: number,
     fence: number,
   ): Promise<ArmAction[]>;
+  /**
+   * Makes wake-ups fire no later than `fireAt` when their deadlines were just pulled in to it:
+   * moves every delayed job firing later to exactly `fireAt` and leaves one firing sooner (it
+   * re-arms itself); only jobs in another state go through armMany's view and planArm.
+   */
   armEarlier(
     kind: WakeupKind,
     items: readonly { identityId: string; fireAt: number }[],
     now: number,
     fence: number,
   ): Promise<ArmAction[]>;
+  /** Starts a reconcile run: records `runId`; only completeReconcile writes the mark. */
   beginReconcile(runId: string): Promise<void>;
+  /**
+   * Writes the reconcile mark if the run's record is still there, atomically; false (no mark)
+   * when Redis lost its data during the run, which took the record with it.
+   */
   completeReconcile(runId: string): Promise<boolean>;
+  /** Whether Redis holds the mark of a completed reconcile (it vanishes if Redis loses data). */
   isReconciled(): Promise<boolean>;
+  /** Wake-up jobs in a state that will fire (delayed, waiting, active): O(1) in the jobs. */
   countWakeups(kind: WakeupKind): Promise<number>;
+  /** Takes (or renews) a lease so that one process at a time reconciles. */
   tryLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
   releaseLease(name: string, owner: string): Promise<void>;
+  /** The identity ids of all wake-up jobs of both queues, in pages, in one SCAN pass. */
   scanAllIdentityIds(pageSize: number): AsyncGenerator<Record<WakeupKind, string[]>>;
 }
 

@@ -1,5 +1,6 @@
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
+import type { ArmItem, Wakeups } from "../core/ports.js";
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
 import { settleAll } from "../settle.js";
 import { ARM_LUA, VIEW_LUA } from "./arm-script.js";
@@ -50,11 +51,7 @@ export function createRedis(url: string, mode: "client" | "worker" = "client"): 
     : new Redis(url, { maxRetriesPerRequest: 1, commandTimeout: 5_000, connectTimeout: 5_000 });
 }
 
-/** One identity's wanted fire time (null: no wake-up), for `armMany`. */
-export interface ArmItem {
-  identityId: string;
-  desired: number | null;
-}
+export type { ArmItem };
 
 /** The opts field of every job armed here: BullMQ's default, short enough for a listpack hash. */
 const JOB_OPTS = JSON.stringify({ attempts: 0 });
@@ -78,78 +75,16 @@ type RedisWithScripts = Redis & {
   ): Promise<number[]>;
 };
 
-export interface Timers {
+/**
+ * The Wakeups port (src/core/ports.ts, where each method's contract is written) on BullMQ, plus
+ * what only operators and tests use: the queues themselves, a planned action applied as is, and
+ * close.
+ */
+export interface Timers extends Wakeups {
   readonly prefix: string;
   readonly queues: Record<TimerKind, Queue<WakeData>>;
-  /** Reads the state and fire time of identities' wake-up jobs (one script call per 1,000). */
-  view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]>;
   /** Carries out a planned action; losing a race to a worker that took the job is not an error. */
   apply(kind: TimerKind, identityId: string, action: ArmAction, fence: number): Promise<void>;
-  /**
-   * Makes the identity's wake-up fire at `desired` (null: no wake-up). The caller must hold the
-   * identity's row lock (DESIGN.md, "One lock per identity") and pass the arm fence taken after
-   * the lock was granted (repo.lockIdentity's `fence`). Returns what was done; a write refused by
-   * the fence (a newer arm decided) is "none".
-   */
-  arm(
-    kind: TimerKind,
-    identityId: string,
-    desired: number | null,
-    now: number,
-    fence: number,
-  ): Promise<ArmAction>;
-  /**
-   * `arm` for many identities at once (the caller holds all their row locks): one view, planArm
-   * per identity, then every add and every move of a delayed job in one arm-script call per
-   * chunk of 1,000, applied in the order given, with exact fire times. Replacing a finished
-   * job and removals go through BullMQ one by one. Returns the action per item, in order.
-   */
-  armMany(
-    kind: TimerKind,
-    items: readonly ArmItem[],
-    now: number,
-    fence: number,
-  ): Promise<ArmAction[]>;
-  /**
-   * Makes wake-ups fire no later than `fireAt` when their deadlines were just pulled in to it
-   * (the caller holds the row locks): one arm-script call per 1,000 that moves every delayed job
-   * firing later to exactly `fireAt` and leaves one firing sooner (it re-arms itself); only
-   * identities whose job is not delayed (missing, waiting, active, finished) go through
-   * armMany's view and planArm. Saves the view of armMany on the common path. Returns the
-   * action per item, in order.
-   */
-  armEarlier(
-    kind: TimerKind,
-    items: readonly { identityId: string; fireAt: number }[],
-    now: number,
-    fence: number,
-  ): Promise<ArmAction[]>;
-  /**
-   * Starts a reconcile run: records `runId` as the run in progress. The reconcile mark is only
-   * written by completeReconcile, so a run that fails or stops part-way leaves no mark.
-   */
-  beginReconcile(runId: string): Promise<void>;
-  /**
-   * Ends a run that walked every identity: writes the reconcile mark if the run's record is
-   * still there, atomically. Returns false (no mark) when Redis lost its data during the run,
-   * which took the record with it: the run's earlier arms may be gone, so it must run again.
-   */
-  completeReconcile(runId: string): Promise<boolean>;
-  /** Whether Redis holds the mark of a completed reconcile (it vanishes if Redis loses data). */
-  isReconciled(): Promise<boolean>;
-  /**
-   * How many wake-up jobs the queue holds in a state that will fire (delayed, waiting, active,
-   * prioritized): a handful of O(1) commands, whatever the number of identities.
-   */
-  countWakeups(kind: TimerKind): Promise<number>;
-  /** Takes (or renews) a lease so that one process at a time runs the start-up reconcile. */
-  tryLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
-  releaseLease(name: string, owner: string): Promise<void>;
-  /**
-   * Yields the identity ids of all wake-up jobs of both queues, in pages, in one pass over the
-   * keyspace (SCAN: no blocking).
-   */
-  scanAllIdentityIds(pageSize: number): AsyncGenerator<Record<TimerKind, string[]>>;
   close(): Promise<void>;
 }
 
@@ -283,7 +218,12 @@ export function createTimers(
         // A delayed job is removed under the fence. Other states are rare here: a finished job
         // goes through BullMQ; a waiting one too (it would run and find nothing to do); BullMQ
         // refuses an active one, whose worker decides under our lock afterwards.
-        const [result] = await armScript(kind, [{ op: "d", identityId, fireAt: 0 }], Date.now(), fence);
+        const [result] = await armScript(
+          kind,
+          [{ op: "d", identityId, fireAt: 0 }],
+          Date.now(),
+          fence,
+        );
         if (result === 1) await queue.remove(jobId);
         return;
       }

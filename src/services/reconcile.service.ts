@@ -1,5 +1,11 @@
 import { randomUUID } from "node:crypto";
-import { WAKEUP_KINDS as TIMER_KINDS, type WakeupKind as TimerKind } from "../core/ports.js";
+import {
+  type ArmItem,
+  type LockedDeadline,
+  type StoreTx,
+  WAKEUP_KINDS as TIMER_KINDS,
+  type WakeupKind as TimerKind,
+} from "../core/ports.js";
 import type { ArmAction } from "../core/timers.js";
 import { settleAll } from "../settle.js";
 import type { Rotor } from "./rotor.js";
@@ -162,31 +168,81 @@ export async function reconcile(
  * Reconcile runs it before its walk; the watchdog runs it for identities overdue beyond any
  * normal delay.
  */
-export async function armOverdue(
+export function armOverdue(
   rotor: Rotor,
   before: number,
   pageSize: number,
   limit = Number.POSITIVE_INFINITY,
 ): Promise<{ id: string; action: ArmAction }[]> {
-  const armed: { id: string; action: ArmAction }[] = [];
-  let repaired = 0;
-  let after: { deadline: number; id: string } | undefined;
-  while (repaired < limit) {
-    const page = await rotor.store.overdueIdentities(before, pageSize, after);
-    if (page.length === 0) break;
-    const ids = page.map((p) => p.id);
-    await rotor.store.transaction(async (tx) => {
-      const rows = await tx.lockDeadlines(ids);
-      const locked = new Map(rows.map((i) => [i.id, i]));
-      const now = rows[0]?.now ?? rotor.clock();
-      // Still in deadline order (the page's order), restricted to identities still live.
-      const items = ids.flatMap((id) => {
+  return repairPages<{ id: string; deadline: number }>(rotor, "rotation", pageSize, limit, {
+    page: (after) => rotor.store.overdueIdentities(before, pageSize, after),
+    ids: (page) => page.map((p) => p.id),
+    // In deadline order (the page's order), restricted to identities still live.
+    desired: async (_tx, ids, locked) =>
+      ids.flatMap((id) => {
         const identity = locked.get(id);
         return identity === undefined || identity.deregistered
           ? []
           : [{ identityId: id, desired: identity.rotationDeadline }];
-      });
-      const actions = await rotor.timers.armMany("rotation", items, now, rows[0]?.fence ?? 0);
+      }),
+  });
+}
+
+/**
+ * The deletion backstop: identities with a superseded key package whose delete_at passed before
+ * `before` get their deletion wake-up armed to their earliest delete_at, under their row locks,
+ * paging past those whose wake-up is fine, until `limit` needed a repair.
+ */
+export function armOverdueDeletions(
+  rotor: Rotor,
+  before: number,
+  pageSize: number,
+  limit = Number.POSITIVE_INFINITY,
+): Promise<{ id: string; action: ArmAction }[]> {
+  type Row = { identityId: string; deleteAt: number; packageId: number };
+  return repairPages<Row>(rotor, "deletion", pageSize, limit, {
+    page: (after) => rotor.store.overdueDeletions(before, pageSize, after),
+    ids: (page) => [...new Set(page.map((p) => p.identityId))],
+    desired: async (tx, ids, locked) => {
+      const live = ids.filter((id) => locked.get(id)?.deregistered === false);
+      const deleteAts = await tx.nextDeleteAtsOf(live);
+      return live.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null }));
+    },
+  });
+}
+
+/**
+ * The overdue scans' loop: a page of candidates (keyset-paginated, the page's last row is the
+ * next cursor), locked in one transaction, armed in one armMany; pages continue past identities
+ * whose wake-up needed nothing until `limit` needed a repair or the candidates run out.
+ */
+async function repairPages<Row>(
+  rotor: Rotor,
+  kind: TimerKind,
+  pageSize: number,
+  limit: number,
+  scan: {
+    page(after: Row | undefined): Promise<Row[]>;
+    ids(page: readonly Row[]): string[];
+    desired(
+      tx: StoreTx,
+      ids: readonly string[],
+      locked: ReadonlyMap<string, LockedDeadline>,
+    ): Promise<ArmItem[]>;
+  },
+): Promise<{ id: string; action: ArmAction }[]> {
+  const armed: { id: string; action: ArmAction }[] = [];
+  let repaired = 0;
+  let after: Row | undefined;
+  while (repaired < limit) {
+    const page = await scan.page(after);
+    if (page.length === 0) break;
+    const ids = scan.ids(page);
+    await rotor.store.transaction(async (tx) => {
+      const rows = await tx.lockDeadlines(ids);
+      const now = rows[0]?.now ?? rotor.clock();
+      const items = await scan.desired(tx, ids, new Map(rows.map((r) => [r.id, r])));
+      const actions = await rotor.timers.armMany(kind, items, now, rows[0]?.fence ?? 0);
       items.forEach((item, i) => {
         const action = actions[i] ?? { kind: "none" };
         if (action.kind !== "none") repaired++;
@@ -195,44 +251,6 @@ export async function armOverdue(
     });
     if (page.length < pageSize) break;
     after = page[page.length - 1];
-  }
-  return armed;
-}
-
-/**
- * The deletion backstop: identities with a superseded key package whose delete_at passed before
- * `before` get their deletion wake-up armed to their earliest delete_at, under their row locks,
- * paging past those whose wake-up is fine, until `limit` needed a repair.
- */
-export async function armOverdueDeletions(
-  rotor: Rotor,
-  before: number,
-  pageSize: number,
-  limit = Number.POSITIVE_INFINITY,
-): Promise<{ id: string; action: ArmAction }[]> {
-  const armed: { id: string; action: ArmAction }[] = [];
-  let repaired = 0;
-  let after: { deleteAt: number; packageId: number } | undefined;
-  while (repaired < limit) {
-    const page = await rotor.store.overdueDeletions(before, pageSize, after);
-    if (page.length === 0) break;
-    const ids = [...new Set(page.map((p) => p.identityId))];
-    await rotor.store.transaction(async (tx) => {
-      const rows = await tx.lockDeadlines(ids);
-      const live = rows.filter((r) => !r.deregistered).map((r) => r.id);
-      const now = rows[0]?.now ?? rotor.clock();
-      const deleteAts = await tx.nextDeleteAtsOf(live);
-      const items = live.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null }));
-      const actions = await rotor.timers.armMany("deletion", items, now, rows[0]?.fence ?? 0);
-      items.forEach((item, i) => {
-        const action = actions[i] ?? { kind: "none" };
-        if (action.kind !== "none") repaired++;
-        armed.push({ id: item.identityId, action });
-      });
-    });
-    if (page.length < pageSize) break;
-    const last = page[page.length - 1] as (typeof page)[number];
-    after = { deleteAt: last.deleteAt, packageId: last.packageId };
   }
   return armed;
 }

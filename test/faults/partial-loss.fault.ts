@@ -10,6 +10,7 @@
  */
 import type { Redis } from "ioredis";
 import { afterEach, expect, it } from "vitest";
+import { holdRowLock } from "../helpers/latch.js";
 import { judgeArms } from "./checks.js";
 import { sleep } from "./harness.js";
 import { Scenario } from "./scenario.js";
@@ -85,27 +86,13 @@ it("a reconcile failing part-way (a row held past lock_timeout) is retried until
   s.startLoad();
   await sleep(8_000);
   // Hold one identity's row from another connection across the reconcile's lock_timeout (10 s).
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  let locked!: () => void;
-  const isLocked = new Promise<void>((resolve) => {
-    locked = resolve;
-  });
-  const held = s.h.sql.begin(async (tx) => {
-    await tx`select id from identities where id = 'fault-50' for update`;
-    locked();
-    await released;
-  });
-  await isLocked;
+  const held = await holdRowLock(s.h.sql, "fault-50");
   const lostAt = Date.now();
   await s.h.admin.flushall();
   s.faults++;
   await sleep(13_000);
   const markDuringHold = await s.h.admin.exists(`${s.h.prefix}:kp-rotor:reconciled`);
-  release();
-  await held;
+  await held.release();
   const healMs = await timeToHeal(s, lostAt, 120_000);
   s.extra.markWhileHeld = markDuringHold;
   s.extra.healMs = healMs;

@@ -1,3 +1,4 @@
+import type postgres from "postgres";
 import type { Context } from "../../src/context.js";
 
 /** A one-shot gate: `open()` resolves `promise`; tests await it instead of sleeping. */
@@ -73,4 +74,28 @@ export async function within<T>(promise: Promise<T>, timeoutMs: number, what: st
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Holds one identity's row lock (`SELECT ... FOR UPDATE`) in a transaction on `sql` until
+ * `release()`, as another client would: whatever needs that row waits, up to its lock_timeout.
+ */
+export async function holdRowLock(
+  sql: postgres.Sql,
+  id: string,
+): Promise<{ release(): Promise<void> }> {
+  const released = latch();
+  const locked = latch();
+  const done = sql.begin(async (tx) => {
+    await tx`select id from identities where id = ${id} for update`;
+    locked.open();
+    await released.promise;
+  });
+  await locked.promise;
+  return {
+    async release() {
+      released.open();
+      await done;
+    },
+  };
 }

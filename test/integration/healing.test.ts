@@ -23,6 +23,7 @@ import { runWatchdog } from "../../src/services/watchdog.service.js";
 import { startWorkerRuntime } from "../../src/worker-process.js";
 import { ALL_HANDLERS } from "../../workers/index.js";
 import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
+import { holdRowLock as holdRow } from "../helpers/latch.js";
 
 type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };
 
@@ -44,24 +45,10 @@ async function setup(vars: Record<string, string> = {}): Promise<TestEnv & { adm
 /** Holds one identity's row lock from another connection until `release()`. */
 async function holdRowLock(url: string, id: string): Promise<{ release(): Promise<void> }> {
   const sql = postgres(url, { max: 1, onnotice: () => {} });
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  let locked!: () => void;
-  const isLocked = new Promise<void>((resolve) => {
-    locked = resolve;
-  });
-  const done = sql.begin(async (tx) => {
-    await tx`select id from identities where id = ${id} for update`;
-    locked();
-    await released;
-  });
-  await isLocked;
+  const held = await holdRow(sql, id);
   return {
     async release() {
-      release();
-      await done;
+      await held.release();
       await sql.end();
     },
   };
