@@ -253,11 +253,14 @@ export interface Wakeups {
     now: number,
     fence: number,
   ): Promise<ArmAction[]>;
-  /** Starts a reconcile run: records `runId`; only completeReconcile writes the mark. */
+  /**
+   * Starts a reconcile run: records `runId` among the runs in progress; only completeReconcile
+   * writes the mark.
+   */
   beginReconcile(runId: string): Promise<void>;
   /**
-   * Writes the reconcile mark if the run's record is still there, atomically; false (no mark)
-   * when Redis lost its data during the run, which took the record with it.
+   * Removes the run's record and writes the reconcile mark if the record was still there,
+   * atomically; false (no mark) when Redis lost its data during the run, which took the record.
    */
   completeReconcile(runId: string): Promise<boolean>;
   /** Whether Redis holds the mark of a completed reconcile (it vanishes if Redis loses data). */

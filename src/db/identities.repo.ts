@@ -62,14 +62,6 @@ export async function nextArmFence(db: Db | Tx): Promise<number> {
   return Number(row?.fence);
 }
 
-/** Postgres' clock, epoch ms (for decisions taken without reading an identity row). */
-export async function databaseNow(db: Db | Tx): Promise<number> {
-  const [row] = await db.execute<{ now: number }>(
-    sql`select floor(extract(epoch from clock_timestamp()) * 1000)::float8 as now`,
-  );
-  return Number(row?.now);
-}
-
 /**
  * Like lockIdentity, but first leaves a tombstone where there is no row, so that a wake-up of an
  * unknown identity has a lock to decide under (a concurrent registration then waits for it).

@@ -343,7 +343,7 @@ export function createTimers(
   }
 
   const markKey = `${prefix}:kp-rotor:reconciled`;
-  const runKey = `${prefix}:kp-rotor:reconcile-run`;
+  const runKey = `${prefix}:kp-rotor:reconcile-runs`;
 
   const leaseKey = (name: string) => `${prefix}:kp-rotor:lease:${name}`;
 
@@ -393,11 +393,18 @@ export function createTimers(
     armMany,
     armEarlier,
     async beginReconcile(runId) {
-      await redis.set(runKey, runId);
+      // A sorted set of the runs in progress, so that runs side by side (an operator's beside a
+      // worker's) each complete; records of runs whose process died are dropped after a day.
+      const now = Date.now();
+      await redis
+        .multi()
+        .zadd(runKey, now, runId)
+        .zremrangebyscore(runKey, "-inf", now - 86_400_000)
+        .exec();
     },
     async completeReconcile(runId) {
       const done = await redis.eval(
-        "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) redis.call('del', KEYS[1]) return 1 end return 0",
+        "if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0",
         2,
         runKey,
         markKey,

@@ -7,7 +7,7 @@ import type { Rotor } from "./rotor.js";
  * The healing path (DESIGN.md, "Healing"). Three checks, each at a cost that does not grow with
  * the number of identities:
  *  - full loss (FLUSHALL, a restart without persistence): the reconcile mark is gone. Checked on
- *    every reconnect and every MARK_CHECK_INTERVAL (one EXISTS); a reconcile runs, and is
+ *    every reconnect and every RECONCILE_CHECK_INTERVAL (one EXISTS); a reconcile runs, and is
  *    retried with backoff until one completes;
  *  - partial loss with the mark intact (AOF tail loss, a lagging replica promoted, a job removed
  *    by hand): the wakeup census in Postgres against the queues' job counts, every

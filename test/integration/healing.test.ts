@@ -101,6 +101,20 @@ describe("a reconcile either completes or is retried (A)", () => {
     expect(await rotor.timers.isReconciled()).toBe(false);
   });
 
+  it("two runs side by side (an operator's beside a worker's) both complete and mark", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    for (const id of ["t1", "t2", "t3"]) await identities.register(rotor, id);
+    await env.admin.flushall();
+    const reports = await Promise.all([
+      reconcile(rotor, { pageSize: 1, pagesInFlight: 1 }),
+      reconcile(rotor, { pageSize: 1, pagesInFlight: 1 }),
+    ]);
+    expect(reports.map((r) => r.identities)).toEqual([3, 3]);
+    expect(await rotor.timers.isReconciled()).toBe(true);
+    expect(await rotationViews(env.ctx, ["t1", "t2", "t3"])).toEqual(Array(3).fill("delayed"));
+  });
+
   it("a stopped run (shutdown) writes no mark", async () => {
     const env = await setup();
     const { rotor } = env.ctx;

@@ -198,15 +198,14 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
       call(
         "beginReconcile",
         () => {
-          world.redis.runId = runId;
+          world.redis.runIds.add(runId);
         },
         true,
       ),
     completeReconcile: (runId) =>
       call("completeReconcile", () => {
-        if (world.redis.runId !== runId) return false;
+        if (!world.redis.runIds.delete(runId)) return false;
         world.redis.mark = true;
-        world.redis.runId = undefined;
         return true;
       }),
     isReconciled: () => call("isReconciled", () => world.redis.mark),

@@ -48,14 +48,15 @@ export interface Job {
 export interface RedisState {
   queues: Record<WakeupKind, Map<string, Job>>;
   mark: boolean;
-  runId: string | undefined;
+  /** The reconcile runs in progress (each removed by its own completeReconcile). */
+  runIds: Set<string>;
   leases: Map<string, { owner: string; until: number }>;
 }
 
 export const emptyRedis = (): RedisState => ({
   queues: { rotation: new Map(), deletion: new Map() },
   mark: false,
-  runId: undefined,
+  runIds: new Set(),
   leases: new Map(),
 });
 
@@ -65,7 +66,7 @@ export const copyRedis = (r: RedisState): RedisState => ({
     deletion: new Map([...r.queues.deletion].map(([k, j]) => [k, { ...j }])),
   },
   mark: r.mark,
-  runId: r.runId,
+  runIds: new Set(r.runIds),
   leases: new Map(r.leases),
 });
 
