@@ -142,6 +142,9 @@ export async function reconcileOnce(
     return true;
   } catch (err) {
     const error = err instanceof Error ? err.message : String(err);
+    // Every caller retries (the healer with backoff, the watchdog through the healer), so the
+    // one line for every failed run, whichever path ran it, says so.
+    rotor.log.error({ component: "reconcile", reason, err: error }, "reconcile failed; retrying");
     rotor.events.emit("reconcile-failed", { reason, error });
     throw err;
   } finally {
@@ -187,11 +190,11 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
         const ran = await reconcileOnce(rotor, options.owner, reason, signal);
         failures = 0;
         if (!ran) log.info({ reason }, "another process holds the reconcile lease");
-      } catch (err) {
+      } catch {
         if (signal.aborted) return;
         failures++;
         const delay = backoffMs(failures);
-        log.error({ err, reason, failures, retryInMs: delay }, "reconcile failed; retrying");
+        log.warn({ reason, failures, retryInMs: delay }, "next reconcile attempt after backoff");
         clearTimeout(retry);
         retryPending = true;
         retry = setTimeout(() => {
