@@ -102,6 +102,16 @@ export function deletionDeadline(deleteAts: readonly number[]): number | null {
   return earliest;
 }
 
+/**
+ * How far ahead a worker parks a finished job before removing it (a held job cannot be removed).
+ * Short on purpose: should that park land late, after its caller timed out and a registration
+ * revived the identity meanwhile, the parked wake-up fires within a minute, finds the identity
+ * live and re-arms it from Postgres; and should the removal be lost, it fires, finds the
+ * tombstone and finishes again. (A park a year out would hold a revived identity's wake-up until
+ * the overdue scan found it, after its deadline.)
+ */
+export const FINISH_PARK_MS = 60_000;
+
 /** Retry delay after the n-th consecutive failure (n >= 1): 2 s, x1.5 each time, at most 60 s. */
 export const BACKOFF = { initialMs: 2_000, factor: 1.5, maxMs: 60_000 } as const;
 export function backoffMs(failures: number): number {

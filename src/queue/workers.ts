@@ -2,6 +2,7 @@ import { DelayedError, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Logger } from "../logger.js";
 import type { ActiveWakeup } from "../core/ports.js";
+import { FINISH_PARK_MS } from "../core/timers.js";
 import { PreciseWorker } from "./precise-worker.js";
 import { identityIdOf, jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
 
@@ -19,9 +20,6 @@ export interface WorkerSettings {
    */
   maxBlockMs: number;
 }
-
-/** Where a finished job is parked before it is removed, in case the removal is lost. */
-const PARK_MS = 365 * 86_400_000;
 
 export type WakeHandler = (wake: ActiveWakeup) => Promise<void>;
 
@@ -111,7 +109,7 @@ function toActiveWakeup(job: Job<WakeData>, token: string | undefined): ActiveWa
     },
     async finish() {
       // A job cannot be removed while this worker holds it: park it, then remove it.
-      await job.moveToDelayed(Date.now() + PARK_MS, token);
+      await job.moveToDelayed(Date.now() + FINISH_PARK_MS, token);
       await job.remove();
     },
     async retryLater(fireAt, nextFailures) {

@@ -29,8 +29,9 @@ const HEAL_MS: Record<string, number> = {
   // The mark check (15 s) finds the loss; the reconcile re-arms everything.
   "full loss": 60_000,
   // The census finds it at the next watchdog tick (+ its 2 s re-reading) and the reconcile
-  // repairs it; unless a lasting orphan (a parked job, a deregistration that died before its
-  // removal) balances the count: then the overdue scans find it, as for a tail loss.
+  // repairs it; unless a lasting orphan (a deregistration that died before its removal, or
+  // whose wake-ups a tail loss brought back) balances the count: then the overdue scans find it,
+  // as for a tail loss.
   "partial loss": OVERDUE_GRACE_MS + WATCHDOG_MS + 60_000,
   // Invisible to the mark and the census (a job moved back, a resurrected one balancing a lost
   // one): the overdue scans find it once it is overdue by the grace, at the next watchdog tick.

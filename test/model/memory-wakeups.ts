@@ -1,5 +1,5 @@
 import type { ActiveWakeup, ArmItem, Wakeups, WakeupKind } from "../../src/core/ports.js";
-import { type ArmAction, type JobView, planArm } from "../../src/core/timers.js";
+import { type ArmAction, FINISH_PARK_MS, type JobView, planArm } from "../../src/core/timers.js";
 import type { Job, Proc, World } from "./world.js";
 
 /**
@@ -15,7 +15,6 @@ import type { Job, Proc, World } from "./world.js";
 type Op = { op: "a" | "r" | "e" | "d"; identityId: string; fireAt: number };
 
 const MAX_REPLANS = 5;
-const PARK_MS = 365 * 86_400_000;
 
 export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
   let chain: Promise<unknown> = Promise.resolve();
@@ -279,7 +278,7 @@ export function activeWakeup(
     failures: job.failures,
     rearm: (fireAt) => moveToDelayed(fireAt, 0),
     async finish() {
-      await moveToDelayed(world.now() + PARK_MS);
+      await moveToDelayed(world.now() + FINISH_PARK_MS);
       await world.step(
         proc,
         `remove(${kind} ${id})`,

@@ -23,11 +23,12 @@ import { type Proc, STALL_MS, type World } from "./world.js";
  */
 
 export const TIMING: Timing = {
-  // Long against the deletion grace and the heal bounds, as 30 d is against 1 d in production:
-  // a lost deletion wake-up is then not hidden by the identity's next rotation re-arming it.
+  // Ordered as in production (heal bounds < deletion grace < rotation interval, as 13 min <
+  // 1 d < 30 d): a lost deletion wake-up is then not hidden by the identity's next rotation
+  // re-arming it, and an orphan deletion wake-up can outlast the heal bound of a lost one.
   rotationIntervalMs: 60 * 60_000,
   welcomeRotationDelayMs: 5_000,
-  deletionGraceMs: 5 * 60_000,
+  deletionGraceMs: 20 * 60_000,
 };
 export const MARK_CHECK_MS = 15_000;
 export const WATCHDOG_MS = 10 * 60_000;

@@ -1,7 +1,7 @@
 import type { Scenario } from "./scenarios.js";
 
 /**
- * Issue 10's defects A to D as model scenarios: the counterexamples the model test found (A, B,
+ * Issue 10's defects A to E as model scenarios: the counterexamples the model test found (A, B,
  * D: shrunk by fast-check) or that were written from the issue's repro (C), each replayed under
  * many interleavings. Each fails when its fix is reverted in src (see the note on issue 10).
  */
@@ -50,21 +50,43 @@ export const REGRESSIONS: Record<string, Scenario> = {
     skews: noSkew,
     commands: [
       ...fleet,
-      { c: "welcome", ids: ["c"] },
-      { c: "advance", ms: 30_000 },
-      // c's deletion wake-up finishes: parked a year, and its worker dies before the removal.
-      { c: "faultNext", on: "remove(deletion", k: 1, kind: "crash" },
-      { c: "advance", ms: 400_000 },
       { c: "welcome", ids: ["d"] },
       { c: "advance", ms: 30_000 },
-      // d's deletion wake-up is lost; c's parked job keeps the census even.
+      // d has a superseded package (delete_at 20 min out); c rotates 18 min after d.
+      { c: "advance", ms: 400_000 },
+      { c: "advance", ms: 400_000 },
+      { c: "advance", ms: 240_000 },
+      { c: "welcome", ids: ["c"] },
+      { c: "advance", ms: 30_000 },
+      // c is deregistered, and a tail loss brings its wake-ups back: the deletion one an orphan
+      // until c's delete_at, 18 min after d's (its rotation one is lost, so that queue balances).
+      { c: "deregister", id: "c" },
+      { c: "advance", ms: 10_000 },
+      { c: "tailLoss", back: 2 },
+      { c: "loseJobs", kind: "rotation", ids: ["c"] },
+      // d's deletion wake-up is lost; c's orphan keeps the census even past d's heal bound.
       { c: "loseJobs", kind: "deletion", ids: ["d"] },
+      { c: "advance", ms: 400_000 },
       { c: "advance", ms: 400_000 },
       { c: "advance", ms: 400_000 },
       { c: "advance", ms: 400_000 },
       { c: "advance", ms: 400_000 },
     ],
     faults: [],
+  },
+  "E: a worker's park that lands late, after a registration revived the identity, heals itself": {
+    // Found by the healing mix (seed -773413949): d's registration fails to commit after arming;
+    // the orphan fires and its worker parks it, a write that times out and lands later, after d
+    // was registered again (whose arm saw the job active and left it to its worker).
+    publishers: ["webhook", "webhook", "directory"],
+    skews: noSkew,
+    commands: [...fleet, { c: "register", id: "d" }],
+    faults: [
+      { at: 2, kind: "fail", on: "commit" },
+      { at: 2, kind: "fail", on: "moveToDelayed" },
+      { at: 1, kind: "late", on: "moveToDelayed" },
+      { at: 1, kind: "fail", on: "overdueIdentities" },
+    ],
   },
   "D: a welcome acknowledged while a rotation publishes leads to one more rotation": {
     publishers: webhooks,
