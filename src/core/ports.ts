@@ -34,7 +34,7 @@ export interface LockedIdentity extends RotationState {
   fence: number;
   /**
    * The store's clock when the row was read: the one clock that decides what is due and stamps
-   * deadlines (DESIGN.md, "One clock"). Never later than the moment the lock was granted.
+   * deadlines (DESIGN.md, "Time"). Never later than the moment the lock was granted.
    */
   now: number;
 }

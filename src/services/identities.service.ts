@@ -148,7 +148,7 @@ export async function pullInMany(
   const unique = [...new Set(ids)];
   return rotor.store.transaction(async (tx) => {
     const locked = await tx.lockDeadlines(unique);
-    // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "One clock".
+    // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "Time".
     const now = locked[0]?.now ?? rotor.clock();
     // Over MAX_ROTATIONS_PER_HOUR the pull-in still happens, to the next allowed time.
     const allowed = await allowedRotations(rotor, tx, locked, now);

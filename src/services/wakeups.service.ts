@@ -31,7 +31,7 @@ export async function handleRotationWake(
     // would at worst miss a pending package and fail on the unique index: a retry, no harm.)
     const [locked, pending] = await settleAll([tx.lockIdentity(id), tx.findPending(id)] as const);
     const identity = locked ?? (await tx.lockOrTombstone(id));
-    // Postgres' clock decides what is due (DESIGN.md, "One clock").
+    // Postgres' clock decides what is due (DESIGN.md, "Time").
     const step = await prepareRotation(rotor, tx, identity, identity.now, {
       pending: pending ?? null,
     });
