@@ -31,9 +31,9 @@ import {
   inspectKeyPackage,
 } from "../src/keys/key-package.js";
 import * as identities from "../src/services/identities.service.js";
-import { startWorkerRuntime } from "../src/worker-process.js";
+import { startWorkerRuntime } from "../src/runtime/worker-process.js";
 import { createTestEnv } from "../test/helpers/env.js";
-import { ALL_HANDLERS } from "../workers/index.js";
+import { ALL_HANDLERS } from "../src/runtime/handlers.js";
 
 const { values } = parseArgs({
   options: {

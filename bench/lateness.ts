@@ -44,9 +44,9 @@ import { createContext } from "../src/context.js";
 import * as repo from "../src/db/identities.repo.js";
 import { createLogger } from "../src/logger.js";
 import { register } from "../src/services/identities.service.js";
-import { startWorkerRuntime } from "../src/worker-process.js";
+import { startWorkerRuntime } from "../src/runtime/worker-process.js";
 import { randomName } from "../test/helpers/env.js";
-import { ALL_HANDLERS } from "../workers/index.js";
+import { ALL_HANDLERS } from "../src/runtime/handlers.js";
 import {
   createPrivateDatabase,
   defer,

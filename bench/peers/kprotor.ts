@@ -18,9 +18,9 @@ import * as repo from "../../src/db/identities.repo.js";
 import { createLogger } from "../../src/logger.js";
 import { pullInMany, register } from "../../src/services/identities.service.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
-import { startWorkerRuntime, type WorkerRuntime } from "../../src/worker-process.js";
+import { startWorkerRuntime, type WorkerRuntime } from "../../src/runtime/worker-process.js";
 import { randomName } from "../../test/helpers/env.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import {
   defer,
   jobIdentityId,

@@ -3,12 +3,12 @@ import { assertApiProtected, type Config, loadConfig } from "../config.js";
 import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
 import { createLogger, type Logger } from "../logger.js";
-import { startApi } from "../server.js";
+import { startApi } from "../runtime/api-process.js";
 import * as identities from "../services/identities.service.js";
 import { reconcile } from "../services/reconcile.service.js";
 import { checkSealedKeys, rewrap } from "../services/rewrap.service.js";
-import { startWorkerMetrics, startWorkerRuntime } from "../worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerMetrics, startWorkerRuntime } from "../runtime/worker-process.js";
+import { ALL_HANDLERS } from "../runtime/handlers.js";
 import { progressBar } from "./progress.js";
 
 /**

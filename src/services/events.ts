@@ -1,5 +1,6 @@
 import { EventEmitter } from "node:events";
-import type { ReconcileReport } from "./reconcile.service.js";
+import type { ArmAction } from "../core/timers.js";
+import type { WakeupKind } from "../core/ports.js";
 
 /**
  * What the service did, as events: tests wait on them instead of sleeping, and metrics and logs
@@ -20,6 +21,17 @@ export interface RotorEventMap {
   "wake-failed": [
     { identityId: string; kind: "rotation" | "deletion"; failures: number; error: string },
   ];
+}
+
+export type RepairCounts = Record<WakeupKind, Record<Exclude<ArmAction["kind"], "none">, number>>;
+
+export interface ReconcileReport {
+  identities: number;
+  /** Identities already past their deadline, armed first (most overdue first). */
+  overdue: number;
+  repairs: RepairCounts;
+  orphansRemoved: number;
+  durationMs: number;
 }
 
 export class RotorEvents extends EventEmitter<RotorEventMap> {}

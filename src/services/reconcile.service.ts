@@ -17,16 +17,9 @@ import type { Rotor } from "./rotor.js";
  * to run while the service is live and idempotent: a second run repairs nothing.
  */
 
-export type RepairCounts = Record<TimerKind, Record<Exclude<ArmAction["kind"], "none">, number>>;
+import type { ReconcileReport, RepairCounts } from "./events.js";
 
-export interface ReconcileReport {
-  identities: number;
-  /** Identities already past their deadline, armed first (most overdue first). */
-  overdue: number;
-  repairs: RepairCounts;
-  orphansRemoved: number;
-  durationMs: number;
-}
+export type { ReconcileReport, RepairCounts };
 
 export interface ReconcileOptions {
   /** Identities per transaction (row locks held while both queues are armed). */

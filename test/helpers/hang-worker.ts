@@ -6,8 +6,8 @@
 import { loadConfig } from "../../src/config.js";
 import { createContext } from "../../src/context.js";
 import { createLogger } from "../../src/logger.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 
 const config = loadConfig();
 const ctx = await createContext(config, createLogger(config.logLevel));

@@ -3,7 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
-import { type RunningApi, startApi } from "../../src/server.js";
+import { type RunningApi, startApi } from "../../src/runtime/api-process.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
 /**

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createClient, type KpRotorClient, KpRotorClientError } from "../../src/client/index.js";
-import { type RunningApi, startApi } from "../../src/server.js";
+import { type RunningApi, startApi } from "../../src/runtime/api-process.js";
 import { createTestEnv, freePort, type TestEnv } from "../helpers/env.js";
 
 /** The typed client against the API listening for real. */

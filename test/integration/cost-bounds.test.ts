@@ -4,8 +4,8 @@ import { buildApp } from "../../src/api/app.js";
 import { CAP_WINDOW_MS } from "../../src/core/rotation-cap.js";
 import { metricsFor } from "../../src/metrics/metrics.js";
 import * as identities from "../../src/services/identities.service.js";
-import { startWorkerRuntime, type WorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime, type WorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 
 const TOKEN = "admin-token-0123456789abcdef";

@@ -6,10 +6,12 @@ import { nextArmFence } from "../../src/db/identities.repo.js";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Context } from "../../src/context.js";
 import * as identities from "../../src/services/identities.service.js";
-import { type HandlerFactories, startWorkerRuntime } from "../../src/worker-process.js";
-import { createDeletionHandler } from "../../workers/deletion.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
-import { createRotationHandler } from "../../workers/rotation.js";
+import { type HandlerFactories, startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import {
+  ALL_HANDLERS,
+  createDeletionHandler,
+  createRotationHandler,
+} from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 import { keyPackageRows, latch, lockWaiters, within } from "../helpers/latch.js";
 

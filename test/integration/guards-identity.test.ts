@@ -9,9 +9,8 @@ import type { Context } from "../../src/context.js";
 import type { Store } from "../../src/core/ports.js";
 import * as identities from "../../src/services/identities.service.js";
 import type { Rotor } from "../../src/services/rotor.js";
-import { type HandlerFactories, startWorkerRuntime } from "../../src/worker-process.js";
-import { createDeletionHandler } from "../../workers/deletion.js";
-import { createRotationHandler } from "../../workers/rotation.js";
+import { type HandlerFactories, startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { createDeletionHandler, createRotationHandler } from "../../src/runtime/handlers.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 import { type Latch, latch, lockWaiters, within } from "../helpers/latch.js";
 

@@ -20,8 +20,8 @@ import {
   ReconcileIncomplete,
 } from "../../src/services/reconcile.service.js";
 import { runWatchdog } from "../../src/services/watchdog.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
 import { holdRowLock as holdRow } from "../helpers/latch.js";
 

@@ -10,8 +10,8 @@ import { createLogger } from "../../src/logger.js";
 import { metricsFor } from "../../src/metrics/metrics.js";
 import * as identities from "../../src/services/identities.service.js";
 import { checkSealedKeys, rewrap } from "../../src/services/rewrap.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 import { sealV1 } from "../helpers/legacy-seal.js";
 

@@ -22,8 +22,8 @@ import {
 import { ed25519PublicKey } from "../../src/keys/signature.js";
 import { createLogger } from "../../src/logger.js";
 import * as identities from "../../src/services/identities.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 
 type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };

@@ -1,7 +1,7 @@
 import { networkInterfaces } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMetrics } from "../../src/metrics/metrics.js";
-import { startWorkerMetrics } from "../../src/worker-process.js";
+import { startWorkerMetrics } from "../../src/runtime/worker-process.js";
 import { createTestEnv, freePort, type TestEnv } from "../helpers/env.js";
 
 let env: TestEnv;

@@ -4,15 +4,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMetrics } from "../../src/metrics/metrics.js";
 import type { MetricsServer } from "../../src/metrics/server.js";
 import { createRedis, createTimers } from "../../src/queue/timers.js";
-import { type RunningApi, startApi } from "../../src/server.js";
+import { type RunningApi, startApi } from "../../src/runtime/api-process.js";
 import type { RotorEventMap } from "../../src/services/events.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
 import {
   startWorkerMetrics,
   startWorkerRuntime,
   type WorkerRuntime,
-} from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+} from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, freePort, nextEvent, type TestEnv } from "../helpers/env.js";
 
 /**

@@ -9,8 +9,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import * as identities from "../../src/services/identities.service.js";
 import type { ActiveWakeup, Rotor } from "../../src/services/rotor.js";
 import { handleDeletionWake, handleRotationWake } from "../../src/services/wakeups.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
 type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };

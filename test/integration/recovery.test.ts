@@ -9,8 +9,8 @@ import type { Context } from "../../src/context.js";
 import * as identities from "../../src/services/identities.service.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
 import { runWatchdog } from "../../src/services/watchdog.service.js";
-import { startWorkerRuntime, type WorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime, type WorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
 
 type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };

@@ -10,8 +10,8 @@ import {
 } from "../../src/keys/publisher.js";
 import * as identities from "../../src/services/identities.service.js";
 import { completeRotation, prepareRotation } from "../../src/services/rotation.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 
 /**

@@ -4,8 +4,8 @@ import { inspectKeyPackage } from "../../src/keys/key-package.js";
 import * as identities from "../../src/services/identities.service.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
 import { safetyReport } from "../../src/services/safety.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 
 const DAY = 86_400_000;

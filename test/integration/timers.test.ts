@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import type { Context } from "../../src/context.js";
 import * as identities from "../../src/services/identities.service.js";
-import { startWorkerRuntime, type WorkerRuntime } from "../../src/worker-process.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { startWorkerRuntime, type WorkerRuntime } from "../../src/runtime/worker-process.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
 
 type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };

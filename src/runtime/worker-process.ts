@@ -1,16 +1,16 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import closeWithGrace from "close-with-grace";
-import { loadConfig } from "./config.js";
-import { type Context, createContext } from "./context.js";
-import { createLogger } from "./logger.js";
-import { metricsFor } from "./metrics/metrics.js";
-import { type MetricsServer, startMetricsServer } from "./metrics/server.js";
-import { createRedis, type TimerKind } from "./queue/timers.js";
-import { type RunningWorker, startWorker, type WakeHandler } from "./queue/workers.js";
-import type { Rotor } from "./services/rotor.js";
-import { startHealer } from "./services/watchdog.service.js";
-import { BACKOFF } from "./core/timers.js";
+import { loadConfig } from "../config.js";
+import { type Context, createContext } from "../context.js";
+import { createLogger } from "../logger.js";
+import { metricsFor } from "../metrics/metrics.js";
+import { type MetricsServer, startMetricsServer } from "../metrics/server.js";
+import { createRedis, type TimerKind } from "../queue/timers.js";
+import { type RunningWorker, startWorker, type WakeHandler } from "../queue/workers.js";
+import type { Rotor } from "../services/rotor.js";
+import { startHealer } from "../services/watchdog.service.js";
+import { BACKOFF } from "../core/timers.js";
 
 export type HandlerFactories = Partial<Record<TimerKind, (rotor: Rotor) => WakeHandler>>;
 

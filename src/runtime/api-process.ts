@@ -1,7 +1,7 @@
 import type { FastifyInstance } from "fastify";
-import { buildApp } from "./api/app.js";
-import { assertApiProtected } from "./config.js";
-import type { Context } from "./context.js";
+import { buildApp } from "../api/app.js";
+import { assertApiProtected } from "../config.js";
+import type { Context } from "../context.js";
 
 export interface RunningApi {
   app: FastifyInstance;
