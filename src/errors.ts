@@ -1,3 +1,5 @@
+import { identityIdProblem } from "./core/identity-id.js";
+
 /**
  * One base error with a machine-readable code. The API maps codes to HTTP statuses in one place
  * (api/plugins/errors.ts); anything that is not a KpRotorError is an internal error whose details
@@ -24,3 +26,13 @@ export const ErrorCodes = {
   publishFailed: "PUBLISH_FAILED",
 } as const;
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+/** Throws INVALID_IDENTITY_ID (400) saying what is wrong with `id`. */
+export function assertIdentityId(id: unknown): asserts id is string {
+  const problem = identityIdProblem(id);
+  if (problem) throw new KpRotorError(ErrorCodes.invalidIdentityId, problem);
+}
+
+/** The error for an identity id that names no registered identity (404). */
+export const notFound = (id: string) =>
+  new KpRotorError(ErrorCodes.notFound, `identity ${JSON.stringify(id)} is not registered`);

@@ -4,7 +4,6 @@ import {
   eq,
   getTableColumns,
   gt,
-  inArray,
   isNotNull,
   isNull,
   lte,
@@ -74,19 +73,6 @@ export async function lockOrTombstone(tx: Tx, id: string): Promise<LockedIdentit
   const locked = await lockIdentity(tx, id);
   if (locked === undefined) throw new Error(`identity row ${id} vanished under lock`);
   return locked;
-}
-
-/** Locks many identities in id order (one order for everyone, so batches never deadlock). */
-export async function lockIdentities(tx: Tx, ids: readonly string[]): Promise<LockedIdentity[]> {
-  if (ids.length === 0) return [];
-  const rows = await tx
-    .select({ ...getTableColumns(identities), now: dbNow })
-    .from(identities)
-    .where(inArray(identities.id, [...ids]))
-    .orderBy(asc(identities.id))
-    .for("update");
-  const fence = await nextArmFence(tx);
-  return rows.map((row) => toLocked(row, fence));
 }
 
 /**

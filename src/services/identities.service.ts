@@ -1,11 +1,11 @@
-import { identityIdProblem } from "../core/identity-id.js";
 import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
 import { deletionDeadline } from "../core/timers.js";
 import type { StoreTx } from "../core/ports.js";
 import { type PullInResult, planPullIns } from "../core/transitions.js";
 import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
-import { ErrorCodes, KpRotorError } from "../errors.js";
+import { assertIdentityId, ErrorCodes, KpRotorError, notFound } from "../errors.js";
+import { createPullInBatcher, type PullInBatcher } from "./pull-in-batcher.js";
 import type { Rotor } from "./rotor.js";
 import { formatSafeError, redactError } from "../safe-errors.js";
 import { settleAll } from "../settle.js";
@@ -15,15 +15,6 @@ import { settleAll } from "../settle.js";
  * identity's row lock while it writes Postgres and arms the wake-ups, so the wake-up written last
  * always matches the deadline committed last (DESIGN.md, "One lock per identity").
  */
-
-export function assertIdentityId(id: unknown): asserts id is string {
-  const problem = identityIdProblem(id);
-  if (problem) throw new KpRotorError(ErrorCodes.invalidIdentityId, problem);
-}
-
-/** The error for an identity id that names no registered identity (404). */
-export const notFound = (id: string) =>
-  new KpRotorError(ErrorCodes.notFound, `identity ${JSON.stringify(id)} is not registered`);
 
 export interface RegisterInput {
   /** The basic credential's identity bytes; defaults to the identity id in UTF-8. */
@@ -196,21 +187,29 @@ async function allowedRotations(
   return allowed;
 }
 
+/**
+ * Single welcomes and rotate-now requests are committed in groups: one transaction for all that
+ * arrive while the previous group commits (services/pull-in-batcher.ts). One group committer per
+ * rotor, made on first use; each caller still waits for its own commit.
+ */
+const batchers = new WeakMap<Rotor, PullInBatcher>();
+function batcherOf(rotor: Rotor): PullInBatcher {
+  let batcher = batchers.get(rotor);
+  if (batcher === undefined) {
+    batcher = createPullInBatcher((ids, delayMs) => pullInMany(rotor, ids, delayMs));
+    batchers.set(rotor, batcher);
+  }
+  return batcher;
+}
+
 /** A welcome consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY. */
-export async function welcome(rotor: Rotor, id: string): Promise<PullInResult> {
-  return pullInOne(rotor, id, rotor.timing.welcomeRotationDelayMs);
+export function welcome(rotor: Rotor, id: string): Promise<PullInResult> {
+  return batcherOf(rotor).pullIn(id, rotor.timing.welcomeRotationDelayMs);
 }
 
 /** Rotate as soon as a worker is free. */
-export async function rotateSoon(rotor: Rotor, id: string): Promise<PullInResult> {
-  return pullInOne(rotor, id, 0);
-}
-
-async function pullInOne(rotor: Rotor, id: string, delayMs: number): Promise<PullInResult> {
-  const { results } = await pullInMany(rotor, [id], delayMs);
-  const [result] = results;
-  if (result === undefined) throw notFound(id);
-  return result;
+export function rotateSoon(rotor: Rotor, id: string): Promise<PullInResult> {
+  return batcherOf(rotor).pullIn(id, 0);
 }
 
 /**

@@ -1,4 +1,5 @@
-import { assertIdentityId, notFound, type PullInResult } from "./identities.service.js";
+import type { PullInResult } from "../core/transitions.js";
+import { assertIdentityId, notFound } from "../errors.js";
 
 /**
  * Group commit for single welcomes (and rotate-now requests). Each HTTP request names one

@@ -1,6 +1,5 @@
 import type { FastifyInstance } from "fastify";
 import * as identities from "../../services/identities.service.js";
-import { createPullInBatcher } from "../../services/pull-in-batcher.js";
 import type { Rotor } from "../../services/rotor.js";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
 import {
@@ -52,9 +51,6 @@ export interface IdentityRouteDeps {
 /** Thin routes: validate, call one service function, shape the answer. */
 export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): void {
   const { rotor } = deps;
-  // Single welcomes and rotate-now requests are committed in groups (one transaction for all
-  // that arrive while the previous group commits); each answer still waits for its own commit.
-  const batcher = createPullInBatcher((ids, delayMs) => identities.pullInMany(rotor, ids, delayMs));
 
   app.put<{
     Params: { identityId: string };
@@ -110,10 +106,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
       },
     },
     async (request, reply) => {
-      const result = await batcher.pullIn(
-        request.params.identityId,
-        rotor.timing.welcomeRotationDelayMs,
-      );
+      const result = await identities.welcome(rotor, request.params.identityId);
       deps.onWelcomes?.(1, result.changed ? 1 : 0, request.principal);
       return reply.status(202).send({
         identityId: result.identityId,
@@ -139,7 +132,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
       },
     },
     async (request, reply) => {
-      const result = await batcher.pullIn(request.params.identityId, 0);
+      const result = await identities.rotateSoon(rotor, request.params.identityId);
       return reply.status(202).send({
         identityId: result.identityId,
         nextRotationAt: iso(result.rotationDeadline),
