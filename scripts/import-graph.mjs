@@ -7,8 +7,10 @@
 //             and plugins), src/metrics
 //   services: src/services
 //   adapters: src/db, src/queue, src/keys, src/webhooks
-//   core:     src/core, and the shared leaves (errors, logger, settle, safe-errors)
-// src/client is the typed client for other programs: it may import only src/core and itself.
+//   core:     src/core, src/contract (the API's schemas and error codes), and the shared leaves
+//             (errors, logger, settle, safe-errors)
+// src/client is the typed client for other programs: it may import only src/contract (types)
+// and itself.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 
@@ -23,6 +25,7 @@ const LAYERS = [
     "core",
     [
       "src/core/",
+      "src/contract/",
       "src/errors.ts",
       "src/logger.ts",
       "src/settle.ts",
@@ -69,7 +72,7 @@ export function backArrows(edges) {
   return edges.filter(([from, to]) => {
     const a = layerOf(from);
     const b = layerOf(to);
-    if (a.name === "client") return !(b.name === "client" || to.startsWith("src/core/"));
+    if (a.name === "client") return !(b.name === "client" || to.startsWith("src/contract/"));
     if (b.name === "client") return false;
     return b.rank < a.rank;
   });

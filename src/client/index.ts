@@ -1,7 +1,7 @@
 /**
  * A typed client of the kp-rotor API for message ingest, on the platform's fetch (Node 20+,
- * browsers, Deno, Bun). It imports nothing from the service, so it can be copied or published
- * on its own.
+ * browsers, Deno, Bun). Its types come from the API's contract (src/contract/api.ts) as type-only
+ * imports, so at run time it needs nothing of the service.
  *
  *   const rotor = createClient({ baseUrl: "http://kp-rotor:3000", token: process.env.KP_ROTOR_TOKEN });
  *   await rotor.register("alice");
@@ -12,72 +12,30 @@
  * idempotent, and a 503 means nothing was acknowledged).
  */
 
-/** Instants are ISO 8601 strings, as on the wire. */
-export type Instant = string;
+import type {
+  ApiErrorCode as ServerErrorCode,
+  IdentityStatus,
+  KeyPackageStatus,
+  PulledIn,
+  Registered,
+  WakeupView,
+  WelcomeBatchResult,
+} from "../contract/api.js";
 
-export interface Registered {
-  identityId: string;
-  /** false when the identity already existed (the answer was 200, not 201). */
-  created: boolean;
-  generation: number;
-  nextRotationAt: Instant;
-}
+export type {
+  IdentityStatus,
+  KeyPackageStatus,
+  PulledIn,
+  Registered,
+  WakeupView,
+  WelcomeBatchResult,
+};
 
-export interface PulledIn {
-  identityId: string;
-  /** The rotation deadline now committed, with its wake-up armed. */
-  nextRotationAt: Instant;
-  /** false when the deadline was already as early (earliest wins). */
-  pulledIn: boolean;
-}
-
-export interface WelcomeBatchResult {
-  accepted: PulledIn[];
-  /** Ids that are not registered; nothing was written for them. */
-  notFound: string[];
-}
-
-export type WakeupView =
-  | { state: "delayed"; fireAt: number }
-  | { state: "missing" | "waiting" | "active" | "finished" };
-
-export interface KeyPackageStatus {
-  generation: number;
-  ref: string;
-  ciphersuite: string;
-  current: boolean;
-  createdAt: Instant;
-  notBefore: Instant;
-  notAfter: Instant;
-  deleteAt: Instant | null;
-  state?: "pending" | "current" | "superseded";
-  publishedAt?: Instant | null;
-}
-
-export interface IdentityStatus {
-  identityId: string;
-  generation: number;
-  nextRotationAt: Instant | null;
-  lastRotatedAt: Instant | null;
-  nextDeletionAt: Instant | null;
-  rotationFailures: number;
-  lastError: string | null;
-  lastFailureAt: Instant | null;
-  createdAt: Instant;
-  wakeups: { rotation?: WakeupView; deletion?: WakeupView };
-  keyPackages: KeyPackageStatus[];
-}
-
-/** The error codes the API answers with (an unexpected body gets `HTTP_<status>`). */
-export type ApiErrorCode =
-  | "INVALID_IDENTITY_ID"
-  | "INVALID_REQUEST"
-  | "UNAUTHORIZED"
-  | "IDENTITY_NOT_FOUND"
-  | "ROUTE_NOT_FOUND"
-  | "DEPENDENCY_UNAVAILABLE"
-  | "INTERNAL"
-  | (string & {});
+/**
+ * Every code the API answers with (src/contract/api.ts, API_ERRORS), and the client's own for a
+ * call that got no answer (`NETWORK`, `TIMEOUT`) or an answer that was not the API's (`HTTP_<status>`).
+ */
+export type ApiErrorCode = ServerErrorCode | "NETWORK" | "TIMEOUT" | `HTTP_${number}`;
 
 /** A call that did not succeed: an HTTP error answer, or no answer at all (status 0). */
 export class KpRotorClientError extends Error {
@@ -165,7 +123,7 @@ export function createClient(options: ClientOptions): KpRotorClient {
     const retryAfter = Number(response.headers.get("retry-after") ?? Number.NaN);
     throw new KpRotorClientError(
       response.status,
-      problem?.error ?? `HTTP_${response.status}`,
+      problem?.error ?? (`HTTP_${response.status}` as const),
       problem?.message ?? `${method} ${path}: HTTP ${response.status}`,
       Number.isFinite(retryAfter) ? retryAfter : undefined,
     );
@@ -189,7 +147,7 @@ function parseJson(text: string): unknown {
   }
 }
 
-function isProblem(value: unknown): value is { error: string; message: string } {
+function isProblem(value: unknown): value is { error: ServerErrorCode; message: string } {
   return (
     typeof value === "object" &&
     value !== null &&

@@ -255,7 +255,10 @@ export async function status(rotor: Rotor, id: string) {
     wakeups: { rotation: rotationWake, deletion: deletionWake },
     keyPackages: keyPackages.map(({ isCurrent, ...kp }) => ({
       ...kp,
-      state: isCurrent ? "current" : kp.deleteAt ? "superseded" : "pending",
+      state: (isCurrent ? "current" : kp.deleteAt ? "superseded" : "pending") as
+        | "current"
+        | "superseded"
+        | "pending",
       current: isCurrent,
     })),
   };

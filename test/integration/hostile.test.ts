@@ -2,6 +2,7 @@ import fc from "fast-check";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
+import { API_ERROR_CODES } from "../../src/contract/api.js";
 import * as identities from "../../src/services/identities.service.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
@@ -144,6 +145,8 @@ describe("hostile input", () => {
         if (res.statusCode >= 400) {
           const parsed = res.json();
           expect(typeof parsed.message).toBe("string");
+          // Every code sent is one of the contract's (the client's ApiErrorCode is their union).
+          expect(API_ERROR_CODES, `${method} ${url}`).toContain(parsed.error);
           if (before !== undefined) expect(await snapshot()).toBe(before);
         }
       }),

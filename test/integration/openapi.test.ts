@@ -2,6 +2,7 @@ import { Validator } from "@seriousme/openapi-schema-validator";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.js";
+import { API_ERRORS } from "../../src/contract/api.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
 /** The OpenAPI document at /docs/json: valid, complete, and true to what the routes answer. */
@@ -167,6 +168,14 @@ describe("OpenAPI document", () => {
     }
     expect(document.paths["/v1/welcomes"]?.post?.requestBody).toBeDefined();
     expect(document.components?.schemas?.ErrorResponse).toBeDefined();
+  });
+
+  it("lists exactly the contract's error codes (the typed client's ApiErrorCode is their union)", async () => {
+    const document = await spec();
+    const error = document.components?.schemas?.ErrorResponse?.properties?.error as
+      | { enum?: unknown }
+      | undefined;
+    expect(error?.enum).toEqual(Object.keys(API_ERRORS));
   });
 
   it("describes what the routes really answer", async () => {

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { createFailureLimiter } from "./auth-failures.js";
+import { errorBody } from "../../contract/api.js";
 
 const digest = (value: string) => createHash("sha256").update(value).digest();
 
@@ -99,10 +100,14 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
     const retryAfter = failures?.blockedFor(request.ip);
     if (retryAfter !== undefined) {
       reply.header("retry-after", String(retryAfter));
-      return reply.status(429).send({
-        error: "RATE_LIMITED",
-        message: "too many failed authentications from this address; retry later",
-      });
+      return reply
+        .status(429)
+        .send(
+          errorBody(
+            "RATE_LIMITED",
+            "too many failed authentications from this address; retry later",
+          ),
+        );
     }
     const header = request.headers.authorization ?? "";
     if (bearerOk(header)) {
@@ -112,11 +117,14 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
     if (area === "api" && ingestOk(header)) {
       request.principal = "ingest";
       if (INGEST_ROUTES.has(request.routeOptions.url ?? "")) return;
-      return reply.status(403).send({
-        error: "FORBIDDEN",
-        message:
-          "the ingest token may only report welcomes (POST /v1/identities/:id/welcome, POST /v1/welcomes)",
-      });
+      return reply
+        .status(403)
+        .send(
+          errorBody(
+            "FORBIDDEN",
+            "the ingest token may only report welcomes (POST /v1/identities/:id/welcome, POST /v1/welcomes)",
+          ),
+        );
     }
     const browser = area === "board" || area === "docs";
     if (browser && basicOk(header)) {
@@ -127,9 +135,13 @@ export function registerAuth(app: FastifyInstance, options: AuthOptions): void {
     const challenge =
       browser && basic !== undefined ? 'Basic realm="kp-rotor"' : 'Bearer realm="kp-rotor"';
     reply.header("www-authenticate", challenge);
-    return reply.status(401).send({
-      error: "UNAUTHORIZED",
-      message: browser ? "missing or wrong credentials" : "missing or wrong bearer token",
-    });
+    return reply
+      .status(401)
+      .send(
+        errorBody(
+          "UNAUTHORIZED",
+          browser ? "missing or wrong credentials" : "missing or wrong bearer token",
+        ),
+      );
   });
 }

@@ -1,7 +1,7 @@
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import type { FastifyInstance } from "fastify";
-import { errorResponse } from "../schemas.js";
+import { ErrorResponse } from "../../contract/api.js";
 import { DOCS_PREFIX } from "./auth.js";
 
 /**
@@ -12,7 +12,7 @@ export async function registerOpenApi(
   app: FastifyInstance,
   options: { bearer: boolean },
 ): Promise<void> {
-  app.addSchema(errorResponse);
+  app.addSchema(ErrorResponse);
   await app.register(swagger, {
     openapi: {
       openapi: "3.0.3",

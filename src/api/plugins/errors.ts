@@ -1,19 +1,24 @@
 import type { FastifyError, FastifyInstance } from "fastify";
-import { ErrorCodes, KpRotorError } from "../../errors.js";
+import { API_ERRORS, type ApiErrorCode, errorBody } from "../../contract/api.js";
+import { KpRotorError } from "../../errors.js";
 import { isUnavailable, redactError } from "../../safe-errors.js";
 
-const STATUS: Record<string, number> = {
-  [ErrorCodes.invalidIdentityId]: 400,
-  [ErrorCodes.invalidRequest]: 400,
-  [ErrorCodes.notFound]: 404,
-  [ErrorCodes.unavailable]: 503,
-  [ErrorCodes.publishFailed]: 502,
-};
+/** A code of the API's table, or undefined (the table is src/contract/api.ts). */
+const apiCode = (code: unknown): ApiErrorCode | undefined =>
+  typeof code === "string" && Object.hasOwn(API_ERRORS, code) ? (code as ApiErrorCode) : undefined;
 
-/** A plugin's own code (rate limiting says RATE_LIMITED), else Fastify's, else a generic one. */
-function clientErrorCode(err: unknown, code: string | undefined): string {
-  const own = (err as { error?: unknown }).error;
-  return typeof own === "string" && /^[A-Z_]+$/.test(own) ? own : (code ?? "BAD_REQUEST");
+/**
+ * The code of a 4xx that Fastify or a plugin raised: a plugin's own code when it is one of ours
+ * (rate limiting says RATE_LIMITED), else the one its status stands for.
+ */
+function clientErrorCode(err: unknown, status: number): ApiErrorCode {
+  const own = apiCode((err as { error?: unknown }).error);
+  if (own !== undefined) return own;
+  if (status === 413) return "PAYLOAD_TOO_LARGE";
+  if (status === 415) return "UNSUPPORTED_MEDIA_TYPE";
+  if (status === 429) return "RATE_LIMITED";
+  if (status === 404) return "ROUTE_NOT_FOUND";
+  return "INVALID_REQUEST";
 }
 
 /**
@@ -23,14 +28,15 @@ function clientErrorCode(err: unknown, code: string | undefined): string {
  */
 export function registerErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | KpRotorError | Error, request, reply) => {
-    if (err instanceof KpRotorError && STATUS[err.code] !== undefined) {
-      const status = STATUS[err.code] as number;
+    const code = err instanceof KpRotorError ? apiCode(err.code) : undefined;
+    if (code !== undefined) {
+      const status = API_ERRORS[code].status;
       if (status === 503) reply.header("retry-after", "5");
-      return reply.status(status).send({ error: err.code, message: err.message });
+      return reply.status(status).send(errorBody(code, err.message));
     }
     const fastifyErr = err as FastifyError;
     if (fastifyErr.validation) {
-      return reply.status(400).send({ error: ErrorCodes.invalidRequest, message: err.message });
+      return reply.status(400).send(errorBody("INVALID_REQUEST", err.message));
     }
     if (
       typeof fastifyErr.statusCode === "number" &&
@@ -39,22 +45,21 @@ export function registerErrorHandler(app: FastifyInstance): void {
     ) {
       return reply
         .status(fastifyErr.statusCode)
-        .send({ error: clientErrorCode(err, fastifyErr.code), message: err.message });
+        .send(errorBody(clientErrorCode(err, fastifyErr.statusCode), err.message));
     }
     if (isUnavailable(err)) {
       request.log.warn({ err: redactError(err) }, "dependency unavailable");
       reply.header("retry-after", "5");
-      return reply.status(503).send({
-        error: ErrorCodes.unavailable,
-        message: "Postgres or Redis is unavailable; retry later",
-      });
+      return reply
+        .status(503)
+        .send(errorBody("DEPENDENCY_UNAVAILABLE", "Postgres or Redis is unavailable; retry later"));
     }
     request.log.error({ err: redactError(err) }, "internal error");
-    return reply.status(500).send({ error: "INTERNAL", message: "internal error" });
+    return reply.status(500).send(errorBody("INTERNAL", "internal error"));
   });
   app.setNotFoundHandler((request, reply) =>
     reply
       .status(404)
-      .send({ error: "ROUTE_NOT_FOUND", message: `no route ${request.method} ${request.url}` }),
+      .send(errorBody("ROUTE_NOT_FOUND", `no route ${request.method} ${request.url}`)),
   );
 }

@@ -2,6 +2,7 @@ import rateLimit from "@fastify/rate-limit";
 import underPressure from "@fastify/under-pressure";
 import type { FastifyInstance } from "fastify";
 import helmet from "helmet";
+import { errorBody } from "../../contract/api.js";
 
 /** Requests in progress beyond which new ones are refused (each holds a Postgres connection). */
 export const MAX_IN_FLIGHT = 2_000;
@@ -43,10 +44,11 @@ export async function registerProtection(
     exposeStatusRoute: false,
     pressureHandler: (_request, reply) => {
       reply.header("retry-after", "5");
-      reply.status(503).send({
-        error: "OVERLOADED",
-        message: "the service is overloaded; retry after Retry-After seconds",
-      });
+      reply
+        .status(503)
+        .send(
+          errorBody("OVERLOADED", "the service is overloaded; retry after Retry-After seconds"),
+        );
     },
   });
   let inFlight = 0;
@@ -56,10 +58,14 @@ export async function registerProtection(
     if (HEALTH.has(request.url)) return;
     if (inFlight >= maxInFlight) {
       reply.header("retry-after", "5");
-      return reply.status(503).send({
-        error: "OVERLOADED",
-        message: `more than ${maxInFlight} requests in progress; retry after Retry-After seconds`,
-      });
+      return reply
+        .status(503)
+        .send(
+          errorBody(
+            "OVERLOADED",
+            `more than ${maxInFlight} requests in progress; retry after Retry-After seconds`,
+          ),
+        );
     }
     inFlight++;
     let released = false;
@@ -118,8 +124,10 @@ export async function registerProtection(
     allowList: (request) => HEALTH.has(request.url),
     errorResponseBuilder: (_request, context) => ({
       statusCode: 429,
-      error: "RATE_LIMITED",
-      message: `more than ${context.max} requests in ${context.after}; retry later`,
+      ...errorBody(
+        "RATE_LIMITED",
+        `more than ${context.max} requests in ${context.after}; retry later`,
+      ),
     }),
   });
   return load;
@@ -144,10 +152,14 @@ export function registerContentTypePolicy(app: FastifyInstance): void {
       request.headers["transfer-encoding"] !== undefined ||
       (length !== undefined && length !== "0");
     if (type === undefined ? !hasBody : JSON_TYPE.test(type)) return;
-    return reply.status(415).send({
-      error: "UNSUPPORTED_MEDIA_TYPE",
-      message: `${request.method} takes an application/json body or none${type === undefined ? "" : `, not ${JSON.stringify(type.slice(0, 100))}`}`,
-    });
+    return reply
+      .status(415)
+      .send(
+        errorBody(
+          "UNSUPPORTED_MEDIA_TYPE",
+          `${request.method} takes an application/json body or none${type === undefined ? "" : `, not ${JSON.stringify(type.slice(0, 100))}`}`,
+        ),
+      );
   });
 }
 

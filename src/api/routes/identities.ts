@@ -1,18 +1,22 @@
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { FastifyInstance } from "fastify";
+import Type from "typebox";
 import * as identities from "../../services/identities.service.js";
 import type { Rotor } from "../../services/rotor.js";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
 import {
   commonErrors,
-  identityParams,
-  registerBody,
-  identityStatus,
+  described,
+  IdentityParams,
+  IdentityStatus,
   notFoundError,
-  pulledInResponse,
-  registered,
-  welcomeBatchBody,
-  welcomeBatchResponse,
-} from "../schemas.js";
+  PulledIn,
+  RegisterBody,
+  Registered,
+  WelcomeBatchBody,
+  WelcomeBatchResult,
+} from "../../contract/api.js";
+import { toWire } from "../wire.js";
 
 /** Most identities one batch request may name (message ingest batches welcomes). */
 export const MAX_BATCH = 1_000;
@@ -49,13 +53,11 @@ export interface IdentityRouteDeps {
 }
 
 /** Thin routes: validate, call one service function, shape the answer. */
-export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): void {
+export function identityRoutes(fastify: FastifyInstance, deps: IdentityRouteDeps): void {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { rotor } = deps;
 
-  app.put<{
-    Params: { identityId: string };
-    Body: { credentialIdentity?: string; signaturePrivateKey?: string } | null | undefined;
-  }>(
+  app.put(
     "/v1/identities/:identityId",
     {
       schema: {
@@ -63,11 +65,11 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
         summary: "Register an identity",
         description:
           "Stores the identity (its own credential and Ed25519 key if given, sealed at rest), generates and publishes its first key package and arms its rotation 30 days on. If the first publish fails, the identity is still registered (201 with publishError) and the rotation worker retries. Idempotent: an identity that exists answers 200 with its current state (and its wake-up is repaired).",
-        params: identityParams,
-        body: registerBody,
+        params: IdentityParams,
+        body: RegisterBody,
         response: {
-          200: { description: "Already registered; nothing new", ...registered },
-          201: { description: "Registered", ...registered },
+          200: described(Registered, "Already registered; nothing new"),
+          201: described(Registered, "Registered"),
           ...commonErrors,
         },
       },
@@ -89,7 +91,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
     },
   );
 
-  app.post<{ Params: { identityId: string } }>(
+  app.post(
     "/v1/identities/:identityId/welcome",
     {
       schema: {
@@ -97,9 +99,9 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
         summary: "Report a welcome",
         description:
           "A welcome message consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY (5 s). The earliest deadline wins. A 202 means the deadline is committed and its wake-up armed.",
-        params: identityParams,
+        params: IdentityParams,
         response: {
-          202: { description: "Deadline committed and wake-up armed", ...pulledInResponse },
+          202: described(PulledIn, "Deadline committed and wake-up armed"),
           ...commonErrors,
           ...notFoundError,
         },
@@ -116,16 +118,16 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
     },
   );
 
-  app.post<{ Params: { identityId: string } }>(
+  app.post(
     "/v1/identities/:identityId/rotate",
     {
       schema: {
         tags,
         summary: "Rotate as soon as possible",
         description: "Pulls the rotation deadline in to now; a worker rotates when it is free.",
-        params: identityParams,
+        params: IdentityParams,
         response: {
-          202: { description: "Deadline committed and wake-up armed", ...pulledInResponse },
+          202: described(PulledIn, "Deadline committed and wake-up armed"),
           ...commonErrors,
           ...notFoundError,
         },
@@ -141,16 +143,16 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
     },
   );
 
-  app.post<{ Body: { identityIds: string[] } }>(
+  app.post(
     "/v1/welcomes",
     {
       schema: {
         tags,
         summary: "Report a batch of welcomes",
         description: `Like the single welcome for up to ${MAX_BATCH} identities, in one transaction. Unknown identities are listed apart and change nothing; one malformed id rejects the whole batch (400).`,
-        body: welcomeBatchBody(MAX_BATCH),
+        body: WelcomeBatchBody(MAX_BATCH),
         response: {
-          202: { description: "Deadlines committed and wake-ups armed", ...welcomeBatchResponse },
+          202: described(WelcomeBatchResult, "Deadlines committed and wake-ups armed"),
           ...commonErrors,
         },
       },
@@ -173,7 +175,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
     },
   );
 
-  app.get<{ Params: { identityId: string } }>(
+  app.get(
     "/v1/identities/:identityId",
     {
       schema: {
@@ -181,18 +183,18 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
         summary: "An identity's state",
         description:
           "Deadlines and key packages from Postgres, wake-ups as they stand in Redis, and the last rotation failure if any.",
-        params: identityParams,
+        params: IdentityParams,
         response: {
-          200: { description: "The identity", ...identityStatus },
+          200: described(IdentityStatus, "The identity"),
           ...commonErrors,
           ...notFoundError,
         },
       },
     },
-    async (request) => identities.status(rotor, request.params.identityId),
+    async (request) => toWire(await identities.status(rotor, request.params.identityId)),
   );
 
-  app.delete<{ Params: { identityId: string } }>(
+  app.delete(
     "/v1/identities/:identityId",
     {
       schema: {
@@ -200,9 +202,9 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
         summary: "Deregister an identity",
         description:
           "Deletes its key material and wake-ups; registering it again starts a new life with a new key package.",
-        params: identityParams,
+        params: IdentityParams,
         response: {
-          204: { description: "Deregistered", type: "null" },
+          204: Type.Null({ description: "Deregistered" }),
           ...commonErrors,
           ...notFoundError,
         },
@@ -210,7 +212,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
     },
     async (request, reply) => {
       await identities.deregister(rotor, request.params.identityId);
-      return reply.status(204).send();
+      return reply.status(204).send(null);
     },
   );
 }

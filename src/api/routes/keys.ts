@@ -1,14 +1,19 @@
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { FastifyInstance } from "fastify";
+import Type from "typebox";
 import * as identities from "../../services/identities.service.js";
 import type { LiveRotor as Rotor } from "../../services/rotor.js";
 import { safetyReport } from "../../services/safety.service.js";
 import {
   commonErrors,
-  identityParams,
-  keyPackageJson,
+  described,
+  IdentityParams,
+  KeyPackageJson,
+  KeyPackageQuery,
   notFoundError,
-  safetyResponse,
-} from "../schemas.js";
+  SafetyReport,
+} from "../../contract/api.js";
+import { toWire } from "../wire.js";
 
 /** Whether an Accept header asks for JSON rather than the raw key package. */
 function prefersJson(accept: string | undefined): boolean {
@@ -20,8 +25,9 @@ function prefersJson(accept: string | undefined): boolean {
 }
 
 /** Serving the published key packages, and the fleet's lifetime-safety view. */
-export function keyRoutes(app: FastifyInstance, rotor: Rotor): void {
-  app.get<{ Params: { identityId: string }; Querystring: { format?: "json" | "binary" } }>(
+export function keyRoutes(fastify: FastifyInstance, rotor: Rotor): void {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+  app.get(
     "/v1/identities/:identityId/key-package",
     {
       schema: {
@@ -29,19 +35,17 @@ export function keyRoutes(app: FastifyInstance, rotor: Rotor): void {
         summary: "The identity's current published key package",
         description:
           "The TLS-encoded MLSMessage (message/mls) by default, with its ref and lifetime in headers; JSON with the bytes in base64 when the request prefers application/json or says ?format=json.",
-        params: identityParams,
-        querystring: {
-          type: "object",
-          additionalProperties: false,
-          properties: { format: { type: "string", enum: ["json", "binary"] } },
-        },
+        params: IdentityParams,
+        querystring: KeyPackageQuery,
         produces: ["message/mls", "application/octet-stream", "application/json"],
         response: {
           200: {
             description: "The current key package",
             content: {
-              "message/mls": { schema: { type: "string", format: "binary" } },
-              "application/json": { schema: keyPackageJson },
+              "message/mls": {
+                schema: Type.Unsafe<Uint8Array>({ type: "string", format: "binary" }),
+              },
+              "application/json": { schema: KeyPackageJson },
             },
           },
           ...commonErrors,
@@ -87,12 +91,12 @@ export function keyRoutes(app: FastifyInstance, rotor: Rotor): void {
         description:
           "Identities drifting toward key-package expiry (84 days after creation): current key packages older than ROTATION_INTERVAL + 1 day, within 7 days of not_after, failing rotations, and the oldest current key package. At most 100 identities per list; counts are complete.",
         response: {
-          200: { description: "The safety view", ...safetyResponse },
+          200: described(SafetyReport, "The safety view"),
           401: commonErrors[401],
           503: commonErrors[503],
         },
       },
     },
-    async () => safetyReport(rotor),
+    async () => toWire(await safetyReport(rotor)),
   );
 }

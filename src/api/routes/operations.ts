@@ -1,6 +1,7 @@
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { FastifyInstance } from "fastify";
 import type { Metrics } from "../../metrics/metrics.js";
-import { commonErrors, health, readiness } from "../schemas.js";
+import { commonErrors, described, Health, Readiness } from "../../contract/api.js";
 
 export interface OperationRouteDeps {
   checkReady: () => Promise<{ postgres: boolean; redis: boolean }>;
@@ -13,7 +14,8 @@ export interface OperationRouteDeps {
 const tags = ["operations"];
 
 /** Health for probes (no auth) and Prometheus metrics (behind the API token when set). */
-export function operationRoutes(app: FastifyInstance, deps: OperationRouteDeps): void {
+export function operationRoutes(fastify: FastifyInstance, deps: OperationRouteDeps): void {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   app.get(
     "/healthz",
     {
@@ -21,10 +23,10 @@ export function operationRoutes(app: FastifyInstance, deps: OperationRouteDeps):
         tags,
         summary: "The process is up",
         security: [],
-        response: { 200: { description: "Up", ...health } },
+        response: { 200: described(Health, "Up") },
       },
     },
-    async () => ({ status: "ok" }),
+    async () => ({ status: "ok" as const }),
   );
 
   app.get(
@@ -35,8 +37,8 @@ export function operationRoutes(app: FastifyInstance, deps: OperationRouteDeps):
         summary: "Postgres and Redis answer, the process is not overloaded and not shutting down",
         security: [],
         response: {
-          200: { description: "Ready", ...readiness },
-          503: { description: "Not ready: see which check failed", ...readiness },
+          200: described(Readiness, "Ready"),
+          503: described(Readiness, "Not ready: see which check failed"),
         },
       },
     },
