@@ -1,3 +1,4 @@
+import type { ApiErrorCode } from "./contract/api.js";
 import { identityIdProblem } from "./core/identity-id.js";
 
 /**
@@ -24,7 +25,7 @@ export const ErrorCodes = {
   unavailable: "DEPENDENCY_UNAVAILABLE",
   keyMaterial: "KEY_MATERIAL_UNREADABLE",
   publishFailed: "PUBLISH_FAILED",
-} as const;
+} as const satisfies Record<string, ApiErrorCode | "INVALID_CONFIG" | "KEY_MATERIAL_UNREADABLE">;
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
 /** Throws INVALID_IDENTITY_ID (400) saying what is wrong with `id`. */
