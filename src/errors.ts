@@ -37,3 +37,50 @@ export function assertIdentityId(id: unknown): asserts id is string {
 /** The error for an identity id that names no registered identity (404). */
 export const notFound = (id: string) =>
   new KpRotorError(ErrorCodes.notFound, `identity ${JSON.stringify(id)} is not registered`);
+
+/** Postgres or Redis did not answer, or answered "not now": 503, nothing acknowledged. */
+export const unavailable = (what: "Postgres" | "Redis", cause: unknown) =>
+  new KpRotorError(ErrorCodes.unavailable, `${what} is unavailable`, { cause });
+
+/** The error and its causes, outermost first (at most `depth`). */
+export function* causes(err: unknown, depth = 5): Generator<Error> {
+  for (let e = err, n = 0; e instanceof Error && n < depth; n++, e = e.cause) yield e;
+}
+
+/** Errors of the operating system's network calls: the peer is not reachable. */
+export const NETWORK_ERRNOS: ReadonlySet<string> = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+
+/**
+ * The same object, its methods' failures passed through `classify` (an adapter turns its driver's
+ * errors into the service's own there). Async generator methods are left as they are.
+ */
+export function classifyingErrors<T extends object>(
+  target: T,
+  classify: (err: unknown) => unknown,
+): T {
+  const out = { ...target } as Record<string, unknown>;
+  for (const [name, value] of Object.entries(target)) {
+    if (typeof value !== "function" || value.constructor.name === "AsyncGeneratorFunction")
+      continue;
+    out[name] = (...args: unknown[]) => {
+      try {
+        const result = (value as (...a: unknown[]) => unknown).apply(target, args);
+        return result instanceof Promise
+          ? result.catch((err: unknown) => Promise.reject(classify(err)))
+          : result;
+      } catch (err) {
+        throw classify(err);
+      }
+    };
+  }
+  return out as T;
+}

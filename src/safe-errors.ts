@@ -4,36 +4,11 @@
  * message carries the SQL and its parameters, key material included. The server log gets the
  * details, redacted the same way (see {@link redactError}).
  */
-import { ErrorCodes, KpRotorError } from "./errors.js";
+import { KpRotorError } from "./errors.js";
 
 export interface SafeError {
   code: string;
   message: string;
-}
-
-/** Errors from the drivers that mean "Postgres or Redis is not answering", not "we are broken". */
-const UNAVAILABLE =
-  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|CONNECT_TIMEOUT|Connection is closed|MaxRetriesPerRequest|Command timed out|Stream isn't writeable|the database system is (starting up|shutting down)|terminating connection/;
-
-/** Postgres shutting down or not accepting connections, or too slow (lock_timeout, statement_timeout, idle-in-transaction timeout). */
-const UNAVAILABLE_SQLSTATES = new Set(["57P01", "57P03", "55P03", "57014", "25P03"]);
-
-/** True when the error (or one of its causes) says Postgres or Redis is unavailable. */
-export function isUnavailable(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; depth++) {
-    const code = (e as { code?: unknown }).code;
-    // ioredis names the error of a command that ran out of retries (MaxRetriesPerRequestError)
-    // without saying so in its message: test the name too.
-    if (
-      UNAVAILABLE.test(e.message) ||
-      UNAVAILABLE.test(e.name) ||
-      (typeof code === "string" && (UNAVAILABLE.test(code) || UNAVAILABLE_SQLSTATES.has(code)))
-    ) {
-      return true;
-    }
-    e = e.cause;
-  }
-  return false;
 }
 
 /** Control characters (NUL among them, which a Postgres text column refuses) become spaces. */
@@ -45,9 +20,6 @@ export const cleanText = (text: string, max = 500): string =>
 /** The code and message an error may show to a client or store in `last_error`. */
 export function safeError(err: unknown): SafeError {
   if (err instanceof KpRotorError) return { code: err.code, message: cleanText(err.message) };
-  if (isUnavailable(err)) {
-    return { code: ErrorCodes.unavailable, message: "Postgres or Redis is unavailable" };
-  }
   return { code: "INTERNAL", message: "internal error; the details are in the server log" };
 }
 

@@ -1,5 +1,6 @@
 import type { Store, StoreTx } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
+import { withPostgresErrors } from "./errors.js";
 import * as repo from "./identities.repo.js";
 import * as kps from "./key-packages.repo.js";
 import { recentRotations } from "./rotation-cap.repo.js";
@@ -10,7 +11,8 @@ import { recentRotations } from "./rotation-cap.repo.js";
  * statements issued side by side reach the transaction's connection in call order.
  */
 export function createPostgresStore(db: Db): Store {
-  return {
+  // Connection, timeout and lock failures leave as DEPENDENCY_UNAVAILABLE (db/errors.ts).
+  return withPostgresErrors({
     transaction: (fn) => db.transaction((tx) => fn(bindTx(tx))),
     recordRotationFailure: (id, now, error) => repo.recordRotationFailure(db, id, now, error),
     countLive: () => repo.countLive(db),
@@ -21,7 +23,7 @@ export function createPostgresStore(db: Db): Store {
     getIdentity: (id) => repo.getIdentity(db, id),
     listPublic: (id) => kps.listPublic(db, id),
     getCurrent: (id) => kps.getCurrent(db, id),
-  };
+  });
 }
 
 function bindTx(tx: Tx): StoreTx {

@@ -4,6 +4,7 @@ import type { ArmItem, Wakeups } from "../core/ports.js";
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
 import { settleAll } from "../settle.js";
 import { ARM_LUA, VIEW_LUA } from "./arm-script.js";
+import { withRedisErrors } from "./errors.js";
 
 /**
  * The wake-up queues. This directory holds the only files that import bullmq. A job is only a
@@ -23,10 +24,8 @@ const JOB_NAMES: Record<TimerKind, string> = { rotation: "rotate", deletion: "de
 /**
  * What a wake-up job carries: nothing while all is well (`{}`; the identity id is in the job id),
  * and `failures`, the count of consecutive failed attempts for the backoff, while retrying.
- * `identityId` is only read from jobs written before it was dropped from the data.
  */
 export interface WakeData {
-  identityId?: string;
   failures?: number;
 }
 
@@ -384,7 +383,8 @@ export function createTimers(
     } while (cursor !== "0");
   }
 
-  return {
+  // Connection failures and timeouts leave as DEPENDENCY_UNAVAILABLE (queue/errors.ts).
+  return withRedisErrors({
     prefix,
     queues,
     view,
@@ -433,5 +433,5 @@ export function createTimers(
     async close() {
       await Promise.all(Object.values(queues).map((q) => q.close()));
     },
-  };
+  });
 }

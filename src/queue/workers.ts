@@ -3,6 +3,7 @@ import type { Redis } from "ioredis";
 import type { Logger } from "../logger.js";
 import type { ActiveWakeup } from "../core/ports.js";
 import { FINISH_PARK_MS } from "../core/timers.js";
+import { withRedisErrors } from "./errors.js";
 import { PreciseWorker } from "./precise-worker.js";
 import { identityIdOf, jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
 
@@ -47,7 +48,7 @@ export function startWorker(
     QUEUE_NAMES[kind],
     async (job, token) => {
       try {
-        await handler(toActiveWakeup(job, token));
+        await handler(withRedisErrors(toActiveWakeup(job, token)));
       } catch (err) {
         // The job stays active; when its lock lapses the stall check runs it again.
         log.error(
@@ -86,12 +87,12 @@ export function startWorker(
 }
 
 /**
- * The identity comes from the job id (`id-<identityId>`); jobs written by older versions also
- * carry it in their data. The data holds only `failures`, and only while attempts fail.
+ * The identity comes from the job id (`id-<identityId>`). The data holds only `failures`, and
+ * only while attempts fail.
  */
 function toActiveWakeup(job: Job<WakeData>, token: string | undefined): ActiveWakeup {
   const data = job.data;
-  const identityId = (job.id === undefined ? undefined : identityIdOf(job.id)) ?? data.identityId;
+  const identityId = job.id === undefined ? undefined : identityIdOf(job.id);
   if (identityId === undefined) {
     throw new Error(`wake-up job ${job.id} names no identity (expected an id-<identityId> job id)`);
   }

@@ -1,5 +1,4 @@
-import { and, asc, count, eq, gt, isNull, lt, min, type SQL, sql } from "drizzle-orm";
-import { identities, keyPackages } from "../db/schema.js";
+import { createSafetyRepo } from "../db/safety.repo.js";
 import { lastSealedKeysReport } from "./rewrap.service.js";
 import type { LiveRotor as Rotor } from "./rotor.js";
 
@@ -8,8 +7,8 @@ import type { LiveRotor as Rotor } from "./rotor.js";
  * the identity can no longer be added to groups. This view shows drift long before that:
  * current key packages older than the rotation interval plus a margin, ones within a week of
  * their not_after, identities whose rotation keeps failing (including a first publish that has
- * not succeeded yet) and the oldest current key package of the fleet. Every query is served by a partial index and
- * returns at most `limit` rows, whatever the number of identities.
+ * not succeeded yet) and the oldest current key package of the fleet. Each list is bounded by
+ * `limit`; its count is complete (db/safety.repo.ts).
  */
 
 export const SAFETY_DEFAULTS = {
@@ -25,69 +24,21 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
   const now = rotor.clock();
   const staleBefore = new Date(now - rotor.timing.rotationIntervalMs - staleMarginMs);
   const expiringBefore = new Date(now + expiryWarningMs);
-  const db = rotor.db;
-  const current = and(eq(keyPackages.isCurrent, true), isNull(identities.deregisteredAt));
-  const currentColumns = {
-    identityId: keyPackages.identityId,
-    generation: keyPackages.generation,
-    createdAt: keyPackages.createdAt,
-    notAfter: keyPackages.notAfter,
-  };
-  const join = eq(identities.id, keyPackages.identityId);
-
-  // Current key packages matching `where`: the first `limit` in `order`, and how many in all.
-  const currentPackages = async (where: SQL, order: Parameters<typeof asc>[0]) => {
-    const [rows, counted] = await Promise.all([
-      db
-        .select(currentColumns)
-        .from(keyPackages)
-        .innerJoin(identities, join)
-        .where(and(current, where))
-        .orderBy(asc(order))
-        .limit(limit),
-      db
-        .select({ n: count() })
-        .from(keyPackages)
-        .innerJoin(identities, join)
-        .where(and(current, where)),
-    ]);
-    return { count: counted[0]?.n ?? 0, identities: rows };
-  };
-  const failingWhere = and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt));
-
-  const [stale, expiringSoon, failing, failingCount, oldest] = await Promise.all([
-    currentPackages(lt(keyPackages.createdAt, staleBefore), keyPackages.createdAt),
-    currentPackages(lt(keyPackages.notAfter, expiringBefore), keyPackages.notAfter),
-    db
-      .select({
-        identityId: identities.id,
-        failures: identities.rotationFailures,
-        lastError: identities.lastError,
-        lastFailureAt: identities.lastFailureAt,
-        rotationDeadline: identities.rotationDeadline,
-      })
-      .from(identities)
-      .where(failingWhere)
-      .orderBy(asc(identities.lastFailureAt))
-      .limit(limit),
-    db.select({ n: count() }).from(identities).where(failingWhere),
-    db
-      .select(currentColumns)
-      .from(keyPackages)
-      .innerJoin(identities, join)
-      .where(current)
-      .orderBy(asc(keyPackages.createdAt))
-      .limit(1),
+  const repo = createSafetyRepo(rotor.db);
+  const [stale, expiringSoon, failing, oldest] = await Promise.all([
+    repo.staleCurrent(staleBefore, limit),
+    repo.expiringCurrent(expiringBefore, limit),
+    repo.failing(limit),
+    repo.oldestCurrent(),
   ]);
-  const oldestRow = oldest[0];
   return {
     at: new Date(now),
     thresholds: { staleBefore, expiringBefore },
     stale,
     expiringSoon,
-    failing: { count: failingCount[0]?.n ?? 0, identities: failing },
-    oldestCurrentKeyPackage: oldestRow
-      ? { ...oldestRow, ageSeconds: Math.round((now - oldestRow.createdAt.getTime()) / 1000) }
+    failing,
+    oldestCurrentKeyPackage: oldest
+      ? { ...oldest, ageSeconds: Math.round((now - oldest.createdAt.getTime()) / 1000) }
       : null,
     // From this process's start-up check (a full scan, so not repeated per request).
     sealedKeys: lastSealedKeysReport(rotor) ?? null,
@@ -95,11 +46,9 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
 }
 
 export type SafetyReport = Awaited<ReturnType<typeof safetyReport>>;
-// Kept for callers that only need the oldest age (metrics): one indexed query.
+
+/** Seconds since the oldest current key package was created (metrics). */
 export async function oldestCurrentKeyPackageAge(rotor: Rotor): Promise<number | null> {
-  const [row] = await rotor.db
-    .select({ at: min(keyPackages.createdAt) })
-    .from(keyPackages)
-    .where(sql`${keyPackages.isCurrent}`);
-  return row?.at ? (rotor.clock() - row.at.getTime()) / 1000 : null;
+  const at = await createSafetyRepo(rotor.db).oldestCurrentCreatedAt();
+  return at ? (rotor.clock() - at.getTime()) / 1000 : null;
 }

@@ -310,14 +310,12 @@ describe("startWorker's wake-ups", () => {
       createLogger("silent"),
     );
     await queue.add("rotate", {}, { jobId: "id-alice" });
-    // Written by an older version: the identity in the data too, and a failure count.
-    await queue.add("rotate", { identityId: "bob", failures: 2 }, { jobId: "id-bob" });
-    // No id-<identity> job id: the data's identity is used.
-    await queue.add("rotate", { identityId: "carol" }, { jobId: "legacy-carol" });
+    // A job that already failed twice: its count comes from the data.
+    await queue.add("rotate", { failures: 2 }, { jobId: "id-bob" });
 
-    const jobIds = ["id-alice", "id-bob", "legacy-carol"];
-    // Four calls started, then each handler finished (its job is delayed again).
-    for (let i = 0; i < 200 && seen.length < 4; i++) await sleep(25);
+    const jobIds = ["id-alice", "id-bob"];
+    // Three calls started, then each handler finished (its job is delayed again).
+    for (let i = 0; i < 200 && seen.length < 3; i++) await sleep(25);
     for (let i = 0; i < 200; i++) {
       const states = await Promise.all(jobIds.map((id) => queue.getJobState(id)));
       if (states.every((state) => state === "delayed")) break;
@@ -329,16 +327,12 @@ describe("startWorker's wake-ups", () => {
       { identityId: "alice", jobId: "id-alice", failures: 1 },
     ]);
     expect(byIdentity("bob")).toEqual([{ identityId: "bob", jobId: "id-bob", failures: 2 }]);
-    expect(byIdentity("carol")).toEqual([
-      { identityId: "carol", jobId: "legacy-carol", failures: 0 },
-    ]);
     for (const jobId of jobIds) {
       expect(await queue.getJobState(jobId)).toBe("delayed");
     }
-    // Success clears the failure count to {}; a job that never failed keeps its data.
+    // Success clears the failure count to {}.
     expect((await queue.getJob("id-alice"))?.data).toEqual({});
     expect((await queue.getJob("id-bob"))?.data).toEqual({});
-    expect((await queue.getJob("legacy-carol"))?.data).toEqual({ identityId: "carol" });
   });
 
   it("retryLater writes only the failure count", async () => {
@@ -357,7 +351,7 @@ describe("startWorker's wake-ups", () => {
       { concurrency: 1, lockDurationMs: 5_000, stalledIntervalMs: 5_000, maxBlockMs: 60_000 },
       createLogger("silent"),
     );
-    await queue.add("rotate", { identityId: "dave" }, { jobId: "id-dave" });
+    await queue.add("rotate", {}, { jobId: "id-dave" });
     for (let i = 0; i < 200 && calls < 1; i++) await sleep(25);
     for (let i = 0; i < 200 && (await queue.getJobState("id-dave")) !== "delayed"; i++) {
       await sleep(25);

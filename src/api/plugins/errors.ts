@@ -1,7 +1,7 @@
 import type { FastifyError, FastifyInstance } from "fastify";
 import { API_ERRORS, type ApiErrorCode, errorBody } from "../../contract/api.js";
 import { KpRotorError } from "../../errors.js";
-import { isUnavailable, redactError } from "../../safe-errors.js";
+import { redactError } from "../../safe-errors.js";
 
 /** A code of the API's table, or undefined (the table is src/contract/api.ts). */
 const apiCode = (code: unknown): ApiErrorCode | undefined =>
@@ -32,6 +32,9 @@ export function registerErrorHandler(app: FastifyInstance): void {
     if (code !== undefined) {
       const status = API_ERRORS[code].status;
       if (status === 503) reply.header("retry-after", "5");
+      if (code === "DEPENDENCY_UNAVAILABLE") {
+        request.log.warn({ err: redactError(err) }, "dependency unavailable");
+      }
       return reply.status(status).send(errorBody(code, err.message));
     }
     const fastifyErr = err as FastifyError;
@@ -46,13 +49,6 @@ export function registerErrorHandler(app: FastifyInstance): void {
       return reply
         .status(fastifyErr.statusCode)
         .send(errorBody(clientErrorCode(err, fastifyErr.statusCode), err.message));
-    }
-    if (isUnavailable(err)) {
-      request.log.warn({ err: redactError(err) }, "dependency unavailable");
-      reply.header("retry-after", "5");
-      return reply
-        .status(503)
-        .send(errorBody("DEPENDENCY_UNAVAILABLE", "Postgres or Redis is unavailable; retry later"));
     }
     request.log.error({ err: redactError(err) }, "internal error");
     return reply.status(500).send(errorBody("INTERNAL", "internal error"));
