@@ -1,9 +1,10 @@
 import { Queue } from "bullmq";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import type { ArmItem, Wakeups } from "../core/ports.js";
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
 import { settleAll } from "../settle.js";
 import { ARM_LUA, VIEW_LUA } from "./arm-script.js";
+import { type KeyLayout, shardOf, shardPrefix, sharedPrefix } from "./layout.js";
 
 /**
  * The wake-up queues. This directory holds the only files that import bullmq. A job is only a
@@ -41,14 +42,52 @@ export const identityIdOf = (jobId: string): string | undefined =>
 /** BullMQ's delayed set is scored by fire time * 4096 + a same-millisecond counter. */
 const fireAtOf = (score: string): number => Math.floor(Number(score) / 4096);
 
+/** A connection to a single Redis or to a Redis Cluster; BullMQ and our scripts take either. */
+export type RedisConnection = Redis | Cluster;
+
+/** Where Redis is: a URL (a single server) or the seed nodes of a cluster (`host:port`). */
+export type RedisTarget = string | { url: string; clusterNodes?: readonly string[] | undefined };
+
 /**
  * A Redis connection. Request paths ("client") fail fast, so an API call answers 503 instead of
- * waiting for Redis forever; BullMQ workers ("worker") require commands that never give up.
+ * waiting for Redis forever; BullMQ workers ("worker") require commands that never give up. With
+ * cluster nodes it is an ioredis Cluster (slots discovered from the seeds; no `keyPrefix`, which
+ * BullMQ does not allow; the password and TLS of the URL apply to every node).
  */
-export function createRedis(url: string, mode: "client" | "worker" = "client"): Redis {
-  return mode === "worker"
-    ? new Redis(url, { maxRetriesPerRequest: null })
-    : new Redis(url, { maxRetriesPerRequest: 1, commandTimeout: 5_000, connectTimeout: 5_000 });
+export function createRedis(target: RedisTarget, mode: "client" | "worker" = "client"): RedisConnection {
+  const url = typeof target === "string" ? target : target.url;
+  const nodes = typeof target === "string" ? undefined : target.clusterNodes;
+  const options =
+    mode === "worker"
+      ? { maxRetriesPerRequest: null }
+      : { maxRetriesPerRequest: 1, commandTimeout: 5_000, connectTimeout: 5_000 };
+  if (nodes === undefined || nodes.length === 0) return new Redis(url, options);
+  const parsed = new URL(url);
+  const auth = {
+    ...(parsed.username ? { username: decodeURIComponent(parsed.username) } : {}),
+    ...(parsed.password ? { password: decodeURIComponent(parsed.password) } : {}),
+    ...(parsed.protocol === "rediss:" ? { tls: {} } : {}),
+  };
+  return new Cluster(
+    nodes.map((node) => {
+      const at = node.lastIndexOf(":");
+      return { host: node.slice(0, at), port: Number(node.slice(at + 1)) };
+    }),
+    {
+      redisOptions: { ...options, ...auth },
+      // Blocking and script calls go to the primary that owns the slot; never read a replica.
+      scaleReads: "master",
+      // While a primary fails over, retry instead of failing at once.
+      retryDelayOnClusterDown: 300,
+      retryDelayOnFailover: 200,
+      ...(mode === "client" ? {} : { maxRedirections: 16 }),
+    },
+  );
+}
+
+/** The primaries to run a keyspace SCAN on: every primary of a cluster, or the one server. */
+export function scanTargets(redis: RedisConnection): Redis[] {
+  return redis instanceof Cluster ? redis.nodes("master") : [redis];
 }
 
 export type { ArmItem };
@@ -62,7 +101,7 @@ const ARM_CHUNK = 1_000;
 /** How often an item whose job changed state under us (a worker took it) is planned again. */
 const MAX_REPLANS = 5;
 
-type RedisWithScripts = Redis & {
+type RedisWithScripts = RedisConnection & {
   kpRotorView(delayedKey: string, prefix: string, ...jobIds: string[]): Promise<string[]>;
   kpRotorArm(
     delayedKey: string,
@@ -75,34 +114,62 @@ type RedisWithScripts = Redis & {
   ): Promise<number[]>;
 };
 
+/** One shard's queue pair (rotation, deletion). */
+export type ShardQueues = Record<TimerKind, Queue<WakeData>>;
+
 /**
  * The Wakeups port (src/core/ports.ts, where each method's contract is written) on BullMQ, plus
  * what only operators and tests use: the queues themselves, a planned action applied as is, and
- * close.
+ * close. Every method taking identities routes each one to its shard's queue.
  */
 export interface Timers extends Wakeups {
   readonly prefix: string;
-  readonly queues: Record<TimerKind, Queue<WakeData>>;
+  readonly layout: KeyLayout;
+  /** Shard 0's queues: with one shard (the default), all of them. */
+  readonly queues: ShardQueues;
+  /** Every shard's queues, by shard number. */
+  readonly shardQueues: readonly ShardQueues[];
+  /** The shard of an identity under this layout. */
+  shardOf(identityId: string): number;
+  /** Wake-up jobs that will fire, per shard (the census compared per queue). */
+  countWakeupsPerShard(kind: TimerKind): Promise<number[]>;
+  /** Which shards lack the reconcile mark (all of them after a full loss). */
+  unreconciledShards(): Promise<number[]>;
   /** Carries out a planned action; losing a race to a worker that took the job is not an error. */
   apply(kind: TimerKind, identityId: string, action: ArmAction, fence: number): Promise<void>;
   close(): Promise<void>;
 }
 
-/**
- * Opens the two queues on one shared Redis connection under `prefix`. Connection errors surface
- * through `onError` (the caller logs them) instead of BullMQ's default of printing them raw.
- */
-export function createTimers(
-  redis: Redis,
+/** Opens one shard's two queues under `prefix`. */
+export function openShardQueues(
+  redis: RedisConnection,
   prefix: string,
   onError: (err: Error) => void = () => {},
-): Timers {
+): ShardQueues {
   const queues = {
     rotation: new Queue<WakeData>(QUEUE_NAMES.rotation, { connection: redis, prefix }),
     deletion: new Queue<WakeData>(QUEUE_NAMES.deletion, { connection: redis, prefix }),
   };
   for (const queue of Object.values(queues)) queue.on("error", onError);
-  // EVALSHA, falling back to EVAL once per connection (ioredis defineCommand).
+  return queues;
+}
+
+/** The arming half of the port for one shard's queues (every id given belongs to that shard). */
+interface ShardArmer {
+  view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]>;
+  apply(kind: TimerKind, identityId: string, action: ArmAction, fence: number): Promise<void>;
+  armMany(kind: TimerKind, items: readonly ArmItem[], now: number, fence: number): Promise<ArmAction[]>;
+  armEarlier(
+    kind: TimerKind,
+    items: readonly { identityId: string; fireAt: number }[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]>;
+}
+
+function createShardArmer(redis: RedisConnection, queues: ShardQueues): ShardArmer {
+  // EVALSHA, falling back to EVAL once per connection (ioredis defineCommand; on a cluster, sent
+  // to the primary of the first key's slot).
   const scripted = redis as RedisWithScripts;
   if (typeof scripted.kpRotorView !== "function") {
     redis.defineCommand("kpRotorView", { numberOfKeys: 1, lua: VIEW_LUA });
@@ -331,21 +398,72 @@ export function createTimers(
     throw new Error(`the ${kind} wake-up of ${identityId} kept changing state while being armed`);
   }
 
-  async function arm(
-    kind: TimerKind,
-    identityId: string,
-    desired: number | null,
-    now: number,
-    fence: number,
-  ): Promise<ArmAction> {
-    const [action] = await armMany(kind, [{ identityId, desired }], now, fence);
-    return action ?? { kind: "none" };
-  }
+  return { view, apply, armMany, armEarlier };
+}
 
-  const markKey = `${prefix}:kp-rotor:reconciled`;
-  const runKey = `${prefix}:kp-rotor:reconcile-runs`;
+/**
+ * Splits `items` by shard, runs `run` once per shard side by side, and puts the results back in
+ * the order given. Items of one shard keep their order.
+ */
+async function perShard<T, R>(
+  items: readonly T[],
+  shardOfItem: (item: T) => number,
+  run: (shard: number, items: T[]) => Promise<R[]>,
+): Promise<R[]> {
+  const groups = new Map<number, { items: T[]; at: number[] }>();
+  items.forEach((item, i) => {
+    const shard = shardOfItem(item);
+    let group = groups.get(shard);
+    if (group === undefined) {
+      group = { items: [], at: [] };
+      groups.set(shard, group);
+    }
+    group.items.push(item);
+    group.at.push(i);
+  });
+  const out = new Array<R>(items.length);
+  const settled = await Promise.allSettled(
+    [...groups].map(async ([shard, group]) => {
+      const results = await run(shard, group.items);
+      group.at.forEach((at, k) => {
+        out[at] = results[k] as R;
+      });
+    }),
+  );
+  // Every shard's Redis work has settled before a failure is reported (the caller's row locks
+  // must outlive every change made for them).
+  for (const result of settled) if (result.status === "rejected") throw result.reason;
+  return out;
+}
 
-  const leaseKey = (name: string) => `${prefix}:kp-rotor:lease:${name}`;
+/**
+ * Opens the wake-up queues (two per shard) on one shared connection, laid out as `layout` says
+ * (src/queue/layout.ts; a plain prefix means one shard on a single Redis, today's key names).
+ * Connection errors surface through `onError` (the caller logs them) instead of BullMQ's default
+ * of printing them raw.
+ */
+export function createTimers(
+  redis: RedisConnection,
+  prefixOrLayout: string | KeyLayout,
+  onError: (err: Error) => void = () => {},
+): Timers {
+  const layout: KeyLayout =
+    typeof prefixOrLayout === "string"
+      ? { prefix: prefixOrLayout, shards: 1, cluster: false }
+      : prefixOrLayout;
+  const prefix = layout.prefix;
+  const shardNumbers = Array.from({ length: layout.shards }, (_, i) => i);
+  const shardQueues = shardNumbers.map((i) => openShardQueues(redis, shardPrefix(layout, i), onError));
+  const armers = shardQueues.map((queues) => createShardArmer(redis, queues));
+  const shardOfId = (identityId: string) => shardOf(identityId, layout.shards);
+  const armerOf = (identityId: string) => armers[shardOfId(identityId)] as ShardArmer;
+  const queues = shardQueues[0] as ShardQueues;
+
+  // The reconcile mark and the runs in progress live in each shard's slot (the completion script
+  // touches both), so a shard whose primary lost its data lacks its mark; the lease is shared.
+  const markKey = (shard: number) => `${shardPrefix(layout, shard)}:kp-rotor:reconciled`;
+  const runKey = (shard: number) => `${shardPrefix(layout, shard)}:kp-rotor:reconcile-runs`;
+  const leaseKey = (name: string) => `${sharedPrefix(layout)}:kp-rotor:lease:${name}`;
 
   async function tryLease(name: string, owner: string, ttlMs: number): Promise<boolean> {
     const key = leaseKey(name);
@@ -361,65 +479,118 @@ export function createTimers(
     return renewed === 1;
   }
 
+  /**
+   * One SCAN pass per primary (every primary of a cluster: SCAN sees one node's keys) over every
+   * shard's job hashes; each page holds the ids found in one SCAN reply.
+   */
   async function* scanAllIdentityIds(
     pageSize: number,
   ): AsyncGenerator<Record<TimerKind, string[]>> {
-    const bases = TIMER_KINDS.map((kind) => [kind, queues[kind].toKey("")] as const);
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*:id-*`, "COUNT", pageSize);
-      cursor = next;
-      const page: Record<TimerKind, string[]> = { rotation: [], deletion: [] };
-      for (const key of keys) {
-        for (const [kind, base] of bases) {
-          if (!key.startsWith(base)) continue;
-          const rest = key.slice(base.length);
-          // Job hashes are <base>id-<identity>; an identity id never contains ':', so longer
-          // keys (locks, logs) are skipped.
-          const identityId = rest.includes(":") ? undefined : identityIdOf(rest);
-          if (identityId !== undefined) page[kind].push(identityId);
+    const bases = shardQueues.flatMap((q) =>
+      TIMER_KINDS.map((kind) => [kind, q[kind].toKey("")] as const),
+    );
+    const pattern = layout.shards > 1 || layout.cluster ? `{${prefix}:*}:*:id-*` : `${prefix}:*:id-*`;
+    for (const node of scanTargets(redis)) {
+      let cursor = "0";
+      do {
+        const [next, keys] = await node.scan(cursor, "MATCH", pattern, "COUNT", pageSize);
+        cursor = next;
+        const page: Record<TimerKind, string[]> = { rotation: [], deletion: [] };
+        for (const key of keys) {
+          for (const [kind, base] of bases) {
+            if (!key.startsWith(base)) continue;
+            const rest = key.slice(base.length);
+            // Job hashes are <base>id-<identity>; an identity id never contains ':', so longer
+            // keys (locks, logs) are skipped.
+            const identityId = rest.includes(":") ? undefined : identityIdOf(rest);
+            if (identityId !== undefined) page[kind].push(identityId);
+          }
         }
-      }
-      if (page.rotation.length > 0 || page.deletion.length > 0) yield page;
-    } while (cursor !== "0");
+        if (page.rotation.length > 0 || page.deletion.length > 0) yield page;
+      } while (cursor !== "0");
+    }
+  }
+
+  async function countWakeupsPerShard(kind: TimerKind): Promise<number[]> {
+    return Promise.all(
+      shardQueues.map(async (q) => {
+        const counts = await q[kind].getJobCounts("active", "delayed", "wait", "prioritized");
+        return Object.values(counts).reduce((sum, n) => sum + n, 0);
+      }),
+    );
+  }
+
+  async function unreconciledShards(): Promise<number[]> {
+    // One EXISTS per shard (on a cluster the marks sit in different slots).
+    const present = await Promise.all(shardNumbers.map((i) => redis.exists(markKey(i))));
+    return shardNumbers.filter((i) => present[i] !== 1);
   }
 
   return {
     prefix,
+    layout,
     queues,
-    view,
-    apply,
-    arm,
-    armMany,
-    armEarlier,
+    shardQueues,
+    shardOf: shardOfId,
+    view: (kind, identityIds) =>
+      perShard(identityIds, shardOfId, (shard, ids) => (armers[shard] as ShardArmer).view(kind, ids)),
+    apply: (kind, identityId, action, fence) =>
+      armerOf(identityId).apply(kind, identityId, action, fence),
+    async arm(kind, identityId, desired, now, fence) {
+      const [action] = await armerOf(identityId).armMany(kind, [{ identityId, desired }], now, fence);
+      return action ?? { kind: "none" };
+    },
+    armMany: (kind, items, now, fence) =>
+      perShard(
+        items,
+        (item) => shardOfId(item.identityId),
+        (shard, group) => (armers[shard] as ShardArmer).armMany(kind, group, now, fence),
+      ),
+    armEarlier: (kind, items, now, fence) =>
+      perShard(
+        items,
+        (item) => shardOfId(item.identityId),
+        (shard, group) => (armers[shard] as ShardArmer).armEarlier(kind, group, now, fence),
+      ),
     async beginReconcile(runId) {
       // A sorted set of the runs in progress, so that runs side by side (an operator's beside a
       // worker's) each complete; records of runs whose process died are dropped after a day.
       const now = Date.now();
-      await redis
-        .multi()
-        .zadd(runKey, now, runId)
-        .zremrangebyscore(runKey, "-inf", now - 86_400_000)
-        .exec();
+      await Promise.all(
+        shardNumbers.map((i) =>
+          redis
+            .multi()
+            .zadd(runKey(i), now, runId)
+            .zremrangebyscore(runKey(i), "-inf", now - 86_400_000)
+            .exec(),
+        ),
+      );
     },
     async completeReconcile(runId) {
-      const done = await redis.eval(
-        "if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0",
-        2,
-        runKey,
-        markKey,
-        runId,
-        new Date().toISOString(),
+      const at = new Date().toISOString();
+      // Per shard: a shard whose data was lost during the run lost the record and gets no mark.
+      const done = await Promise.all(
+        shardNumbers.map((i) =>
+          redis.eval(
+            "if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0",
+            2,
+            runKey(i),
+            markKey(i),
+            runId,
+            at,
+          ),
+        ),
       );
-      return done === 1;
+      return done.every((d) => d === 1);
     },
     async isReconciled() {
-      return (await redis.exists(markKey)) === 1;
+      return (await unreconciledShards()).length === 0;
     },
+    unreconciledShards,
     async countWakeups(kind) {
-      const counts = await queues[kind].getJobCounts("active", "delayed", "wait", "prioritized");
-      return Object.values(counts).reduce((sum, n) => sum + n, 0);
+      return (await countWakeupsPerShard(kind)).reduce((sum, n) => sum + n, 0);
     },
+    countWakeupsPerShard,
     tryLease,
     async releaseLease(name, owner) {
       await redis.eval(
@@ -431,7 +602,7 @@ export function createTimers(
     },
     scanAllIdentityIds,
     async close() {
-      await Promise.all(Object.values(queues).map((q) => q.close()));
+      await Promise.all(shardQueues.flatMap((q) => Object.values(q)).map((q) => q.close()));
     },
   };
 }

@@ -48,12 +48,15 @@ export async function deletePrefix(redisUrl: string, prefix: string): Promise<vo
     redis.disconnect();
     return;
   }
-  let cursor = "0";
-  do {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
-    cursor = next;
-    if (keys.length > 0) await redis.del(...keys);
-  } while (cursor !== "0");
+  // `<prefix>:…` (one shard) and `{<prefix>:i}:…`, `{<prefix>}:…` (shards: src/queue/layout.ts).
+  for (const pattern of [`${prefix}:*`, `{${prefix}:*`, `{${prefix}}*`]) {
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== "0");
+  }
   await redis.quit();
 }
 
