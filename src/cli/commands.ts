@@ -129,7 +129,9 @@ async function oneShot(
       console.log(JSON.stringify(report, null, 2));
     } else if (command === "reshard") {
       if (from === undefined || from < 1 || from > MAX_SHARDS) {
-        console.error(`kp-rotor: reshard --from expects 1 to ${MAX_SHARDS}, the previous QUEUE_SHARDS`);
+        console.error(
+          `kp-rotor: reshard --from expects 1 to ${MAX_SHARDS}, the previous QUEUE_SHARDS`,
+        );
         return 2;
       }
       const bar = quiet ? undefined : progressBar("reshard");

@@ -54,7 +54,10 @@ export type RedisTarget = string | { url: string; clusterNodes?: readonly string
  * cluster nodes it is an ioredis Cluster (slots discovered from the seeds; no `keyPrefix`, which
  * BullMQ does not allow; the password and TLS of the URL apply to every node).
  */
-export function createRedis(target: RedisTarget, mode: "client" | "worker" = "client"): RedisConnection {
+export function createRedis(
+  target: RedisTarget,
+  mode: "client" | "worker" = "client",
+): RedisConnection {
   const url = typeof target === "string" ? target : target.url;
   const nodes = typeof target === "string" ? undefined : target.clusterNodes;
   const options =
@@ -158,7 +161,12 @@ export function openShardQueues(
 interface ShardArmer {
   view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]>;
   apply(kind: TimerKind, identityId: string, action: ArmAction, fence: number): Promise<void>;
-  armMany(kind: TimerKind, items: readonly ArmItem[], now: number, fence: number): Promise<ArmAction[]>;
+  armMany(
+    kind: TimerKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]>;
   armEarlier(
     kind: TimerKind,
     items: readonly { identityId: string; fireAt: number }[],
@@ -453,7 +461,9 @@ export function createTimers(
       : prefixOrLayout;
   const prefix = layout.prefix;
   const shardNumbers = Array.from({ length: layout.shards }, (_, i) => i);
-  const shardQueues = shardNumbers.map((i) => openShardQueues(redis, shardPrefix(layout, i), onError));
+  const shardQueues = shardNumbers.map((i) =>
+    openShardQueues(redis, shardPrefix(layout, i), onError),
+  );
   const armers = shardQueues.map((queues) => createShardArmer(redis, queues));
   const shardOfId = (identityId: string) => shardOf(identityId, layout.shards);
   const armerOf = (identityId: string) => armers[shardOfId(identityId)] as ShardArmer;
@@ -489,7 +499,8 @@ export function createTimers(
     const bases = shardQueues.flatMap((q) =>
       TIMER_KINDS.map((kind) => [kind, q[kind].toKey("")] as const),
     );
-    const pattern = layout.shards > 1 || layout.cluster ? `{${prefix}:*}:*:id-*` : `${prefix}:*:id-*`;
+    const pattern =
+      layout.shards > 1 || layout.cluster ? `{${prefix}:*}:*:id-*` : `${prefix}:*:id-*`;
     for (const node of scanTargets(redis)) {
       let cursor = "0";
       do {
@@ -533,11 +544,18 @@ export function createTimers(
     shardQueues,
     shardOf: shardOfId,
     view: (kind, identityIds) =>
-      perShard(identityIds, shardOfId, (shard, ids) => (armers[shard] as ShardArmer).view(kind, ids)),
+      perShard(identityIds, shardOfId, (shard, ids) =>
+        (armers[shard] as ShardArmer).view(kind, ids),
+      ),
     apply: (kind, identityId, action, fence) =>
       armerOf(identityId).apply(kind, identityId, action, fence),
     async arm(kind, identityId, desired, now, fence) {
-      const [action] = await armerOf(identityId).armMany(kind, [{ identityId, desired }], now, fence);
+      const [action] = await armerOf(identityId).armMany(
+        kind,
+        [{ identityId, desired }],
+        now,
+        fence,
+      );
       return action ?? { kind: "none" };
     },
     armMany: (kind, items, now, fence) =>

@@ -85,7 +85,10 @@ export function startWorker(
       const result = await Promise.race([worker.close(), deadline]);
       clearTimeout(timer);
       if (result === "timeout") {
-        log.warn({ kind, shard, timeoutMs }, "worker close timed out; active jobs will stall and rerun");
+        log.warn(
+          { kind, shard, timeoutMs },
+          "worker close timed out; active jobs will stall and rerun",
+        );
       }
     },
   };

@@ -27,7 +27,13 @@ export async function reshard(
   const report = await reconcile(rotor, options);
   const misplaced = await removeMisplaced(redis, { ...to, shards: fromShards }, to);
   rotor.log.info(
-    { component: "reshard", from: fromShards, to: to.shards, ...misplaced, stuck: misplaced.stuck.length },
+    {
+      component: "reshard",
+      from: fromShards,
+      to: to.shards,
+      ...misplaced,
+      stuck: misplaced.stuck.length,
+    },
     "reshard finished",
   );
   if (misplaced.stuck.length > 0) {

@@ -94,7 +94,10 @@ export class ReconcileBusy extends Error {
 
 /** What the census needs beyond the ports when the queues are sharded (Postgres and BullMQ). */
 interface ShardedParts {
-  timers: { readonly layout: { shards: number }; countWakeupsPerShard(kind: Kind): Promise<number[]> };
+  timers: {
+    readonly layout: { shards: number };
+    countWakeupsPerShard(kind: Kind): Promise<number[]>;
+  };
   store: ShardedCensus;
 }
 
@@ -113,7 +116,9 @@ function shardedParts(rotor: Rotor): ShardedParts | undefined {
 async function readCensus(rotor: Rotor, before: number) {
   const sharded = shardedParts(rotor);
   const countsOf = (kind: Kind): Promise<number[]> =>
-    sharded ? sharded.timers.countWakeupsPerShard(kind) : rotor.timers.countWakeups(kind).then((n) => [n]);
+    sharded
+      ? sharded.timers.countWakeupsPerShard(kind)
+      : rotor.timers.countWakeups(kind).then((n) => [n]);
   const [probe, rotation, deletion, expectedPerShard] = await Promise.all([
     rotor.store.watchdogProbe(before),
     countsOf("rotation"),

@@ -40,7 +40,11 @@ export async function createTestDatabase(): Promise<{
 /** Deletes every Redis key under a queue prefix (never FLUSHALL: the server is shared). */
 export async function deletePrefix(redisUrl: string, prefix: string): Promise<void> {
   // A test may have stopped its private Redis: then there is nothing left to delete.
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+  const redis = new Redis(redisUrl, {
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    lazyConnect: true,
+  });
   redis.on("error", () => {});
   try {
     await redis.connect();

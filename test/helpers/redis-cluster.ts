@@ -55,7 +55,11 @@ export async function startTestCluster(): Promise<TestCluster> {
       const admin = new Redis(ports[0] as number, "127.0.0.1");
       try {
         const slot = Number(await admin.call("cluster", "keyslot", key));
-        const ranges = (await admin.call("cluster", "slots")) as [number, number, [string, number]][];
+        const ranges = (await admin.call("cluster", "slots")) as [
+          number,
+          number,
+          [string, number],
+        ][];
         const owner = ranges.find(([from, to]) => slot >= from && slot <= to);
         if (owner === undefined) throw new Error(`no primary serves slot ${slot}`);
         return owner[2][1];

@@ -12,7 +12,10 @@ import { ALL_HANDLERS } from "../../workers/index.js";
 import { nextEvent, type TestEnv } from "./env.js";
 
 /** Every wake-up job hash under `prefix` (one shard or many), as "kind id" -> the queue prefixes holding it. */
-export async function allJobs(redis: RedisConnection, prefix: string): Promise<Map<string, string[]>> {
+export async function allJobs(
+  redis: RedisConnection,
+  prefix: string,
+): Promise<Map<string, string[]>> {
   const found = new Map<string, string[]>();
   for (const node of scanTargets(redis)) {
     for (const pattern of [`${prefix}:*`, `{${prefix}:*`]) {
@@ -61,7 +64,8 @@ export async function checkReshardOneToFour(env: TestEnv, count: number): Promis
   }
   const before = await allJobs(ctx.redis, env.config.queuePrefix);
   expect(before.size).toBe(count + rotatedIds.length);
-  for (const [, holders] of before) expect(holders).toEqual([shardPrefix(ctx.rotor.timers.layout, 0)]);
+  for (const [, holders] of before)
+    expect(holders).toEqual([shardPrefix(ctx.rotor.timers.layout, 0)]);
 
   const config4 = loadConfig({ ...env.env, QUEUE_SHARDS: "4" });
   const ctx4: Context = await createContext(config4, createLogger("silent"));
@@ -92,7 +96,11 @@ export async function checkReshardOneToFour(env: TestEnv, count: number): Promis
     expect(report.misplaced.stuck).toEqual([]);
     expect(report.misplaced.removed + report.misplaced.kept).toBe(before.size);
     // The census, compared per shard, finds nothing to repair.
-    const watch = await runWatchdog(ctx4.rotor, { overdueGraceMs: 600_000, owner: "test", censusRecheckMs: 10 });
+    const watch = await runWatchdog(ctx4.rotor, {
+      overdueGraceMs: 600_000,
+      owner: "test",
+      censusRecheckMs: 10,
+    });
     expect(watch.reason).toBeUndefined();
     expect(watch.shards?.rotation.map((r) => r.counted)).toEqual(
       [0, 1, 2, 3].map((s) => ids.filter((id) => shardOf(id, 4) === s).length),
