@@ -4,7 +4,9 @@
  * reconcile, the per-shard census, a primary that loses its data, and QUEUE_SHARDS 1 -> 4.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { buildApp } from "../../src/api/app.js";
 import type { Context } from "../../src/context.js";
+import { createMetrics } from "../../src/metrics/metrics.js";
 import { shardOf, shardPrefix } from "../../src/queue/layout.js";
 import { jobIdFor, scanTargets } from "../../src/queue/timers.js";
 import * as identities from "../../src/services/identities.service.js";
@@ -99,6 +101,53 @@ describe("on a Redis Cluster with QUEUE_SHARDS=3", () => {
     for (const id of ids) {
       const queue = ctx.rotor.timers.shardQueues[shardOf(id, 3)]?.rotation;
       expect(await queue?.getJobState(jobIdFor(id)), id).toBe("delayed");
+    }
+  });
+
+  it("Bull Board lists every shard's queues and the queue gauge carries the shard", async () => {
+    const { ctx } = await setup({ ROTATION_INTERVAL: "30d" });
+    const ids = idsPerShard("board", 3, 2);
+    for (const id of ids) await identities.register(ctx.rotor, id);
+    const app = await buildApp({
+      rotor: ctx.rotor,
+      apiToken: undefined,
+      checkReady: () => ctx.checkReady(),
+      board: { user: "ops", password: "correct-horse-battery", readOnly: true },
+    });
+    try {
+      const res = await app.inject({
+        method: "GET",
+        url: "/admin/queues/api/queues",
+        headers: {
+          authorization: `Basic ${Buffer.from("ops:correct-horse-battery").toString("base64")}`,
+        },
+      });
+      expect(res.statusCode).toBe(200);
+      const queues = res.json().queues as { name: string; counts: { delayed: number } }[];
+      expect(queues.map((q) => [q.name, q.counts.delayed]).sort()).toEqual([
+        ["shard0-deletion", 0],
+        ["shard0-rotation", 2],
+        ["shard1-deletion", 0],
+        ["shard1-rotation", 2],
+        ["shard2-deletion", 0],
+        ["shard2-rotation", 2],
+      ]);
+    } finally {
+      await app.close();
+    }
+    const metrics = createMetrics(ctx.rotor, ctx.rotor.timers);
+    try {
+      const { body } = await metrics.scrape();
+      for (const shard of [0, 1, 2]) {
+        expect(body).toContain(
+          `kp_rotor_queue_jobs{queue="rotation",shard="${shard}",state="delayed"} 2`,
+        );
+        expect(body).toContain(
+          `kp_rotor_queue_jobs{queue="deletion",shard="${shard}",state="delayed"} 0`,
+        );
+      }
+    } finally {
+      metrics.close();
     }
   });
 
