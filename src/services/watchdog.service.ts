@@ -47,7 +47,7 @@ export interface WatchdogReport {
  */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
   let reason: string | undefined;
-  if (!(await rotor.timers.isReconciled())) reason = "Redis has no reconcile mark";
+  reason = await missingMark(rotor);
   const before = rotor.clock() - options.overdueGraceMs;
   let probe = await readCensus(rotor, before);
   if (reason === undefined && censusMismatch(readings(probe))) {
@@ -82,6 +82,25 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
     census,
     ...(shards === undefined ? {} : { shards }),
   };
+}
+
+/**
+ * Why a reconcile is needed when the reconcile mark is missing, or undefined when it is there.
+ * With several queue shards it names the shards whose mark is gone (on a cluster: the shards of
+ * the primary that lost its data).
+ */
+async function missingMark(rotor: Rotor): Promise<string | undefined> {
+  const timers = rotor.timers as Partial<{
+    layout: { shards: number };
+    unreconciledShards(): Promise<number[]>;
+  }>;
+  const shards = timers.layout?.shards ?? 1;
+  if (shards > 1 && typeof timers.unreconciledShards === "function") {
+    const missing = await timers.unreconciledShards();
+    if (missing.length === 0) return undefined;
+    return `Redis has no reconcile mark (shards ${missing.join(", ")} of ${shards})`;
+  }
+  return (await rotor.timers.isReconciled()) ? undefined : "Redis has no reconcile mark";
 }
 
 /** Another process holds the reconcile lease; this process's heal did not run. */
@@ -284,9 +303,8 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
 
   const checkMark = () => {
     if (signal.aborted || healing !== undefined || retryPending) return;
-    rotor.timers
-      .isReconciled()
-      .then((ok) => (ok ? undefined : heal("Redis has no reconcile mark")))
+    missingMark(rotor)
+      .then((missing) => (missing === undefined ? undefined : heal(missing)))
       .catch((err) => log.warn({ err }, "reconcile mark check failed"));
   };
 

@@ -195,10 +195,13 @@ describe("on a Redis Cluster with QUEUE_SHARDS=3", () => {
     const { ctx } = await setup({ ROTATION_INTERVAL: "30d" });
     const ids = idsPerShard("cen", 3, 2);
     for (const id of ids) await identities.register(ctx.rotor, id);
-    await reconcile(ctx.rotor);
+    const options = { overdueGraceMs: 600_000, owner: "test", censusRecheckMs: 10 };
+    // No reconcile has run yet: every shard lacks its mark, and the reason names them.
+    const first = await runWatchdog(ctx.rotor, options);
+    expect(first.reason).toBe("Redis has no reconcile mark (shards 0, 1, 2 of 3)");
+    expect(first.reconciled).toBe(true);
     const lost = ids.find((id) => shardOf(id, 3) === 1) as string;
     await ctx.rotor.timers.shardQueues[1]?.rotation.remove(jobIdFor(lost));
-    const options = { overdueGraceMs: 600_000, owner: "test", censusRecheckMs: 10 };
     const report = await runWatchdog(ctx.rotor, options);
     expect(report.reason).toMatch(/rotation shard 1 1 in Redis, 2 expected/);
     expect(report.reconciled).toBe(true);
