@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -38,9 +39,24 @@ export async function startTestCluster(): Promise<TestCluster> {
     specs.push(`${port}:${bus}`);
   }
   const stop = async () => {
+    process.off("exit", killAll);
     await run(SCRIPT, ["stop", join(dir, "c")]).catch(() => {});
     await rm(dir, { recursive: true, force: true });
   };
+  // The servers run as daemons: if this process dies without stop(), kill them on its way out.
+  const killAll = () => {
+    for (const port of ports) {
+      try {
+        process.kill(
+          Number(readFileSync(join(dir, "c", String(port), "redis.pid"), "utf8")),
+          "SIGKILL",
+        );
+      } catch {
+        // not started, or gone
+      }
+    }
+  };
+  process.once("exit", killAll);
   try {
     await run(SCRIPT, ["start", join(dir, "c"), ...specs], { timeout: 60_000 });
   } catch (err) {
