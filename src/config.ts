@@ -1,11 +1,21 @@
 import { formatDuration, parseDuration } from "./core/duration.js";
 import { ErrorCodes, KpRotorError } from "./errors.js";
 import { type KeysConfig, loadKeysConfig } from "./keys/keys-config.js";
+import { MAX_SHARDS } from "./queue/layout.js";
 
 /** Everything the service reads from its environment, validated once at start. */
 export interface Config {
   databaseUrl: string;
   redisUrl: string;
+  /**
+   * Seed nodes (`host:port`) of a Redis Cluster, from REDIS_CLUSTER_NODES; undefined for a single
+   * Redis at REDIS_URL. With a cluster, REDIS_URL still gives the scheme, user and password.
+   */
+  redisClusterNodes: string[] | undefined;
+  /** QUEUE_SHARDS: rotation/deletion queue pairs the identities are spread over (docs/cluster.md). */
+  queueShards: number;
+  /** WORKER_SHARDS: the shards this process's workers serve (every shard by default). */
+  workerShards: number[];
   port: number;
   host: string;
   apiToken: string | undefined;
@@ -77,6 +87,7 @@ const DEFAULTS = {
   WELCOME_ROTATION_DELAY: "5s",
   DELETION_GRACE: "1d",
   QUEUE_PREFIX: "kp-rotor",
+  QUEUE_SHARDS: "1",
   WORKER_CONCURRENCY: "16",
   WORKER_LOCK_DURATION: "30s",
   WORKER_STALLED_INTERVAL: "30s",
@@ -184,6 +195,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     welcomeRotationDelayMs: duration("WELCOME_ROTATION_DELAY", 0),
     deletionGraceMs: duration("DELETION_GRACE", 0),
     queuePrefix: read("QUEUE_PREFIX"),
+    redisClusterNodes: clusterNodes(env.REDIS_CLUSTER_NODES, problems),
+    queueShards: integer("QUEUE_SHARDS", 1, MAX_SHARDS),
+    workerShards: [],
     workerConcurrency: integer("WORKER_CONCURRENCY", 1, 1000),
     workerLockDurationMs: duration("WORKER_LOCK_DURATION", 500),
     workerStalledIntervalMs: duration("WORKER_STALLED_INTERVAL", 500),
@@ -199,6 +213,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     boardReadOnly: flag("BOARD_READ_ONLY"),
     docsPublic: flag("DOCS_PUBLIC"),
   };
+  config.workerShards = workerShards(env.WORKER_SHARDS, config.queueShards, problems);
   if (!QUEUE_PREFIX.test(config.queuePrefix)) {
     problems.push(
       `QUEUE_PREFIX=${JSON.stringify(config.queuePrefix)}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -`,
@@ -267,4 +282,41 @@ export function assertApiProtected(
     ErrorCodes.invalidConfig,
     "API_TOKEN is not set: refusing to serve an API anyone can call (set API_TOKEN, 16+ characters; ALLOW_UNAUTHENTICATED=true only for local development)",
   );
+}
+
+/** REDIS_CLUSTER_NODES: `host:port` entries separated by commas; unset or empty for no cluster. */
+function clusterNodes(raw: string | undefined, problems: string[]): string[] | undefined {
+  if (raw === undefined || raw.trim() === "") return undefined;
+  const nodes = raw.split(",").map((n) => n.trim());
+  const bad = nodes.filter((node) => {
+    const match = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(node);
+    return match === null || Number(match[2]) < 1 || Number(match[2]) > 65535;
+  });
+  if (bad.length > 0) {
+    problems.push(
+      `REDIS_CLUSTER_NODES=${JSON.stringify(raw)}: expected host:port entries separated by commas (e.g. 10.0.0.1:6379,10.0.0.2:6379); not ${bad.map((b) => JSON.stringify(b)).join(", ")}`,
+    );
+    return undefined;
+  }
+  return nodes.map((n) => n.replace(/^\[(.*)\]:/, "$1:"));
+}
+
+/** WORKER_SHARDS: shard numbers and ranges (`0,2-3`) below QUEUE_SHARDS; unset means all. */
+function workerShards(raw: string | undefined, shards: number, problems: string[]): number[] {
+  const all = Array.from({ length: shards }, (_, i) => i);
+  if (raw === undefined || raw.trim() === "") return all;
+  const chosen = new Set<number>();
+  for (const part of raw.split(",").map((p) => p.trim())) {
+    const match = /^(\d+)(?:-(\d+))?$/.exec(part);
+    const from = Number(match?.[1]);
+    const to = Number(match?.[2] ?? match?.[1]);
+    if (match === null || from > to || to >= shards) {
+      problems.push(
+        `WORKER_SHARDS=${JSON.stringify(raw)}: expected shard numbers or ranges from 0 to ${shards - 1} (QUEUE_SHARDS=${shards}) separated by commas, e.g. 0,2-3; not ${JSON.stringify(part)}`,
+      );
+      return all;
+    }
+    for (let i = from; i <= to; i++) chosen.add(i);
+  }
+  return [...chosen].sort((a, b) => a - b);
 }

@@ -1,4 +1,3 @@
-import type { Redis } from "ioredis";
 import type { Config } from "./config.js";
 import { createDatabase, type Database, runMigrations } from "./db/client.js";
 import { createPostgresStore } from "./db/store.js";
@@ -6,7 +5,8 @@ import { createKeyring } from "./keys/encryption.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
 import { createDirectoryPublisher, createWebhookPublisher } from "./keys/publisher.js";
 import type { Logger } from "./logger.js";
-import { createRedis, createTimers } from "./queue/timers.js";
+import type { KeyLayout } from "./queue/layout.js";
+import { createRedis, createTimers, type RedisConnection } from "./queue/timers.js";
 import { RotorEvents } from "./services/events.js";
 import type { LiveRotor } from "./services/rotor.js";
 
@@ -15,7 +15,7 @@ export interface Context {
   config: Config;
   rotor: LiveRotor;
   database: Database;
-  redis: Redis;
+  redis: RedisConnection;
   /** Postgres and Redis both answer. */
   checkReady(): Promise<{ postgres: boolean; redis: boolean }>;
   close(): Promise<void>;
@@ -40,10 +40,10 @@ export async function createContext(
   };
   try {
     if (options.migrate) await runMigrations(database);
-    const redis = createRedis(config.redisUrl);
+    const redis = createRedis(redisTarget(config));
     closers.push(async () => redis.quit());
     redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
-    const timers = createTimers(redis, config.queuePrefix, (err) =>
+    const timers = createTimers(redis, keyLayout(config), (err) =>
       log.warn({ err: err.message }, "queue error"),
     );
     closers.push(() => timers.close());
@@ -99,6 +99,22 @@ export async function createContext(
     await close();
     throw err;
   }
+}
+
+/** Where the queues are, from the configuration (src/queue/layout.ts). */
+export function keyLayout(
+  config: Pick<Config, "queuePrefix" | "queueShards" | "redisClusterNodes">,
+): KeyLayout {
+  return {
+    prefix: config.queuePrefix,
+    shards: config.queueShards,
+    cluster: config.redisClusterNodes !== undefined,
+  };
+}
+
+/** The Redis to connect to: REDIS_URL, or the cluster of REDIS_CLUSTER_NODES. */
+export function redisTarget(config: Pick<Config, "redisUrl" | "redisClusterNodes">) {
+  return { url: config.redisUrl, clusterNodes: config.redisClusterNodes };
 }
 
 async function withTimeout(check: Promise<boolean>, ms: number): Promise<boolean> {

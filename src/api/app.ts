@@ -113,7 +113,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const open = deps.apiToken === undefined && basic === undefined;
   if (open && deps.board?.open) {
     await registerBoard(app, {
-      queues: deps.rotor.timers.queues,
+      queues: deps.rotor.timers.shardQueues,
       readOnly: deps.board.readOnly ?? false,
     });
     app.log.info(`Bull Board at ${BOARD_PREFIX} without credentials (dev mode)`);
@@ -123,7 +123,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     );
   } else {
     await registerBoard(app, {
-      queues: deps.rotor.timers.queues,
+      queues: deps.rotor.timers.shardQueues,
       readOnly: deps.board?.readOnly ?? false,
     });
     app.log.info(

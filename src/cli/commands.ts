@@ -5,7 +5,9 @@ import { createDatabase, runMigrations } from "../db/client.js";
 import { createLogger, type Logger } from "../logger.js";
 import { startApi } from "../runtime/api-process.js";
 import * as identities from "../services/identities.service.js";
+import { MAX_SHARDS } from "../queue/layout.js";
 import { reconcile } from "../services/reconcile.service.js";
+import { reshard } from "../services/reshard.service.js";
 import { checkSealedKeys, rewrap } from "../services/rewrap.service.js";
 import { startWorkerMetrics, startWorkerRuntime } from "../runtime/worker-process.js";
 import { ALL_HANDLERS } from "../runtime/handlers.js";
@@ -19,7 +21,7 @@ import { progressBar } from "./progress.js";
 export async function runCommand(
   command: string,
   identityId: string | undefined,
-  flags: { quiet: boolean; embedded: boolean },
+  flags: { quiet: boolean; embedded: boolean; from?: number },
 ): Promise<number> {
   if (command === "dev") {
     const { runDev } = await import("./dev.js");
@@ -35,7 +37,7 @@ export async function runCommand(
     case "worker":
       return serve(config, command);
     default:
-      return oneShot(config, command, identityId, quiet);
+      return oneShot(config, command, identityId, quiet, flags.from);
   }
 }
 
@@ -109,15 +111,31 @@ async function oneShot(
   command: string,
   identityId: string | undefined,
   quiet: boolean,
+  from?: number,
 ): Promise<number> {
   const log = createLogger(
-    (command === "reconcile" || command === "rewrap") && !quiet ? "warn" : "error",
+    (command === "reconcile" || command === "rewrap" || command === "reshard") && !quiet
+      ? "warn"
+      : "error",
   );
   const ctx: Context = await createContext(config, log, { migrate: true });
   try {
     if (command === "reconcile") {
       const bar = quiet ? undefined : progressBar("reconcile");
       const report = await reconcile(ctx.rotor, {
+        onProgress: (done, total) => bar?.update(done, total),
+      });
+      bar?.stop();
+      console.log(JSON.stringify(report, null, 2));
+    } else if (command === "reshard") {
+      if (from === undefined || from < 1 || from > MAX_SHARDS) {
+        console.error(
+          `kp-rotor: reshard --from expects 1 to ${MAX_SHARDS}, the previous QUEUE_SHARDS`,
+        );
+        return 2;
+      }
+      const bar = quiet ? undefined : progressBar("reshard");
+      const report = await reshard(ctx.rotor, ctx.redis, from, {
         onProgress: (done, total) => bar?.update(done, total),
       });
       bar?.stop();

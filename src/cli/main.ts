@@ -43,6 +43,13 @@ const COMMANDS: Record<string, CommandSpec> = {
       "Prints a JSON summary of the repairs on stdout, progress on stderr.\n\noptions:\n  -q, --quiet   no progress, only the summary",
     options: { quiet: { type: "boolean", short: "q" } },
   },
+  reshard: {
+    usage: "reshard --from <K> [--quiet]",
+    summary: "move every wake-up from QUEUE_SHARDS=<K> to the QUEUE_SHARDS now set",
+    details:
+      "Run it once no process with the old QUEUE_SHARDS runs (docs/cluster.md): a reconcile arms\nevery wake-up in the new queues, then the jobs left in the old ones are removed. Prints a\nJSON summary on stdout; exits 1 if a job could not be removed (run it again).\n\noptions:\n  --from <K>    the previous QUEUE_SHARDS\n  -q, --quiet   no progress, only the summary",
+    options: { from: { type: "string" }, quiet: { type: "boolean", short: "q" } },
+  },
   rewrap: {
     usage: "rewrap [--quiet]",
     summary: "re-seal every private key under the current KEY_ENCRYPTION_KEY",
@@ -127,10 +134,14 @@ async function main(command: string | undefined, rest: string[]): Promise<number
   const { runCommand } = await import("./commands.js");
   // Only reconcile and rewrap declare --quiet, only dev --embedded; parseArgs has refused them
   // elsewhere.
-  const flags = values as { quiet?: boolean; embedded?: boolean };
+  const flags = values as { quiet?: boolean; embedded?: boolean; from?: string };
+  if (command === "reshard" && !/^\d+$/.test(flags.from ?? "")) {
+    throw new UsageError("reshard needs --from <K>, the previous QUEUE_SHARDS (1 to 64)");
+  }
   return runCommand(command, positionals[0], {
     quiet: flags.quiet === true,
     embedded: flags.embedded === true,
+    ...(flags.from === undefined ? {} : { from: Number(flags.from) }),
   });
 }
 

@@ -371,6 +371,29 @@ export async function watchdogProbe(
   };
 }
 
+/**
+ * The wakeup census per queue shard: shard s of `shards` holds the census slots with
+ * slot % shards = s (src/queue/layout.ts, shardOf).
+ */
+export async function censusPerShard(
+  db: Db,
+  shards: number,
+): Promise<Record<"rotation" | "deletion", number[]>> {
+  const rows = await db.execute<{ kind: string; shard: number; expected: number }>(sql`
+    select kind, slot % ${shards}::integer as shard, sum(expected)::float8 as expected
+    from ${wakeupCensus} group by 1, 2`);
+  const out = {
+    rotation: new Array<number>(shards).fill(0),
+    deletion: new Array<number>(shards).fill(0),
+  };
+  for (const row of rows) {
+    if (row.kind === "rotation" || row.kind === "deletion") {
+      out[row.kind][Number(row.shard)] = Number(row.expected);
+    }
+  }
+  return out;
+}
+
 /** The identity row for the status endpoint (no private key material). */
 export async function getIdentity(db: Db, id: string) {
   const [identity] = await db

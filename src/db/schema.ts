@@ -126,7 +126,8 @@ export const keyPackages = pgTable(
 
 /**
  * The wakeup census: how many wake-up jobs Redis should hold per queue, maintained by triggers in
- * the same transactions that change it (drizzle/0003_wakeup_census.sql), spread over slots so
+ * the same transactions that change it (drizzle/0003_wakeup_census.sql; slots by md5 since 0005, so
+ * that a queue shard is a class of slots, src/queue/layout.ts), spread over slots so
  * that concurrent commits rarely meet on one row. The watchdog compares its sums with the
  * queues' job counts to find lost wake-ups at a cost that does not grow with the identities.
  */

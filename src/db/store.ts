@@ -10,7 +10,7 @@ import { recentRotations } from "./rotation-cap.repo.js";
  * to the pool or to the transaction. Each call dispatches its statement when called, so
  * statements issued side by side reach the transaction's connection in call order.
  */
-export function createPostgresStore(db: Db): Store {
+export function createPostgresStore(db: Db): Store & ShardedCensus {
   // Connection, timeout and lock failures leave as DEPENDENCY_UNAVAILABLE (db/errors.ts).
   return withPostgresErrors({
     transaction: (fn) => db.transaction((tx) => fn(bindTx(tx))),
@@ -20,10 +20,16 @@ export function createPostgresStore(db: Db): Store {
     overdueIdentities: (before, limit, after) => repo.overdueIdentities(db, before, limit, after),
     overdueDeletions: (before, limit, after) => repo.overdueDeletions(db, before, limit, after),
     watchdogProbe: (before) => repo.watchdogProbe(db, before),
+    censusPerShard: (shards) => repo.censusPerShard(db, shards),
     getIdentity: (id) => repo.getIdentity(db, id),
     listPublic: (id) => kps.listPublic(db, id),
     getCurrent: (id) => kps.getCurrent(db, id),
   });
+}
+
+/** The wakeup census per queue shard, beside the port's per-kind sums (the watchdog uses it). */
+export interface ShardedCensus {
+  censusPerShard(shards: number): Promise<Record<"rotation" | "deletion", number[]>>;
 }
 
 function bindTx(tx: Tx): StoreTx {

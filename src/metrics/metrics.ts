@@ -71,7 +71,7 @@ export interface MetricsOptions {
  */
 export function createMetrics(
   rotor: Rotor,
-  timers: Pick<Timers, "queues">,
+  timers: Pick<Timers, "shardQueues">,
   options: MetricsOptions = {},
 ): Metrics {
   const gaugeMaxAgeMs = options.gaugeMaxAgeMs ?? GAUGE_MAX_AGE_MS;
@@ -153,11 +153,11 @@ export function createMetrics(
     for (const action of REPAIR_ACTIONS) repairs.labels(kind, action).inc(0);
   }
 
-  const queues = timers.queues as CountableQueues;
+  const shardQueues = timers.shardQueues as readonly CountableQueues[];
   const queueJobs = new Gauge({
     name: "kp_rotor_queue_jobs",
-    help: "Jobs in each wake-up queue, by state (read from Redis, cached up to METRICS_GAUGE_MAX_AGE)",
-    labelNames: ["queue", "state"],
+    help: "Jobs in each wake-up queue, by queue shard and state (read from Redis, cached up to METRICS_GAUGE_MAX_AGE)",
+    labelNames: ["queue", "shard", "state"],
     registers,
   });
   const oldestAge = new Gauge({
@@ -179,12 +179,18 @@ export function createMetrics(
     try {
       const counts = await withTimeout(
         Promise.all(
-          Object.entries(queues).map(async ([name, q]) => [name, await q.getJobCounts()] as const),
+          shardQueues.flatMap((queues, shard) =>
+            Object.entries(queues).map(
+              async ([name, q]) => [name, String(shard), await q.getJobCounts()] as const,
+            ),
+          ),
         ),
       );
       queueJobs.reset();
-      for (const [queue, byState] of counts) {
-        for (const [state, n] of Object.entries(byState)) queueJobs.labels(queue, state).set(n);
+      for (const [queue, shard, byState] of counts) {
+        for (const [state, n] of Object.entries(byState)) {
+          queueJobs.labels({ queue, shard, state }).set(n);
+        }
       }
     } catch (err) {
       queueJobs.reset();

@@ -1,5 +1,5 @@
 import { type Processor, Worker, type WorkerOptions } from "bullmq";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 
 /** setTimeout fires at once for delays above this (2^31-1 ms, about 24.8 days). */
 export const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
@@ -21,7 +21,7 @@ export interface PreciseWorkerOptions extends Omit<WorkerOptions, "connection" |
    * The worker's regular (non-blocking) connection, an ioredis client. BullMQ duplicates it for
    * the blocking BZPOPMIN; the nudge is written on this one.
    */
-  connection: Redis;
+  connection: Redis | Cluster;
   /**
    * The longest a worker blocks on Redis before it asks its queue again, in ms (BullMQ: 10 s for
    * delayed jobs, `drainDelay` 5 s for an empty queue). It bounds how long a silently dead
@@ -55,7 +55,7 @@ export class PreciseWorker<DataType = unknown, ResultType = unknown> extends Wor
   DataType,
   ResultType
 > {
-  readonly #nudgeClient: Redis;
+  readonly #nudgeClient: Redis | Cluster;
   readonly #maxBlockSeconds: number;
   #timer: NodeJS.Timeout | undefined;
   #nudgesSent = 0;

@@ -1,5 +1,5 @@
 import { DelayedError, type Job } from "bullmq";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "../logger.js";
 import type { ActiveWakeup } from "../core/ports.js";
 import { FINISH_PARK_MS } from "../core/timers.js";
@@ -26,6 +26,8 @@ export type WakeHandler = (wake: ActiveWakeup) => Promise<void>;
 
 export interface RunningWorker {
   readonly kind: TimerKind;
+  /** The queue shard it serves (0 with QUEUE_SHARDS=1). */
+  readonly shard: number;
   readonly worker: PreciseWorker<WakeData>;
   /** Stops taking jobs and waits for the active ones, at most `timeoutMs`. */
   close(timeoutMs: number): Promise<void>;
@@ -37,12 +39,13 @@ export interface RunningWorker {
  * running out of attempts. A stall (the process died) is unlimited and puts the job back to run.
  */
 export function startWorker(
-  redis: Redis,
+  redis: Redis | Cluster,
   prefix: string,
   kind: TimerKind,
   handler: WakeHandler,
   settings: WorkerSettings,
   log: Logger,
+  shard = 0,
 ): RunningWorker {
   const worker = new PreciseWorker<WakeData>(
     QUEUE_NAMES[kind],
@@ -52,7 +55,7 @@ export function startWorker(
       } catch (err) {
         // The job stays active; when its lock lapses the stall check runs it again.
         log.error(
-          { err, kind, jobId: job.id },
+          { err, kind, shard, jobId: job.id },
           "wake-up handler failed; the job will stall and rerun",
         );
       }
@@ -68,9 +71,10 @@ export function startWorker(
       maxBlockMs: settings.maxBlockMs,
     },
   );
-  worker.on("error", (err) => log.error({ err, kind }, "worker error"));
+  worker.on("error", (err) => log.error({ err, kind, shard }, "worker error"));
   return {
     kind,
+    shard,
     worker,
     async close(timeoutMs) {
       let timer: NodeJS.Timeout | undefined;
@@ -80,7 +84,10 @@ export function startWorker(
       const result = await Promise.race([worker.close(), deadline]);
       clearTimeout(timer);
       if (result === "timeout") {
-        log.warn({ kind, timeoutMs }, "worker close timed out; active jobs will stall and rerun");
+        log.warn(
+          { kind, shard, timeoutMs },
+          "worker close timed out; active jobs will stall and rerun",
+        );
       }
     },
   };

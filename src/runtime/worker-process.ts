@@ -2,10 +2,11 @@ import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import closeWithGrace from "close-with-grace";
 import { loadConfig } from "../config.js";
-import { type Context, createContext } from "../context.js";
+import { type Context, createContext, redisTarget } from "../context.js";
 import { createLogger } from "../logger.js";
 import { metricsFor } from "../metrics/metrics.js";
 import { type MetricsServer, startMetricsServer } from "../metrics/server.js";
+import { shardPrefix } from "../queue/layout.js";
 import { createRedis, type TimerKind } from "../queue/timers.js";
 import { type RunningWorker, startWorker, type WakeHandler } from "../queue/workers.js";
 import type { Rotor } from "../services/rotor.js";
@@ -30,7 +31,7 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
   const { rotor, config } = ctx;
   const log = rotor.log.child({ component: "worker" });
   const owner = `${hostname()}:${process.pid}:${randomUUID()}`;
-  const connection = createRedis(config.redisUrl, "worker");
+  const connection = createRedis(redisTarget(config), "worker");
   connection.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
   const settings = {
     concurrency: config.workerConcurrency,
@@ -38,8 +39,19 @@ export function startWorkerRuntime(ctx: Context, handlers: HandlerFactories): Wo
     stalledIntervalMs: config.workerStalledIntervalMs,
     maxBlockMs: config.workerMaxBlockMs,
   };
-  const workers = Object.entries(handlers).map(([kind, factory]) =>
-    startWorker(connection, config.queuePrefix, kind as TimerKind, factory(rotor), settings, log),
+  // One worker per queue of every shard this process serves (WORKER_SHARDS, all by default).
+  const workers = config.workerShards.flatMap((shard) =>
+    Object.entries(handlers).map(([kind, factory]) =>
+      startWorker(
+        connection,
+        shardPrefix(rotor.timers.layout, shard),
+        kind as TimerKind,
+        factory(rotor),
+        settings,
+        log,
+        shard,
+      ),
+    ),
   );
   const healer = startHealer(rotor, {
     owner,

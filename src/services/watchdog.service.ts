@@ -1,5 +1,6 @@
 import { WAKEUP_KINDS as TIMER_KINDS } from "../core/ports.js";
 import { backoffMs, censusMismatch, type CensusReading } from "../core/timers.js";
+import type { ShardedCensus } from "../db/store.js";
 import { armOverdue, armOverdueDeletions, reconcile } from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";
 
@@ -36,6 +37,8 @@ export interface WatchdogReport {
   rearmed: number;
   rearmedDeletions: number;
   census: Record<(typeof TIMER_KINDS)[number], CensusReading>;
+  /** With several queue shards, the census per shard (index = shard number). */
+  shards?: Record<(typeof TIMER_KINDS)[number], CensusReading[]>;
 }
 
 /**
@@ -44,15 +47,15 @@ export interface WatchdogReport {
  */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
   let reason: string | undefined;
-  if (!(await rotor.timers.isReconciled())) reason = "Redis has no reconcile mark";
+  reason = await missingMark(rotor);
   const before = rotor.clock() - options.overdueGraceMs;
   let probe = await readCensus(rotor, before);
-  if (reason === undefined && censusMismatch(Object.values(probe.census))) {
+  if (reason === undefined && censusMismatch(readings(probe))) {
     // In-flight arms differ for a moment; a loss (or lasting orphans) is still there later.
     await sleep(options.censusRecheckMs ?? 2_000, options.signal);
     probe = await readCensus(rotor, before);
-    if (censusMismatch(Object.values(probe.census))) {
-      reason = `wakeup census differs: ${describe(probe.census)}`;
+    if (censusMismatch(readings(probe))) {
+      reason = `wakeup census differs: ${describe(probe.census, probe.shards)}`;
     }
   }
   let reconciled = false;
@@ -62,7 +65,7 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
     reconciled = true;
     probe = await readCensus(rotor, before);
   }
-  const census = probe.census;
+  const { census, shards } = probe;
   const limit = options.limit ?? 100;
   // The scans run only when the probe saw an overdue entry: normally a run is one statement.
   const rotations = probe.overdueRotation ? await armOverdue(rotor, before, limit, limit) : [];
@@ -71,7 +74,33 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
     : [];
   const rearmed = logRepairs(rotor, "rotation", rotations);
   const rearmedDeletions = logRepairs(rotor, "deletion", deletions);
-  return { reconciled, reason, rearmed, rearmedDeletions, census };
+  return {
+    reconciled,
+    reason,
+    rearmed,
+    rearmedDeletions,
+    census,
+    ...(shards === undefined ? {} : { shards }),
+  };
+}
+
+/**
+ * Why a reconcile is needed when the reconcile mark is missing, or undefined when it is there.
+ * With several queue shards it names the shards whose mark is gone (on a cluster: the shards of
+ * the primary that lost its data).
+ */
+async function missingMark(rotor: Rotor): Promise<string | undefined> {
+  const timers = rotor.timers as Partial<{
+    layout: { shards: number };
+    unreconciledShards(): Promise<number[]>;
+  }>;
+  const shards = timers.layout?.shards ?? 1;
+  if (shards > 1 && typeof timers.unreconciledShards === "function") {
+    const missing = await timers.unreconciledShards();
+    if (missing.length === 0) return undefined;
+    return `Redis has no reconcile mark (shards ${missing.join(", ")} of ${shards})`;
+  }
+  return (await rotor.timers.isReconciled()) ? undefined : "Redis has no reconcile mark";
 }
 
 /** Another process holds the reconcile lease; this process's heal did not run. */
@@ -82,23 +111,87 @@ export class ReconcileBusy extends Error {
   }
 }
 
-async function readCensus(rotor: Rotor, before: number) {
-  const [probe, rotation, deletion] = await Promise.all([
-    rotor.store.watchdogProbe(before),
-    rotor.timers.countWakeups("rotation"),
-    rotor.timers.countWakeups("deletion"),
-  ]);
-  const census: WatchdogReport["census"] = {
-    rotation: { expected: probe.rotation, counted: rotation },
-    deletion: { expected: probe.deletion, counted: deletion },
+/** What the census needs beyond the ports when the queues are sharded (Postgres and BullMQ). */
+interface ShardedParts {
+  timers: {
+    readonly layout: { shards: number };
+    countWakeupsPerShard(kind: Kind): Promise<number[]>;
   };
-  return { census, overdueRotation: probe.overdueRotation, overdueDeletion: probe.overdueDeletion };
+  store: ShardedCensus;
 }
 
-const describe = (census: WatchdogReport["census"]) =>
-  TIMER_KINDS.map((k) => `${k} ${census[k].counted} in Redis, ${census[k].expected} expected`).join(
-    "; ",
-  );
+type Kind = (typeof TIMER_KINDS)[number];
+
+/** The sharded census readers, when both adapters have them and there is more than one shard. */
+function shardedParts(rotor: Rotor): ShardedParts | undefined {
+  const timers = rotor.timers as Partial<ShardedParts["timers"]>;
+  const store = rotor.store as Partial<ShardedCensus>;
+  if (typeof timers.countWakeupsPerShard !== "function") return undefined;
+  if (typeof store.censusPerShard !== "function") return undefined;
+  if ((timers.layout?.shards ?? 1) <= 1) return undefined;
+  return { timers, store } as ShardedParts;
+}
+
+async function readCensus(rotor: Rotor, before: number) {
+  const sharded = shardedParts(rotor);
+  const countsOf = (kind: Kind): Promise<number[]> =>
+    sharded
+      ? sharded.timers.countWakeupsPerShard(kind)
+      : rotor.timers.countWakeups(kind).then((n) => [n]);
+  const [probe, rotation, deletion, expectedPerShard] = await Promise.all([
+    rotor.store.watchdogProbe(before),
+    countsOf("rotation"),
+    countsOf("deletion"),
+    sharded?.store.censusPerShard(sharded.timers.layout.shards),
+  ]);
+  const sum = (ns: number[]) => ns.reduce((a, b) => a + b, 0);
+  const census: WatchdogReport["census"] = {
+    rotation: { expected: probe.rotation, counted: sum(rotation) },
+    deletion: { expected: probe.deletion, counted: sum(deletion) },
+  };
+  const shards =
+    expectedPerShard === undefined
+      ? undefined
+      : {
+          rotation: rotation.map((counted, i) => ({
+            expected: expectedPerShard.rotation[i] ?? 0,
+            counted,
+          })),
+          deletion: deletion.map((counted, i) => ({
+            expected: expectedPerShard.deletion[i] ?? 0,
+            counted,
+          })),
+        };
+  return {
+    census,
+    shards,
+    overdueRotation: probe.overdueRotation,
+    overdueDeletion: probe.overdueDeletion,
+  };
+}
+
+/** Every reading the census compares: per queue kind, and per shard when sharded. */
+const readings = (probe: {
+  census: WatchdogReport["census"];
+  shards?: WatchdogReport["shards"] | undefined;
+}): CensusReading[] => [
+  ...Object.values(probe.census),
+  ...(probe.shards ? [...probe.shards.rotation, ...probe.shards.deletion] : []),
+];
+
+const describe = (census: WatchdogReport["census"], shards?: WatchdogReport["shards"]) =>
+  [
+    ...TIMER_KINDS.map((k) => `${k} ${census[k].counted} in Redis, ${census[k].expected} expected`),
+    ...(shards
+      ? TIMER_KINDS.flatMap((k) =>
+          shards[k].flatMap((r, i) =>
+            r.counted === r.expected
+              ? []
+              : [`${k} shard ${i} ${r.counted} in Redis, ${r.expected} expected`],
+          ),
+        )
+      : []),
+  ].join("; ");
 
 function logRepairs(
   rotor: Rotor,
@@ -210,9 +303,8 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
 
   const checkMark = () => {
     if (signal.aborted || healing !== undefined || retryPending) return;
-    rotor.timers
-      .isReconciled()
-      .then((ok) => (ok ? undefined : heal("Redis has no reconcile mark")))
+    missingMark(rotor)
+      .then((missing) => (missing === undefined ? undefined : heal(missing)))
       .catch((err) => log.warn({ err }, "reconcile mark check failed"));
   };
 

@@ -8,7 +8,8 @@
  * the time of the delete. Both live in the scenario's private database; the service never reads
  * them. All clocks are this machine's clock (the service stores its own Date.now() values).
  */
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
+import { shardOf, shardPrefix } from "../../src/queue/layout.js";
 import type postgres from "postgres";
 import type { WelcomeAck } from "./load.js";
 
@@ -215,10 +216,7 @@ export interface RotationVerdict {
  *    apart: after a rotation at t the deadline is t + interval, and a welcome can only pull it in
  *    to (its own time >= t) + delay.
  */
-export function judgeRotations(
-  audit: Map<string, AuditRow[]>,
-  minGapMs: number,
-): RotationVerdict {
+export function judgeRotations(audit: Map<string, AuditRow[]>, minGapMs: number): RotationVerdict {
   const verdict: RotationVerdict = {
     rotations: 0,
     firstPublishes: 0,
@@ -342,7 +340,8 @@ export class KeyPackagePoller {
       this.seen.delete(id);
       this.disappeared++;
       if (last.deleteAt === null) this.vanishedUnseenSuperseded++;
-      else if (end < last.deleteAt) this.early.push({ id, deleteAt: last.deleteAt, seenGoneAt: end });
+      else if (end < last.deleteAt)
+        this.early.push({ id, deleteAt: last.deleteAt, seenGoneAt: end });
     }
   }
 
@@ -368,9 +367,7 @@ export async function judgeStates(sql: postgres.Sql): Promise<StateVerdict> {
       (is_current and delete_at is null and published_at is not null)
       or (not is_current and delete_at is not null)
       or (not is_current and delete_at is null and published_at is null))`;
-  const rows = await sql<
-    { id: string; current: number; pending: number; has_deadline: boolean }[]
-  >`
+  const rows = await sql<{ id: string; current: number; pending: number; has_deadline: boolean }[]>`
     select i.id,
       (select count(*)::int from key_packages k where k.identity_id = i.id and k.is_current) as current,
       (select count(*)::int from key_packages k where k.identity_id = i.id and not k.is_current
@@ -409,7 +406,33 @@ export interface ArmVerdict {
   backingOff: number;
 }
 
-async function jobFacts(redis: Redis, prefix: string, queue: string, ids: string[]) {
+/** Where the queues are: the scenario's QUEUE_SHARDS and whether it runs on a cluster. */
+export interface QueueLayout {
+  shards: number;
+  cluster: boolean;
+}
+
+/** jobFacts per queue shard: on a cluster a pipeline must stay within one slot. */
+async function shardedJobFacts(
+  redis: Redis | Cluster,
+  prefix: string,
+  layout: QueueLayout,
+  queue: string,
+  ids: string[],
+): Promise<Map<string, JobFacts>> {
+  const groups = new Map<string, string[]>();
+  for (const id of ids) {
+    const at = shardPrefix({ prefix, ...layout }, shardOf(id, layout.shards));
+    groups.set(at, [...(groups.get(at) ?? []), id]);
+  }
+  const facts = new Map<string, JobFacts>();
+  for (const [at, group] of groups) {
+    for (const [id, f] of await jobFacts(redis, at, queue, group)) facts.set(id, f);
+  }
+  return facts;
+}
+
+async function jobFacts(redis: Redis | Cluster, prefix: string, queue: string, ids: string[]) {
   const base = `${prefix}:${queue}`;
   const pipeline = redis.pipeline();
   for (const id of ids) {
@@ -468,8 +491,9 @@ async function jobFacts(redis: Redis, prefix: string, queue: string, ids: string
  */
 export async function judgeArms(
   sql: postgres.Sql,
-  redis: Redis,
+  redis: Redis | Cluster,
   prefix: string,
+  layout: QueueLayout = { shards: 1, cluster: false },
 ): Promise<ArmVerdict> {
   return sql.begin(async (tx) => {
     const rows = await tx<{ id: string; deadline: Date | null }[]>`
@@ -481,8 +505,8 @@ export async function judgeArms(
     const deleteAt = new Map(deletes.map((d) => [d.id, d.at.getTime()]));
     const ids = rows.map((r) => r.id);
     const [rotation, deletion] = await Promise.all([
-      jobFacts(redis, prefix, "rotation", ids),
-      jobFacts(redis, prefix, "deletion", ids),
+      shardedJobFacts(redis, prefix, layout, "rotation", ids),
+      shardedJobFacts(redis, prefix, layout, "deletion", ids),
     ]);
     const now = Date.now();
     const verdict: ArmVerdict = { checked: ids.length, problems: [], backingOff: 0 };
@@ -508,7 +532,12 @@ export async function judgeArms(
     };
     for (const r of rows) {
       if (r.deadline === null) {
-        verdict.problems.push({ identityId: r.id, kind: "rotation", deadline: 0, problem: "no deadline" });
+        verdict.problems.push({
+          identityId: r.id,
+          kind: "rotation",
+          deadline: 0,
+          problem: "no deadline",
+        });
         continue;
       }
       judge("rotation", r.id, r.deadline.getTime(), rotation.get(r.id));

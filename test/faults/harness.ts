@@ -10,9 +10,10 @@ import { createWriteStream, mkdtempSync, readFileSync, rmSync, type WriteStream 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import postgres from "postgres";
 import { freePort } from "../helpers/env.js";
+import { startTestCluster, type TestCluster } from "../helpers/redis-cluster.js";
 
 const run = promisify(execFile);
 const PG_BIN = process.env.FAULTS_PG_BIN ?? "/usr/lib/postgresql/15/bin";
@@ -93,7 +94,20 @@ export async function startPostgres(): Promise<PgCluster> {
       await pgRun("pg_ctl", ["-D", data, "-m", mode, "-w", "-t", "60", "stop"]);
     },
     async restart() {
-      await pgRun("pg_ctl", ["-D", data, "-l", log, "-m", "fast", "-w", "-t", "60", "-o", options, "restart"]);
+      await pgRun("pg_ctl", [
+        "-D",
+        data,
+        "-l",
+        log,
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        options,
+        "restart",
+      ]);
     },
     async pause() {
       stopped = await pids();
@@ -145,22 +159,41 @@ export async function startRedis(dir: string): Promise<RedisServer> {
     async start() {
       child = spawn(
         "redis-server",
-        ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+        [
+          "--port",
+          String(port),
+          "--bind",
+          "127.0.0.1",
+          "--save",
+          "",
+          "--appendonly",
+          "no",
+          "--dir",
+          dir,
+        ],
         { stdio: "ignore", cwd: dir },
       );
       track(child);
-      await waitFor(async () => {
-        const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-        probe.on("error", () => {});
-        try {
-          await probe.connect();
-          return (await probe.ping()) === "PONG";
-        } catch {
-          return false;
-        } finally {
-          probe.disconnect();
-        }
-      }, 10_000, "redis-server to answer");
+      await waitFor(
+        async () => {
+          const probe = new Redis(url, {
+            lazyConnect: true,
+            maxRetriesPerRequest: 0,
+            retryStrategy: () => null,
+          });
+          probe.on("error", () => {});
+          try {
+            await probe.connect();
+            return (await probe.ping()) === "PONG";
+          } catch {
+            return false;
+          } finally {
+            probe.disconnect();
+          }
+        },
+        10_000,
+        "redis-server to answer",
+      );
     },
     async stop() {
       const c = child;
@@ -179,6 +212,22 @@ export async function startRedis(dir: string): Promise<RedisServer> {
   };
   await server.start();
   return server;
+}
+
+/** RedisServer's shape for a cluster: its first node; whole-server faults are not offered. */
+function clusterStandIn(cluster: TestCluster): RedisServer {
+  const refuse = () => {
+    throw new Error("not on a cluster: use Harness.cluster (wipe one primary)");
+  };
+  return {
+    port: cluster.ports[0] as number,
+    url: cluster.url,
+    pid: () => undefined,
+    stop: async () => {},
+    start: async () => refuse(),
+    pause: refuse,
+    resume: refuse,
+  };
 }
 
 function track(child: ChildProcess): void {
@@ -255,27 +304,57 @@ export class Harness {
   private serial = 0;
   apiPort = 0;
   sql: postgres.Sql;
-  admin: Redis;
+  admin: Redis | Cluster;
 
   private constructor(
     readonly pg: PgCluster,
     readonly redis: RedisServer,
     overrides: Record<string, string>,
+    /** With `{ cluster: true }`: the private Redis Cluster the services run on (redis is a stand-in). */
+    readonly cluster?: TestCluster,
   ) {
     this.logDir = pg.dir;
     this.env = serviceEnv({
       databaseUrl: pg.url(),
       redisUrl: redis.url,
       prefix: this.prefix,
-      overrides,
+      overrides: {
+        ...(cluster ? { REDIS_CLUSTER_NODES: cluster.nodes, QUEUE_SHARDS: "3" } : {}),
+        ...overrides,
+      },
     });
-    this.sql = postgres(pg.url(), { max: 3, onnotice: () => {}, connect_timeout: 5, idle_timeout: 2 });
-    this.admin = new Redis(redis.url, { maxRetriesPerRequest: 1, connectTimeout: 2_000 });
+    this.sql = postgres(pg.url(), {
+      max: 3,
+      onnotice: () => {},
+      connect_timeout: 5,
+      idle_timeout: 2,
+    });
+    const adminOptions = { maxRetriesPerRequest: 1, connectTimeout: 2_000 };
+    this.admin = cluster
+      ? new Cluster(
+          cluster.ports.map((port) => ({ host: "127.0.0.1", port })),
+          { redisOptions: adminOptions },
+        )
+      : new Redis(redis.url, adminOptions);
     this.admin.on("error", () => {});
   }
 
-  static async create(overrides: Record<string, string> = {}): Promise<Harness> {
+  /**
+   * A private Postgres and a private redis-server, or with `{ cluster: true }` a private
+   * three-primary Redis Cluster (scripts/redis-cluster.sh) with QUEUE_SHARDS=3.
+   */
+  static async create(
+    overrides: Record<string, string> = {},
+    options: { cluster?: boolean } = {},
+  ): Promise<Harness> {
     const pg = await startPostgres();
+    if (options.cluster) {
+      const cluster = await startTestCluster().catch(async (err) => {
+        await pg.destroy();
+        throw err;
+      });
+      return new Harness(pg, clusterStandIn(cluster), overrides, cluster);
+    }
     const redis = await startRedis(pg.dir).catch(async (err) => {
       await pg.destroy();
       throw err;
@@ -380,6 +459,7 @@ export class Harness {
     await this.sql.end({ timeout: 1 }).catch(() => {});
     this.admin.disconnect();
     await this.redis.stop().catch(() => {});
+    await this.cluster?.stop().catch(() => {});
     for (const log of this.logs) log.end();
     await this.pg.destroy(keep);
     if (keep) console.log(`[faults] kept logs and data in ${this.logDir}`);
@@ -391,7 +471,9 @@ function baseEnv(): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (value === undefined) continue;
-    if (/^(DATABASE_URL|REDIS_URL|TEST_|KP_ROTOR_|API_TOKEN|BOARD_|VITEST|NODE_OPTIONS)/.test(key)) {
+    if (
+      /^(DATABASE_URL|REDIS_URL|TEST_|KP_ROTOR_|API_TOKEN|BOARD_|VITEST|NODE_OPTIONS)/.test(key)
+    ) {
       continue;
     }
     env[key] = value;

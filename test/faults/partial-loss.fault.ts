@@ -8,7 +8,7 @@
  * Heal time: from the loss to the first moment every live identity's wake-ups are armed again
  * (checked under the row locks by judgeArms).
  */
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { afterEach, expect, it } from "vitest";
 import { holdRowLock } from "../helpers/latch.js";
 import { judgeArms } from "./checks.js";
@@ -22,7 +22,7 @@ afterEach(async (ctx) => {
 });
 
 /** Removes a share of a queue's delayed wake-ups (job hash and delayed entry), as lost writes. */
-async function loseDelayed(admin: Redis, prefix: string, queue: string, share: number) {
+async function loseDelayed(admin: Redis | Cluster, prefix: string, queue: string, share: number) {
   const jobIds = await admin.zrange(`${prefix}:${queue}:delayed`, 0, -1);
   const lost = jobIds.filter((_, i) => i % Math.round(1 / share) === 0);
   const pipeline = admin.pipeline();

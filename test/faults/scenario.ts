@@ -32,6 +32,8 @@ export interface ScenarioOptions {
   registerConcurrency?: number;
   /** Extra identities outside the steady load, for probing what refused welcomes wrote. */
   probes?: number;
+  /** Run on a private three-primary Redis Cluster with QUEUE_SHARDS=3 (Harness.create). */
+  cluster?: boolean;
 }
 
 export interface ProbeRecord {
@@ -115,7 +117,7 @@ export class Scenario {
   }
 
   static async start(opts: ScenarioOptions): Promise<Scenario> {
-    const h = await Harness.create(opts.env);
+    const h = await Harness.create(opts.env, { cluster: opts.cluster === true });
     const ids = Array.from({ length: opts.identities }, (_, i) => `fault-${i}`);
     const probeIds = Array.from({ length: opts.probes ?? 0 }, (_, i) => `probe-${i}`);
     const scenario = new Scenario(opts.name, h, ids, probeIds);
@@ -245,7 +247,10 @@ export class Scenario {
     const armUntil = Date.now() + BACKOFF_MAX_MS + lock + stalled + 15_000;
     let arms: ArmVerdict;
     for (;;) {
-      arms = await judgeArms(this.h.sql, this.h.admin, this.h.prefix);
+      arms = await judgeArms(this.h.sql, this.h.admin, this.h.prefix, {
+        shards: Number(this.env.QUEUE_SHARDS ?? 1),
+        cluster: this.h.cluster !== undefined,
+      });
       if ((arms.problems.length === 0 && arms.backingOff === 0) || Date.now() > armUntil) break;
       await sleep(1_000);
     }
@@ -274,7 +279,10 @@ export class Scenario {
     add("rotations closer than min(interval, welcome delay)", rotations.tooClose);
     add("key packages deleted before delete_at (audit)", deletions.early);
     add("key packages deleted before delete_at (poller)", poller?.early ?? []);
-    add("current key packages deleted", deletions.currentDeleted > 0 ? [deletions.currentDeleted] : []);
+    add(
+      "current key packages deleted",
+      deletions.currentDeleted > 0 ? [deletions.currentDeleted] : [],
+    );
     add("key packages in no state", states.badState !== 0 ? [states.badState] : []);
     add("live identities without exactly one current key package", states.notOneCurrent);
     add("live identities with two pending key packages", states.morePending);

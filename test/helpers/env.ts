@@ -40,7 +40,11 @@ export async function createTestDatabase(): Promise<{
 /** Deletes every Redis key under a queue prefix (never FLUSHALL: the server is shared). */
 export async function deletePrefix(redisUrl: string, prefix: string): Promise<void> {
   // A test may have stopped its private Redis: then there is nothing left to delete.
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+  const redis = new Redis(redisUrl, {
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    lazyConnect: true,
+  });
   redis.on("error", () => {});
   try {
     await redis.connect();
@@ -48,12 +52,15 @@ export async function deletePrefix(redisUrl: string, prefix: string): Promise<vo
     redis.disconnect();
     return;
   }
-  let cursor = "0";
-  do {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
-    cursor = next;
-    if (keys.length > 0) await redis.del(...keys);
-  } while (cursor !== "0");
+  // `<prefix>:…` (one shard) and `{<prefix>:i}:…`, `{<prefix>}:…` (shards: src/queue/layout.ts).
+  for (const pattern of [`${prefix}:*`, `{${prefix}:*`, `{${prefix}}*`]) {
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== "0");
+  }
   await redis.quit();
 }
 
@@ -97,7 +104,10 @@ export async function createTestEnv(env: Record<string, string> = {}): Promise<T
     async cleanup() {
       for (const other of others) await other.close();
       await ctx.close();
-      await deletePrefix(config.redisUrl, config.queuePrefix);
+      // A test's private cluster is stopped by the test; never the shared Redis's keys there.
+      if (config.redisClusterNodes === undefined) {
+        await deletePrefix(config.redisUrl, config.queuePrefix);
+      }
       await database.drop();
     },
   };

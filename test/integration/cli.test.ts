@@ -16,6 +16,7 @@ const COMMANDS = [
   "worker",
   "migrate",
   "reconcile",
+  "reshard",
   "status",
   "rotate",
   "bench",

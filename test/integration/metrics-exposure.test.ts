@@ -29,7 +29,9 @@ describe("metrics exposure", () => {
       ]),
     );
     const queueCount = Object.keys(queues).length;
-    const metrics = createMetrics(env.ctx.rotor, { queues } as never, { gaugeMaxAgeMs: 60_000 });
+    const metrics = createMetrics(env.ctx.rotor, { shardQueues: [queues] } as never, {
+      gaugeMaxAgeMs: 60_000,
+    });
     try {
       const scrapes = await Promise.all(Array.from({ length: 50 }, () => metrics.scrape()));
       for (const { body } of scrapes) expect(body).toContain("kp_rotor_queue_jobs{");

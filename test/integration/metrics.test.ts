@@ -150,10 +150,10 @@ describe("metrics", () => {
     );
 
     // Gauges: three identities each wait for their next rotation; nothing else is queued.
-    expect(m.get('kp_rotor_queue_jobs{queue="rotation",state="delayed"}')).toBe(3);
+    expect(m.get('kp_rotor_queue_jobs{queue="rotation",shard="0",state="delayed"}')).toBe(3);
     for (const state of ["active", "waiting", "failed", "completed"]) {
-      expect(m.get(`kp_rotor_queue_jobs{queue="rotation",state="${state}"}`)).toBe(0);
-      expect(m.get(`kp_rotor_queue_jobs{queue="deletion",state="${state}"}`)).toBe(0);
+      expect(m.get(`kp_rotor_queue_jobs{queue="rotation",shard="0",state="${state}"}`)).toBe(0);
+      expect(m.get(`kp_rotor_queue_jobs{queue="deletion",shard="0",state="${state}"}`)).toBe(0);
     }
     // bob's key package was created between t0 and t1, and read between s0 and s1.
     const age = m.get("kp_rotor_oldest_current_key_package_age_seconds") ?? Number.NaN;

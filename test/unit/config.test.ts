@@ -31,6 +31,9 @@ describe("loadConfig defaults", () => {
   > = {
     databaseUrl: "postgres://postgres@127.0.0.1:5432/postgres",
     redisUrl: "redis://127.0.0.1:6379",
+    redisClusterNodes: undefined,
+    queueShards: 1,
+    workerShards: [0],
     port: 3000,
     host: "0.0.0.0",
     apiToken: undefined,
@@ -103,6 +106,46 @@ describe("loadConfig overrides", () => {
     [{ LOG_LEVEL: "silent" }, { logLevel: "silent" }],
   ])("%j", (env, expected) => {
     expect(load(env)).toMatchObject(expected);
+  });
+});
+
+describe("loadConfig: Redis Cluster and queue shards", () => {
+  it("reads REDIS_CLUSTER_NODES, QUEUE_SHARDS and WORKER_SHARDS", () => {
+    const config = load({
+      REDIS_CLUSTER_NODES: "10.0.0.1:7000, redis-b.local:7001,[::1]:7002",
+      QUEUE_SHARDS: "8",
+      WORKER_SHARDS: "5,0-2,1",
+    });
+    expect(config.redisClusterNodes).toEqual(["10.0.0.1:7000", "redis-b.local:7001", "::1:7002"]);
+    expect(config.queueShards).toBe(8);
+    expect(config.workerShards).toEqual([0, 1, 2, 5]);
+  });
+
+  it("serves every shard when WORKER_SHARDS is unset", () => {
+    expect(load({ QUEUE_SHARDS: "3" }).workerShards).toEqual([0, 1, 2]);
+  });
+
+  it.each<[Record<string, string>, string]>([
+    [
+      { REDIS_CLUSTER_NODES: "10.0.0.1,10.0.0.2:7000" },
+      'REDIS_CLUSTER_NODES="10.0.0.1,10.0.0.2:7000": expected host:port entries separated by commas (e.g. 10.0.0.1:6379,10.0.0.2:6379); not "10.0.0.1"',
+    ],
+    [
+      { REDIS_CLUSTER_NODES: "redis://a:1" },
+      'REDIS_CLUSTER_NODES="redis://a:1": expected host:port entries separated by commas (e.g. 10.0.0.1:6379,10.0.0.2:6379); not "redis://a:1"',
+    ],
+    [{ QUEUE_SHARDS: "0" }, 'QUEUE_SHARDS="0": expected a whole number from 1 to 64'],
+    [{ QUEUE_SHARDS: "65" }, 'QUEUE_SHARDS="65": expected a whole number from 1 to 64'],
+    [
+      { QUEUE_SHARDS: "4", WORKER_SHARDS: "4" },
+      'WORKER_SHARDS="4": expected shard numbers or ranges from 0 to 3 (QUEUE_SHARDS=4) separated by commas, e.g. 0,2-3; not "4"',
+    ],
+    [
+      { QUEUE_SHARDS: "4", WORKER_SHARDS: "3-1" },
+      'WORKER_SHARDS="3-1": expected shard numbers or ranges from 0 to 3 (QUEUE_SHARDS=4) separated by commas, e.g. 0,2-3; not "3-1"',
+    ],
+  ])("refuses %j", (env, message) => {
+    expect(problems(configError(env))).toEqual([`  - ${message}`]);
   });
 });
 

@@ -10,7 +10,8 @@ import type { Timers } from "../../queue/timers.js";
 import { BOARD_PREFIX } from "./auth.js";
 
 export interface BoardOptions {
-  queues: Timers["queues"];
+  /** Every shard's queues, by shard number. */
+  queues: Timers["shardQueues"];
   /** Show the queues, offer no action (retry, remove, promote, clean, pause). */
   readOnly: boolean;
 }
@@ -20,8 +21,16 @@ export async function registerBoard(app: FastifyInstance, options: BoardOptions)
   const serverAdapter = new FastifyAdapter();
   serverAdapter.setBasePath(BOARD_PREFIX);
   createBullBoard({
-    queues: Object.values(options.queues).map(
-      (queue) => new BullMQAdapter(queue, { readOnlyMode: options.readOnly }),
+    // With several shards every queue pair is listed, named by its shard ("shard3-rotation");
+    // one shard keeps the plain names.
+    queues: options.queues.flatMap((queues, shard) =>
+      Object.values(queues).map(
+        (queue) =>
+          new BullMQAdapter(queue, {
+            readOnlyMode: options.readOnly,
+            ...(options.queues.length > 1 ? { prefix: `shard${shard}-` } : {}),
+          }),
+      ),
     ),
     serverAdapter,
     options: { uiConfig: { boardTitle: "kp-rotor", hideDocsLink: true } },
