@@ -214,7 +214,7 @@ describe("deploy/prometheus/alerts.yaml", () => {
       /histogram_quantile\(0\.99,[\s\S]*> 60$/,
     );
     expect(byName.get("KpRotorRotationBacklog")?.expr).toContain(
-      'kp_rotor_queue_jobs{queue="rotation", state="waiting"}) > 1000',
+      'max by (shard) (kp_rotor_queue_jobs{queue="rotation", state="waiting"})) > 1000',
     );
   });
 

@@ -288,10 +288,11 @@ describe("deploy/k8s: the objects fit together", () => {
     const { metric } = hpa.spec.metrics[0].external;
     expect(rule.name.as).toBe(metric.name);
     expect(rule.seriesQuery).toMatch(new RegExp(`^'?${metric.name}\\{`));
-    // One series per label set the HPA selects on, the same from every process: max, not sum.
+    // One series per label set the HPA selects on. Every process reports the same count per
+    // queue shard: max per shard over processes, then the sum over shards.
     const grouped = /by \(([^)]*)\)$/.exec(rule.metricsQuery)?.[1]?.split(/,\s*/);
     expect(grouped?.sort()).toEqual(Object.keys(metric.selector.matchLabels).sort());
-    expect(rule.metricsQuery).toMatch(/^max\(/);
+    expect(rule.metricsQuery).toMatch(/^sum\(max\(.*\) by \(queue, state, shard\)\) by/);
   });
 
   it("every pod runs as non-root, without privileges, with resources set", () => {
