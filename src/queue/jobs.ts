@@ -31,8 +31,5 @@ export const jobIdFor = (identityId: string): string => `id-${identityId}`;
 export const identityIdOf = (jobId: string): string | undefined =>
   jobId.startsWith("id-") ? jobId.slice(3) : undefined;
 
-/** BullMQ's delayed set is scored by fire time * 4096 + a same-millisecond counter. */
-export const fireAtOf = (score: string): number => Math.floor(Number(score) / 4096);
-
 /** One shard's queue pair (rotation, deletion). */
 export type ShardQueues = Record<TimerKind, Queue<WakeData>>;

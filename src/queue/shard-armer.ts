@@ -1,37 +1,18 @@
 import type { ArmItem } from "../core/ports.js";
 import { type ArmAction, type JobView, planArm } from "../core/timers.js";
 import { settleAll } from "../settle.js";
-import { ARM_LUA, VIEW_LUA } from "./arm-script.js";
+import { privateJobs } from "./bullmq/index.js";
 import type { RedisConnection } from "./connection.js";
-import { fireAtOf, JOB_NAMES, jobIdFor, type ShardQueues, type TimerKind } from "./jobs.js";
+import { JOB_NAMES, jobIdFor, type ShardQueues, type TimerKind } from "./jobs.js";
 
 /*
- * Arming within one shard's queue pair: the view and arm scripts (src/queue/arm-script.ts),
+ * Arming within one shard's queue pair: the view and arm scripts (behind src/queue/bullmq),
  * planArm per identity and the re-plans when a worker moved a job under us. createTimers
  * (timers.ts) gives each shard one of these and splits every call by shard with perShard.
  */
 
-/** The opts field of every job armed here: BullMQ's default, short enough for a listpack hash. */
-const JOB_OPTS = JSON.stringify({ attempts: 0 });
-
-/** Items per arm-script call: bounds how long one call keeps Redis busy (about a few ms). */
-const ARM_CHUNK = 1_000;
-
 /** How often an item whose job changed state under us (a worker took it) is planned again. */
 const MAX_REPLANS = 5;
-
-type RedisWithScripts = RedisConnection & {
-  kpRotorView(delayedKey: string, prefix: string, ...jobIds: string[]): Promise<string[]>;
-  kpRotorArm(
-    delayedKey: string,
-    markerKey: string,
-    prefix: string,
-    now: string,
-    name: string,
-    opts: string,
-    ...items: string[]
-  ): Promise<number[]>;
-};
 
 /** The arming half of the port for one shard's queues (every id given belongs to that shard). */
 export interface ShardArmer {
@@ -52,29 +33,17 @@ export interface ShardArmer {
 }
 
 export function createShardArmer(redis: RedisConnection, queues: ShardQueues): ShardArmer {
-  // EVALSHA, falling back to EVAL once per connection (ioredis defineCommand; on a cluster, sent
-  // to the primary of the first key's slot).
-  const scripted = redis as RedisWithScripts;
-  if (typeof scripted.kpRotorView !== "function") {
-    redis.defineCommand("kpRotorView", { numberOfKeys: 1, lua: VIEW_LUA });
-    redis.defineCommand("kpRotorArm", { numberOfKeys: 2, lua: ARM_LUA });
-  }
+  const jobs = privateJobs(redis);
 
   async function view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]> {
     if (identityIds.length === 0) return [];
-    const queue = queues[kind];
-    const calls: Promise<string[]>[] = [];
-    for (let i = 0; i < identityIds.length; i += ARM_CHUNK) {
-      const jobIds = identityIds.slice(i, i + ARM_CHUNK).map(jobIdFor);
-      calls.push(scripted.kpRotorView(queue.toKey("delayed"), queue.toKey(""), ...jobIds));
-    }
-    const replies = (await Promise.all(calls)).flat();
+    const peeks = await jobs.peek(queues[kind], identityIds.map(jobIdFor));
     return Promise.all(
       identityIds.map((id, i): JobView | Promise<JobView> => {
-        const reply = replies[i];
-        if (reply === "m") return { state: "missing" };
-        if (reply === "x" || reply === undefined) return slowState(kind, id);
-        return { state: "delayed", fireAt: fireAtOf(reply) };
+        const peek = peeks[i];
+        if (peek?.state === "missing") return { state: "missing" };
+        if (peek?.state === "delayed") return peek;
+        return slowState(kind, id);
       }),
     );
   }
@@ -91,11 +60,9 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
       case "unknown":
         return { state: "missing" };
       case "delayed": {
-        // Moved to delayed between our two reads: read its score again.
-        const score = await redis.zscore(queues[kind].toKey("delayed"), jobIdFor(identityId));
-        return score === null
-          ? { state: "waiting" }
-          : { state: "delayed", fireAt: fireAtOf(score) };
+        // Moved to delayed between our two reads: read its fire time again.
+        const fireAt = await jobs.delayedFireAt(queues[kind], jobIdFor(identityId));
+        return fireAt === null ? { state: "waiting" } : { state: "delayed", fireAt };
       }
       default:
         return { state: "waiting" };
@@ -115,28 +82,13 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
     now: number,
     fence: number,
   ): Promise<number[]> {
-    const queue = queues[kind];
-    const calls: Promise<number[]>[] = [];
-    for (let i = 0; i < ops.length; i += ARM_CHUNK) {
-      const args: string[] = [];
-      for (const { op, identityId, fireAt } of ops.slice(i, i + ARM_CHUNK)) {
-        args.push(op, jobIdFor(identityId), String(Math.round(fireAt)));
-      }
-      // Pipelined: ioredis sends the calls back to back, Redis runs them in this order.
-      calls.push(
-        scripted.kpRotorArm(
-          queue.toKey("delayed"),
-          queue.toKey("marker"),
-          queue.toKey(""),
-          String(Math.round(now)),
-          JOB_NAMES[kind],
-          JOB_OPTS,
-          String(fence),
-          ...args,
-        ),
-      );
-    }
-    return (await Promise.all(calls)).flat();
+    if (ops.length === 0) return [];
+    const jobOps = ops.map(({ op, identityId, fireAt }) => ({
+      op,
+      jobId: jobIdFor(identityId),
+      fireAt,
+    }));
+    return jobs.arm(queues[kind], jobOps, now, JOB_NAMES[kind], fence);
   }
 
   async function apply(

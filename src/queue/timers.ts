@@ -12,6 +12,7 @@ import {
 } from "./jobs.js";
 import { type KeyLayout, shardOf, shardPrefix, sharedPrefix } from "./layout.js";
 import { createShardArmer, perShard, type ShardArmer } from "./shard-armer.js";
+import { jobKeyPrefix } from "./bullmq/index.js";
 import { withRedisErrors } from "./errors.js";
 
 export { createRedis, type RedisConnection, type RedisTarget, scanTargets } from "./connection.js";
@@ -116,7 +117,7 @@ export function createTimers(
     pageSize: number,
   ): AsyncGenerator<Record<TimerKind, string[]>> {
     const bases = shardQueues.flatMap((q) =>
-      TIMER_KINDS.map((kind) => [kind, q[kind].toKey("")] as const),
+      TIMER_KINDS.map((kind) => [kind, jobKeyPrefix(q[kind])] as const),
     );
     const pattern =
       layout.shards > 1 || layout.cluster ? `{${prefix}:*}:*:id-*` : `${prefix}:*:id-*`;

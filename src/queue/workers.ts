@@ -4,7 +4,7 @@ import type { Logger } from "../logger.js";
 import type { ActiveWakeup } from "../core/ports.js";
 import { FINISH_PARK_MS } from "../core/timers.js";
 import { withRedisErrors } from "./errors.js";
-import { PreciseWorker } from "./precise-worker.js";
+import { PreciseWorker } from "./bullmq/index.js";
 import { identityIdOf, jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
 
 /** Lock and stall settings; DESIGN.md explains how they bound the delay after a crash. */

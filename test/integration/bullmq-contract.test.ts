@@ -6,7 +6,7 @@ import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { nextArmFence } from "../../src/db/identities.repo.js";
 import { createLogger } from "../../src/logger.js";
-import { PreciseWorker } from "../../src/queue/precise-worker.js";
+import { PreciseWorker } from "../../src/queue/bullmq/index.js";
 import { createTimers, jobIdFor, type Timers } from "../../src/queue/timers.js";
 import { startWorker } from "../../src/queue/workers.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";

@@ -4,13 +4,13 @@ import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.js";
 import type { ActiveWakeup } from "../../src/services/rotor.js";
-import { PreciseWorker } from "../../src/queue/precise-worker.js";
+import { PreciseWorker } from "../../src/queue/bullmq/index.js";
 import { QUEUE_NAMES, type WakeData } from "../../src/queue/timers.js";
 import { type RunningWorker, startWorker } from "../../src/queue/workers.js";
 import { freePort, randomName } from "../helpers/env.js";
 
 /**
- * The nudge (src/queue/precise-worker.ts) on a private redis-server at `--hz 1`: Redis checks
+ * The nudge (src/queue/bullmq/precise-worker.ts) on a private redis-server at `--hz 1`: Redis checks
  * blocked clients' timeouts about once a second, so a worker woken by its BZPOPMIN's timeout
  * would start a due job up to a second late. MONITOR shows every command in execution order,
  * with the connection it came from ("lua" for commands inside scripts), which is how these tests

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 // @ts-expect-error: a plain ES module script without types
 import { backArrows, importGraph, layerOf, loops } from "../../scripts/import-graph.mjs";
@@ -15,6 +16,22 @@ describe("import graph (scripts/import-graph.mjs)", () => {
   it("has no arrow running back up a layer and no loop", () => {
     expect(backArrows(edges)).toEqual([]);
     expect(loops(files, edges)).toEqual([]);
+  });
+
+  it("keeps BullMQ's private structures behind src/queue/bullmq (docs/bullmq-upgrade.md)", () => {
+    // The score encoding, key layout, marker and blocking wait are named nowhere else in src.
+    const outside = files.filter((f) => f.startsWith("src/") && !f.startsWith("src/queue/bullmq/"));
+    const leaks = outside.filter((f) =>
+      /\* 4096|\/ 4096|\.toKey\(|waitForJob|"marker"/.test(readFileSync(f, "utf8")),
+    );
+    expect(leaks).toEqual([]);
+    // And only src/queue reaches into that folder, through its index.
+    const into = edges.filter(([, to]) => to.startsWith("src/queue/bullmq/"));
+    for (const [from, to] of into) {
+      if (from.startsWith("src/queue/bullmq/")) continue;
+      expect([from, to]).toEqual([from, "src/queue/bullmq/index.ts"]);
+      expect(from.startsWith("src/queue/")).toBe(true);
+    }
   });
 
   it("would see an arrow back up and a loop", () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { MAX_TIMER_DELAY_MS, nudgeDelayMs } from "../../src/queue/precise-worker.js";
+import { MAX_TIMER_DELAY_MS, nudgeDelayMs } from "../../src/queue/bullmq/index.js";
 
 const DAY = 86_400_000;
 const T0 = Date.UTC(2026, 0, 1);
