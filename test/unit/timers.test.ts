@@ -1,5 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { jitteredIntervalMs, jitterUnit, MAX_ROTATION_JITTER } from "../../src/core/jitter.js";
 import {
   type ArmAction,
   afterRotation,
@@ -75,6 +76,8 @@ describe("pullIn", () => {
   });
 });
 
+const ALICE_2 = { identityId: "alice", generation: 2 };
+
 describe("afterRotation", () => {
   // [name, rotation interval, welcome delay, deletion grace] -> deadlines relative to NOW
   it.each<[string, number, number, number]>([
@@ -84,7 +87,7 @@ describe("afterRotation", () => {
     ["60 d / 90 d", 60 * DAY, 5, 90 * DAY],
   ])("%s", (_name, rotationIntervalMs, welcomeRotationDelayMs, deletionGraceMs) => {
     const timing = { rotationIntervalMs, welcomeRotationDelayMs, deletionGraceMs };
-    expect(afterRotation(NOW, timing)).toEqual({
+    expect(afterRotation(NOW, timing, null, ALICE_2)).toEqual({
       rotationDeadline: NOW + rotationIntervalMs,
       supersededDeleteAt: NOW + deletionGraceMs,
     });
@@ -92,10 +95,109 @@ describe("afterRotation", () => {
 
   it("writes the libxmtp deadlines as exact epoch milliseconds", () => {
     // NOW = 2025-01-15T12:00:00Z = 1736942400000
-    expect(afterRotation(NOW, LIBXMTP)).toEqual({
+    expect(afterRotation(NOW, LIBXMTP, null, ALICE_2)).toEqual({
       rotationDeadline: 1_739_534_400_000,
       supersededDeleteAt: 1_737_028_800_000,
     });
+  });
+});
+
+describe("afterRotation with ROTATION_JITTER", () => {
+  const JITTERED: Timing = { ...LIBXMTP, rotationJitter: 0.1 };
+  const earliest = NOW + 27 * DAY;
+  const latest = NOW + 30 * DAY;
+
+  it("puts the interval deadline in (now + 27 d, now + 30 d] at 10 %, and the deletion 1 d out", () => {
+    const deadlines = new Set<number>();
+    for (let i = 0; i < 1_000; i++) {
+      const next = afterRotation(NOW, JITTERED, null, { identityId: `id-${i}`, generation: 1 });
+      expect(next.rotationDeadline).toBeGreaterThan(earliest);
+      expect(next.rotationDeadline).toBeLessThanOrEqual(latest);
+      expect(Number.isInteger(next.rotationDeadline)).toBe(true);
+      expect(next.supersededDeleteAt).toBe(NOW + DAY);
+      deadlines.add(next.rotationDeadline);
+    }
+    // Spread, not a constant offset: 1,000 identities land on (almost) 1,000 distinct deadlines.
+    expect(deadlines.size).toBeGreaterThan(990);
+  });
+
+  it("spreads a herd evenly over the jitter window (ten 0.3-day slices, each 7 % to 13 %)", () => {
+    const slices = new Array<number>(10).fill(0);
+    for (let i = 0; i < 10_000; i++) {
+      const { rotationDeadline } = afterRotation(NOW, JITTERED, null, {
+        identityId: `herd-${i}`,
+        generation: 1,
+      });
+      const slice = Math.floor((latest - rotationDeadline) / (0.3 * DAY));
+      slices[slice] = (slices[slice] ?? 0) + 1;
+    }
+    for (const count of slices) {
+      expect(count).toBeGreaterThan(700);
+      expect(count).toBeLessThan(1_300);
+    }
+  });
+
+  it("is stable per identity and generation, and moves with the generation", () => {
+    const at = (identityId: string, generation: number) =>
+      afterRotation(NOW, JITTERED, null, { identityId, generation }).rotationDeadline;
+    expect(at("alice", 2)).toBe(at("alice", 2));
+    // The same values in every process and release: changing the hash moves every deadline.
+    expect([at("alice", 1), at("alice", 2), at("bob", 1)]).toEqual([
+      NOW + 30 * DAY - Math.floor(3 * DAY * jitterUnit("alice", 1)),
+      NOW + 30 * DAY - Math.floor(3 * DAY * jitterUnit("alice", 2)),
+      NOW + 30 * DAY - Math.floor(3 * DAY * jitterUnit("bob", 1)),
+    ]);
+    expect(new Set([at("alice", 1), at("alice", 2), at("alice", 3), at("bob", 1)]).size).toBe(4);
+  });
+
+  it("is off at 0 and when unset: the full interval", () => {
+    for (const timing of [LIBXMTP, { ...LIBXMTP, rotationJitter: 0 }]) {
+      expect(afterRotation(NOW, timing, null, ALICE_2).rotationDeadline).toBe(latest);
+    }
+  });
+
+  it("keeps an earlier welcome deadline, which jitter never pushes later", () => {
+    const welcome = NOW + 5 * SEC;
+    expect(afterRotation(NOW, JITTERED, welcome, ALICE_2).rotationDeadline).toBe(welcome);
+  });
+
+  it("stays within (interval x (1 - jitter), interval], never later (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 42 }),
+        fc.integer({ min: 1, max: 400 * DAY }),
+        fc.double({ min: 0, max: MAX_ROTATION_JITTER, noNaN: true }),
+        fc.string({ minLength: 1, maxLength: 128 }),
+        fc.nat(2 ** 31 - 1),
+        fc.option(fc.integer({ min: 0, max: 2 ** 42 }), { nil: null }),
+        (now, interval, jitter, identityId, generation, welcome) => {
+          const timing = { ...LIBXMTP, rotationIntervalMs: interval, rotationJitter: jitter };
+          const { rotationDeadline } = afterRotation(now, timing, welcome, {
+            identityId,
+            generation,
+          });
+          const jittered = jitteredIntervalMs(interval, jitter, identityId, generation);
+          expect(Number.isSafeInteger(jittered)).toBe(true);
+          expect(jittered).toBeLessThanOrEqual(interval);
+          // Earlier by less than interval x jitter (so by nothing at jitter 0).
+          expect(interval - jittered).toBeGreaterThanOrEqual(0);
+          if (jitter > 0) expect(interval - jittered).toBeLessThan(interval * jitter);
+          else expect(jittered).toBe(interval);
+          expect(rotationDeadline).toBe(
+            welcome === null ? now + jittered : Math.min(now + jittered, welcome),
+          );
+          const unit = jitterUnit(identityId, generation);
+          expect(unit).toBeGreaterThanOrEqual(0);
+          expect(unit).toBeLessThan(1);
+        },
+      ),
+    );
+  });
+
+  it("never goes beyond half an interval earlier, even if handed more", () => {
+    for (let i = 0; i < 1_000; i++) {
+      expect(jitteredIntervalMs(30 * DAY, 0.9, `x${i}`, i)).toBeGreaterThan(15 * DAY);
+    }
   });
 });
 
@@ -209,7 +311,12 @@ describe("planArm", () => {
       fireAt: desired,
     });
     expect(planArm(desired, { state: "delayed", fireAt: desired }, NOW)).toEqual({ kind: "none" });
-    const { rotationDeadline } = afterRotation(NOW, { ...LIBXMTP, rotationIntervalMs: days * DAY });
+    const { rotationDeadline } = afterRotation(
+      NOW,
+      { ...LIBXMTP, rotationIntervalMs: days * DAY },
+      null,
+      ALICE_2,
+    );
     expect(rotationDeadline).toBe(desired);
     expect(pullIn(rotationDeadline, NOW, LIBXMTP.welcomeRotationDelayMs)).toEqual({
       deadline: NOW + 5 * SEC,
