@@ -23,6 +23,7 @@ import type { Timing } from "../src/core/timers.js";
 import { ROOT, round, table } from "./lib.js";
 import { drawPng } from "./sim/charts.js";
 import { type DayStats, type SimResult, simulate } from "./sim/engine.js";
+import { writeSimulationSection } from "./sim/section.js";
 import { DEFAULT_WELCOME_MODEL, type WelcomeModel } from "./sim/welcomes.js";
 
 const DAY_S = 86_400;
@@ -242,25 +243,7 @@ async function main() {
   );
   const charts = await drawCharts(runs, params);
   const section = `${markdown}\n${charts.map((c) => `![${c}](${c})`).join("\n\n")}\n`;
-  writeFileSync(join(RESULTS, "simulation.md"), section);
-  updateBenchmarks(section);
-}
-
-const BEGIN = "<!-- simulation: written by npm run simulate -->";
-const END = "<!-- /simulation -->";
-
-/** Puts the section into BENCHMARKS.md between its markers (appended the first time). */
-export function updateBenchmarks(section: string): void {
-  const path = join(ROOT, "BENCHMARKS.md");
-  const text = readFileSync(path, "utf8");
-  const block = `${BEGIN}\n${section}${END}\n`;
-  const start = text.indexOf(BEGIN);
-  const end = text.indexOf(END);
-  const next =
-    start >= 0 && end > start
-      ? text.slice(0, start) + block + text.slice(end + END.length + 1)
-      : `${text.trimEnd()}\n\n${block}`;
-  writeFileSync(path, next);
+  writeSimulationSection(section);
 }
 
 function report(
