@@ -22,7 +22,8 @@ import { loadConfig } from "../src/config.js";
 import type { Timing } from "../src/core/timers.js";
 import { ROOT, round, table } from "./lib.js";
 import { drawPng } from "./sim/charts.js";
-import { type DayStats, type SimResult, simulate } from "./sim/engine.js";
+import { Worker } from "node:worker_threads";
+import { type DayStats, type SimOptions, type SimResult } from "./sim/engine.js";
 import { writeSimulationSection } from "./sim/section.js";
 import { DEFAULT_WELCOME_MODEL, type WelcomeModel } from "./sim/welcomes.js";
 
@@ -185,40 +186,54 @@ async function main() {
   };
   const jitters = (option("jitter") ?? "0%,10%").split(",");
   const costs = loadCosts();
-  const runs: Run[] = [];
-  for (const jitter of jitters) {
-    // The service's own configuration: its defaults, and ROTATION_JITTER validated as it is.
-    const config = loadConfig({
-      KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
-      ROTATION_JITTER: jitter,
-    });
-    const timing: Timing = {
-      rotationIntervalMs: config.rotationIntervalMs,
-      rotationJitter: config.rotationJitter,
-      welcomeRotationDelayMs: config.welcomeRotationDelayMs,
-      deletionGraceMs: config.deletionGraceMs,
-    };
-    const started = Date.now();
-    console.error(
-      `ROTATION_JITTER=${jitter}: ${identities.toLocaleString("en-US")} identities, ${days} days`,
-    );
-    const result = simulate({
-      identities,
-      days,
-      timing,
-      welcomes,
-      massIdentities: mass,
-      massDay,
-      massHours,
-      seed,
-      onDay: (day) => {
-        if (day % 30 === 29) {
-          console.error(`  day ${day + 1} after ${Math.round((Date.now() - started) / 1000)} s`);
-        }
-      },
-    });
-    runs.push({ jitter, result, costs: result.days.map((d) => dayCosts(d, costs, workers)) });
-  }
+  // One worker thread per jitter setting, side by side (the same seed: the same fleet and the
+  // same welcomes in every run, so the runs differ by the jitter alone).
+  const started = Date.now();
+  const runs: Run[] = await Promise.all(
+    jitters.map(async (jitter): Promise<Run> => {
+      // The service's own configuration: its defaults, and ROTATION_JITTER validated as it is.
+      const config = loadConfig({
+        KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
+        ROTATION_JITTER: jitter,
+      });
+      const timing: Timing = {
+        rotationIntervalMs: config.rotationIntervalMs,
+        rotationJitter: config.rotationJitter,
+        welcomeRotationDelayMs: config.welcomeRotationDelayMs,
+        deletionGraceMs: config.deletionGraceMs,
+      };
+      const options: Omit<SimOptions, "onDay"> = {
+        identities,
+        days,
+        timing,
+        welcomes,
+        massIdentities: mass,
+        massDay,
+        massHours,
+        seed,
+      };
+      const worker = new Worker(new URL("./sim/worker.ts", import.meta.url), {
+        workerData: options,
+      });
+      const result = await new Promise<SimResult>((resolve, reject) => {
+        worker.on(
+          "message",
+          (m: { kind: "day"; day: number } | { kind: "done"; result: SimResult }) => {
+            if (m.kind === "done") resolve(m.result);
+            else if (m.day % 30 === 29) {
+              console.error(
+                `ROTATION_JITTER=${jitter}: day ${m.day + 1} after ${Math.round((Date.now() - started) / 1000)} s`,
+              );
+            }
+          },
+        );
+        worker.on("error", reject);
+        worker.on("exit", (code) => reject(new Error(`simulation worker exited with ${code}`)));
+      });
+      await worker.terminate();
+      return { jitter, result, costs: result.days.map((d) => dayCosts(d, costs, workers)) };
+    }),
+  );
   const summaries = runs.map(summary);
   const params = {
     identities,
