@@ -145,7 +145,7 @@ export function simulate(o: SimOptions): SimResult {
     i32[i * 16 + 10] = gen;
     const flags = flagsOf(i) & ~PULLED_IN;
     setFlags(i, flags);
-    const after = afterRotation(nowMs, timing, null, { identityId: idOf(i), generation: gen });
+    const after = afterRotation(nowMs, timing, null, idOf(i));
     f64[i * 8] = after.rotationDeadline;
     push(i * 3 + ROTATION, msToSecond(after.rotationDeadline));
     if (gen === 1) return; // a first key package supersedes nothing
@@ -177,10 +177,7 @@ export function simulate(o: SimOptions): SimResult {
   for (let i = 0; i < existing; i++) {
     i32[i * 16 + 10] = 1 + Math.floor(random() * 12);
     // Its last rotation uniformly within its own (jittered) interval before the start.
-    const interval = afterRotation(0, timing, null, {
-      identityId: idOf(i),
-      generation: generationOf(i) + 1,
-    }).rotationDeadline;
+    const interval = afterRotation(0, timing, null, idOf(i)).rotationDeadline;
     setFlags(i, REGISTERED);
     timers++;
     rotate(i, -Math.floor(random() * interval));

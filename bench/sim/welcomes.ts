@@ -45,7 +45,7 @@ export interface WelcomeModel {
 
 export const DEFAULT_WELCOME_MODEL: WelcomeModel = {
   dormantShare: 0.3,
-  activeMeanPerDay: 0.15,
+  activeMeanPerDay: 0.03,
   paretoAlpha: 1.5,
   maxPerDay: 2_000,
   cycleAmplitude: 0.6,

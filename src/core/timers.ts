@@ -11,7 +11,7 @@ export interface Timing {
   rotationIntervalMs: number;
   /**
    * ROTATION_JITTER as a fraction (0.1 for 10%): an interval deadline comes up to this share of
-   * the interval earlier, by a stable hash of the identity and generation (src/core/jitter.ts);
+   * the interval earlier, by a stable hash of the identity (src/core/jitter.ts);
    * never later. Absent or 0: no jitter.
    */
   rotationJitter?: number | undefined;
@@ -41,14 +41,8 @@ export function decideRotation(state: RotationState | undefined, now: number): R
   return { kind: "rotate" };
 }
 
-/** Which rotation: the identity and the generation it promotes (the jitter's hash input). */
-export interface RotatedTo {
-  identityId: string;
-  generation: number;
-}
-
 /**
- * The deadlines a successful rotation at `now` to `rotated` writes. `welcomeDeadline` is the
+ * The deadlines a successful rotation of `identityId` at `now` writes. `welcomeDeadline` is the
  * earliest deadline asked for by welcomes acknowledged while the new package was being
  * published: such a welcome may have consumed the new package already, so the next rotation is
  * due then, not a full interval later. The interval deadline is jittered by ROTATION_JITTER
@@ -58,16 +52,10 @@ export function afterRotation(
   now: number,
   timing: Timing,
   welcomeDeadline: number | null,
-  rotated: RotatedTo,
+  identityId: string,
 ): { rotationDeadline: number; supersededDeleteAt: number } {
   const interval =
-    now +
-    jitteredIntervalMs(
-      timing.rotationIntervalMs,
-      timing.rotationJitter ?? 0,
-      rotated.identityId,
-      rotated.generation,
-    );
+    now + jitteredIntervalMs(timing.rotationIntervalMs, timing.rotationJitter ?? 0, identityId);
   return {
     rotationDeadline: welcomeDeadline === null ? interval : Math.min(interval, welcomeDeadline),
     supersededDeleteAt: now + timing.deletionGraceMs,

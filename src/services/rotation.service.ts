@@ -117,10 +117,7 @@ async function promoteInPrepare(
   makeCurrent: (now: number) => Promise<void>,
 ): Promise<number> {
   const identityId = identity.id;
-  const next = afterRotation(now, rotor.timing, identity.welcomeDeadline, {
-    identityId,
-    generation,
-  });
+  const next = afterRotation(now, rotor.timing, identity.welcomeDeadline, identityId);
   const [superseded] = await settleAll([
     tx.supersedeCurrent({
       identityId,
@@ -195,10 +192,7 @@ async function promoteRotation(
   return rotor.store.transaction(async (tx) => {
     const locked = await tx.lockIdentity(identityId);
     const now = locked?.now ?? rotor.clock();
-    const next = afterRotation(now, rotor.timing, locked?.welcomeDeadline ?? null, {
-      identityId,
-      generation: pending.generation,
-    });
+    const next = afterRotation(now, rotor.timing, locked?.welcomeDeadline ?? null, identityId);
     const promoted = await tx.promotePending({
       identityId,
       pending,

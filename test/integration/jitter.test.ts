@@ -43,7 +43,7 @@ describe("ROTATION_JITTER", () => {
       expect(deadline).toBeGreaterThan(rotated + INTERVAL * 0.9);
       expect(deadline).toBeLessThanOrEqual(rotated + INTERVAL);
       // Exactly the core's value for this identity and generation: the service applies it.
-      expect(deadline - rotated).toBe(jitteredIntervalMs(INTERVAL, 0.1, row.id, 1));
+      expect(deadline - rotated).toBe(jitteredIntervalMs(INTERVAL, 0.1, row.id));
       // The wake-up fires at the deadline (this process's clock is Postgres': no skew shift).
       expect(wakeups[i]).toEqual({ state: "delayed", fireAt: deadline });
       offsets.add(rotated + INTERVAL - deadline);

@@ -26,6 +26,8 @@ export const TIMING: Timing = {
   // Long against the deletion grace and the heal bounds, as 30 d is against 1 d in production:
   // a lost deletion wake-up is then not hidden by the identity's next rotation re-arming it.
   rotationIntervalMs: 60 * 60_000,
+  // ROTATION_JITTER on, so interval deadlines are the jittered ones the services write.
+  rotationJitter: 0.1,
   welcomeRotationDelayMs: 5_000,
   deletionGraceMs: 5 * 60_000,
 };
