@@ -29,7 +29,7 @@ export interface Config {
   rotationIntervalMs: number;
   /**
    * ROTATION_JITTER as a fraction (0 to 0.5): interval deadlines come up to this share of
-   * ROTATION_INTERVAL earlier, per identity and generation, never later (src/core/jitter.ts).
+   * ROTATION_INTERVAL earlier, a fixed offset per identity, never later (src/core/jitter.ts).
    */
   rotationJitter: number;
   /** Rotations per identity per hour that welcomes may cause (MAX_ROTATIONS_PER_HOUR); undefined: no cap. */
