@@ -275,6 +275,10 @@ function report(
   s: ReturnType<typeof summary>[],
   costs: CostTable,
 ): string {
+  const meta = JSON.parse(readFileSync(COSTS_FILE, "utf8")) as {
+    machine?: string;
+    measuredAt: string;
+  };
   const N = params.identities.toLocaleString("en-US");
   const lines: string[] = [];
   lines.push("## A year of a fleet, simulated");
@@ -354,7 +358,7 @@ function report(
   );
   lines.push("");
   lines.push(
-    `Per-event costs (Postgres statements / Redis commands, BEGIN and COMMIT and Lua inner commands included): registration ${fmt(costs.register.pg)} / ${fmt(costs.register.redis)}, welcome that moves the deadline ${fmt(costs.welcomeMoved.pg)} / ${fmt(costs.welcomeMoved.redis)}, welcome that does not ${fmt(costs.welcomeUnchanged.pg)} / ${fmt(costs.welcomeUnchanged.redis)} (in batches of 1,000: ${fmt(costs.welcomeBatchOf1000.pg)} / ${fmt(costs.welcomeBatchOf1000.redis)} each), rotation wake-up ${fmt(costs.rotationWakeup.pg)} / ${fmt(costs.rotationWakeup.redis)}, deletion wake-up ${fmt(costs.deletionWakeup.pg)} / ${fmt(costs.deletionWakeup.redis)}. Fixed: each worker process idles at ${IDLE_REDIS_PER_WORKER_PROCESS_S} Redis commands/s and its watchdog issues 1 statement per 10 min (BENCHMARKS.md above); Redis memory is ${REDIS_BYTES_PER_TIMER} B per wake-up job (BENCHMARKS.md above, N = 100,000).`,
+    `Per-event costs (Postgres statements / Redis commands, BEGIN and COMMIT and Lua inner commands included): registration ${fmt(costs.register.pg)} / ${fmt(costs.register.redis)}, welcome that moves the deadline ${fmt(costs.welcomeMoved.pg)} / ${fmt(costs.welcomeMoved.redis)}, welcome that does not ${fmt(costs.welcomeUnchanged.pg)} / ${fmt(costs.welcomeUnchanged.redis)} (in batches of 1,000: ${fmt(costs.welcomeBatchOf1000.pg)} / ${fmt(costs.welcomeBatchOf1000.redis)} each), rotation wake-up ${fmt(costs.rotationWakeup.pg)} / ${fmt(costs.rotationWakeup.redis)}, deletion wake-up ${fmt(costs.deletionWakeup.pg)} / ${fmt(costs.deletionWakeup.redis)}. Those were measured by \`npx tsx bench/sim/measure-costs.ts\` on ${meta.machine ?? "an unnamed machine"}, ${meta.measuredAt}. Fixed: each worker process idles at ${IDLE_REDIS_PER_WORKER_PROCESS_S} Redis commands/s and its watchdog issues 1 statement per 10 min; Redis memory is ${REDIS_BYTES_PER_TIMER} B per wake-up job (N = 100,000): both from the benchmark run above, on the machine its Machine section names.`,
   );
   lines.push("");
   return lines.join("\n");

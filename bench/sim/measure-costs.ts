@@ -15,6 +15,7 @@
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server } from "node:net";
+import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { loadConfig } from "../../src/config.js";
@@ -202,6 +203,7 @@ async function main() {
   await runtime.close();
   const out = {
     measuredAt: new Date().toISOString(),
+    machine: `${cpus().length} cores (${cpus()[0]?.model ?? "?"}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`,
     command: "npx tsx bench/sim/measure-costs.ts",
     notes: [
       "pg: Execute and simple Query messages per event through a counting proxy (BEGIN and COMMIT included)",
