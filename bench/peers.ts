@@ -27,6 +27,7 @@ import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
+import { simulationSection } from "./sim/section.js";
 import {
   adminSql,
   defer,
@@ -90,7 +91,10 @@ if (values["report-only"]) {
   const result = JSON.parse(readFileSync(join(dir, "latest.json"), "utf8")) as RunResult;
   const others = earlierRuns(dir).filter((o) => o.params.identities !== result.params.identities);
   const charts = await renderCharts(dir, others);
-  writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts));
+  writeFileSync(
+    join(ROOT, "BENCHMARKS.md"),
+    markdown(result, others, charts) + simulationSection(),
+  );
   console.log(systemsTable(result));
   console.log();
   console.log(goalsTable(result));
@@ -393,7 +397,10 @@ await runMain(async () => {
       log(`charts failed: ${(err as Error).message}`);
       return [] as string[];
     });
-    writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts));
+    writeFileSync(
+      join(ROOT, "BENCHMARKS.md"),
+      markdown(result, others, charts) + simulationSection(),
+    );
   }
 
   if (result.systems.length > 0) {

@@ -1,4 +1,5 @@
 import { formatDuration, parseDuration } from "./core/duration.js";
+import { MAX_ROTATION_JITTER } from "./core/jitter.js";
 import { ErrorCodes, KpRotorError } from "./errors.js";
 import { type KeysConfig, loadKeysConfig } from "./keys/keys-config.js";
 import { MAX_SHARDS } from "./queue/layout.js";
@@ -36,6 +37,11 @@ export interface Config {
   maxConnectionsPerClient: number;
   /** Rotation deadline after a rotation (libxmtp: 30 days). */
   rotationIntervalMs: number;
+  /**
+   * ROTATION_JITTER as a fraction (0 to 0.5): interval deadlines come up to this share of
+   * ROTATION_INTERVAL earlier, a fixed offset per identity, never later (src/core/jitter.ts).
+   */
+  rotationJitter: number;
   /** Rotations per identity per hour that welcomes may cause (MAX_ROTATIONS_PER_HOUR); undefined: no cap. */
   maxRotationsPerHour: number | undefined;
   /** Rotation deadline after a welcome consumed the key package (libxmtp: 5 s). */
@@ -84,6 +90,7 @@ const DEFAULTS = {
   PORT: "3000",
   HOST: "0.0.0.0",
   ROTATION_INTERVAL: "30d",
+  ROTATION_JITTER: "0%",
   WELCOME_ROTATION_DELAY: "5s",
   DELETION_GRACE: "1d",
   QUEUE_PREFIX: "kp-rotor",
@@ -157,6 +164,18 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
     return value;
   };
+  const percent = (name: "ROTATION_JITTER", max: number): number => {
+    const raw = read(name);
+    const match = /^(\d{1,3}(?:\.\d{1,3})?)%$/.exec(raw);
+    const value = match ? Number(match[1]) / 100 : raw === "0" ? 0 : Number.NaN;
+    if (!(value >= 0 && value <= max)) {
+      problems.push(
+        `${name}=${JSON.stringify(raw)}: expected a percentage from 0% to ${max * 100}% (e.g. 10% or 2.5%), or 0`,
+      );
+      return 0;
+    }
+    return value;
+  };
   const flag = (name: "BOARD_READ_ONLY" | "DOCS_PUBLIC" | "ALLOW_UNAUTHENTICATED"): boolean => {
     const raw = read(name);
     if (raw !== "true" && raw !== "false") {
@@ -191,6 +210,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     requestTimeoutMs: duration("REQUEST_TIMEOUT", 1_000),
     maxConnectionsPerClient: integer("MAX_CONNECTIONS_PER_CLIENT", 0, 1_000_000),
     rotationIntervalMs: duration("ROTATION_INTERVAL", 1),
+    rotationJitter: percent("ROTATION_JITTER", MAX_ROTATION_JITTER),
     maxRotationsPerHour: optionalInteger("MAX_ROTATIONS_PER_HOUR", 1, 3_600),
     welcomeRotationDelayMs: duration("WELCOME_ROTATION_DELAY", 0),
     deletionGraceMs: duration("DELETION_GRACE", 0),

@@ -67,6 +67,7 @@ export async function createContext(
       publisher,
       timing: {
         rotationIntervalMs: config.rotationIntervalMs,
+        rotationJitter: config.rotationJitter,
         welcomeRotationDelayMs: config.welcomeRotationDelayMs,
         deletionGraceMs: config.deletionGraceMs,
         maxRotationsPerHour: config.maxRotationsPerHour,

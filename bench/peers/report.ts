@@ -176,26 +176,32 @@ export function goals(r: RunResult): GoalRow[] {
   }
 
   // Lateness.
+  // Judged on the real rotation's start (what an identity waits for), and only when every timer
+  // due fired: a p99 over fewer wake-ups than expected would hide the missing ones.
   const pick = kp?.lateness?.extra?.bullmqPickup as Summary | undefined;
   const real = kp?.lateness?.lateness;
+  const fired = kp?.lateness ? `${kp.lateness.count}/${kp.lateness.expected}` : "-";
+  const allFired = kp?.lateness !== undefined && kp.lateness.count === kp.lateness.expected;
   const bqP99 = bq?.lateness?.lateness.p99;
   const hzPeriod = hz > 0 ? 1000 / hz : Number.NaN;
   rows.push({
-    figure: `wake-up lateness p99, ${fmt(N)} pending${N === 100_000 ? "" : " (the goal is at 100,000)"}, Redis hz ${r.redisHz}`,
-    goal: "p99 <= 5 ms at default Redis hz",
-    value: pick
-      ? `BullMQ pickup p50 ${pick.p50} / p99 ${pick.p99} ms; real rotation start p50 ${real?.p50} / p99 ${real?.p99} ms`
+    figure: `wake-up lateness p99 (real rotation start), ${fmt(N)} pending${N === 100_000 ? "" : " (the goal is at 100,000)"}, Redis hz ${r.redisHz}`,
+    goal: "p99 <= 5 ms at default Redis hz, every due wake-up fired",
+    value: real
+      ? `real rotation start p50 ${real.p50} / p99 ${real.p99} ms, fired ${fired}; BullMQ pickup p50 ${pick?.p50} / p99 ${pick?.p99} ms`
       : "-",
-    met: pick ? pick.p99 <= 5 : null,
-    note: !pick
+    met: real ? real.p99 <= 5 && allFired : null,
+    note: !real
       ? "not measured"
-      : pick.p99 <= 5
-        ? `met with ${fmt(5 - pick.p99, 1)} ms to spare (the pickup, comparable with the no-op peers; the real rotation's start p99 is ${real?.p99} ms)`
-        : `missed by ${fmt(pick.p99 - 5, 0)} ms (${times(pick.p99 / 5)})${bqP99 === undefined ? "" : `; raw BullMQ's no-op p99 is ${bqP99} ms in the same run`}${
-            pick.p99 >= 0.5 * hzPeriod && pick.p99 <= 1.5 * hzPeriod
-              ? `. The p99 is near 1000/hz = ${fmt(hzPeriod)} ms, the period at which Redis (hz ${r.redisHz}) serves the timeouts of blocked clients: consistent with a worker blocked on BullMQ's marker waking for a delayed job only at such a timeout. A higher hz (1000/5 ms = 200 or more) or an in-process timer to the next fire time would address that`
-              : ""
-          }`,
+      : !allFired
+        ? `not met: only ${fired} due wake-ups fired within the run`
+        : real.p99 <= 5
+          ? `met with ${fmt(5 - real.p99, 1)} ms to spare, all ${fired} fired (the BullMQ pickup alone, comparable with the no-op peers: p99 ${pick?.p99} ms)`
+          : `missed by ${fmt(real.p99 - 5, 0)} ms (${times(real.p99 / 5)})${bqP99 === undefined ? "" : `; raw BullMQ's no-op p99 is ${bqP99} ms in the same run`}${
+              real.p99 >= 0.5 * hzPeriod && real.p99 <= 1.5 * hzPeriod
+                ? `. The p99 is near 1000/hz = ${fmt(hzPeriod)} ms, the period at which Redis (hz ${r.redisHz}) serves the timeouts of blocked clients: consistent with a worker blocked on BullMQ's marker waking for a delayed job only at such a timeout. A higher hz (1000/5 ms = 200 or more) or an in-process timer to the next fire time would address that`
+                : ""
+            }`,
   });
 
   // Welcome ingest over HTTP, one welcome per request.
@@ -364,7 +370,12 @@ export function goals(r: RunResult): GoalRow[] {
   }
   if (poll && kp) {
     const cmp: [string, number | undefined, number | undefined, boolean][] = [
-      ["lateness p99 ms (kp-rotor: BullMQ pickup)", pick?.p99, poll.lateness?.lateness.p99, true],
+      [
+        "lateness p99 ms (kp-rotor: real rotation start)",
+        real?.p99,
+        poll.lateness?.lateness.p99,
+        true,
+      ],
       ["reschedule (batch welcome) /s", kp.reschedule?.perS, poll.reschedule?.perS, false],
       ["schedule N identities /s", kp.schedule?.perS, poll.schedule?.perS, false],
     ];
@@ -518,7 +529,11 @@ export function idleAgainstN(
   for (const o of others) {
     for (const p of points(o)) {
       if (!rows.some((x) => x.n === p.n))
-        rows.push({ n: p.n, systems: p.systems, run: `${o.finishedAt} (${p.where})` });
+        rows.push({
+          n: p.n,
+          systems: p.systems,
+          run: `${o.finishedAt} (${p.where}) on ${o.machine.nproc} cores (${o.machine.cpuModel}), Node ${o.machine.node}`,
+        });
     }
   }
   return rows.sort((a, b) => a.n - b.n);
@@ -536,6 +551,10 @@ export function markdown(r: RunResult, others: RunResult[] = [], charts: string[
   );
   out.push("");
   out.push("## Machine");
+  out.push("");
+  out.push(
+    "Every figure below comes from this run on this machine, except the rows of the idle-cost-against-N table marked with another run, which name theirs, and the simulation's section at the end, which names its own.",
+  );
   out.push("");
   out.push(
     `- nproc: ${m.nproc} (${m.cpuModel}), memory ${m.memoryGiB} GiB, kernel \`${m.kernel}\``,

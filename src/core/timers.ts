@@ -4,9 +4,17 @@
  * The reasoning behind each rule is in DESIGN.md.
  */
 
+import { jitteredIntervalMs } from "./jitter.js";
+
 /** The three intervals of the protocol (libxmtp's production values are 30 d, 5 s and 1 d). */
 export interface Timing {
   rotationIntervalMs: number;
+  /**
+   * ROTATION_JITTER as a fraction (0.1 for 10%): an interval deadline comes up to this share of
+   * the interval earlier, by a stable hash of the identity (src/core/jitter.ts);
+   * never later. Absent or 0: no jitter.
+   */
+  rotationJitter?: number | undefined;
   welcomeRotationDelayMs: number;
   deletionGraceMs: number;
   /** Rotations per identity per hour that welcomes and rotate-now may cause; absent: no cap. */
@@ -34,17 +42,20 @@ export function decideRotation(state: RotationState | undefined, now: number): R
 }
 
 /**
- * The deadlines a successful rotation at `now` writes. `welcomeDeadline` is the earliest deadline
- * asked for by welcomes acknowledged while the new package was being published: such a welcome
- * may have consumed the new package already, so the next rotation is due then, not a full
- * interval later.
+ * The deadlines a successful rotation of `identityId` at `now` writes. `welcomeDeadline` is the
+ * earliest deadline asked for by welcomes acknowledged while the new package was being
+ * published: such a welcome may have consumed the new package already, so the next rotation is
+ * due then, not a full interval later. The interval deadline is jittered by ROTATION_JITTER
+ * (`timing.rotationJitter`): in (now + interval x (1 - jitter), now + interval], never later.
  */
 export function afterRotation(
   now: number,
   timing: Timing,
-  welcomeDeadline: number | null = null,
+  welcomeDeadline: number | null,
+  identityId: string,
 ): { rotationDeadline: number; supersededDeleteAt: number } {
-  const interval = now + timing.rotationIntervalMs;
+  const interval =
+    now + jitteredIntervalMs(timing.rotationIntervalMs, timing.rotationJitter ?? 0, identityId);
   return {
     rotationDeadline: welcomeDeadline === null ? interval : Math.min(interval, welcomeDeadline),
     supersededDeleteAt: now + timing.deletionGraceMs,

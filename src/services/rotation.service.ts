@@ -117,7 +117,7 @@ async function promoteInPrepare(
   makeCurrent: (now: number) => Promise<void>,
 ): Promise<number> {
   const identityId = identity.id;
-  const next = afterRotation(now, rotor.timing, identity.welcomeDeadline);
+  const next = afterRotation(now, rotor.timing, identity.welcomeDeadline, identityId);
   const [superseded] = await settleAll([
     tx.supersedeCurrent({
       identityId,
@@ -192,7 +192,7 @@ async function promoteRotation(
   return rotor.store.transaction(async (tx) => {
     const locked = await tx.lockIdentity(identityId);
     const now = locked?.now ?? rotor.clock();
-    const next = afterRotation(now, rotor.timing, locked?.welcomeDeadline ?? null);
+    const next = afterRotation(now, rotor.timing, locked?.welcomeDeadline ?? null, identityId);
     const promoted = await tx.promotePending({
       identityId,
       pending,

@@ -26,6 +26,8 @@ export const TIMING: Timing = {
   // 1 d < 30 d): a lost deletion wake-up is then not hidden by the identity's next rotation
   // re-arming it, and an orphan deletion wake-up can outlast the heal bound of a lost one.
   rotationIntervalMs: 60 * 60_000,
+  // ROTATION_JITTER on, so interval deadlines are the jittered ones the services write.
+  rotationJitter: 0.1,
   welcomeRotationDelayMs: 5_000,
   deletionGraceMs: 20 * 60_000,
 };

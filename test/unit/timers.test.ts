@@ -1,5 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { jitteredIntervalMs, jitterUnit, MAX_ROTATION_JITTER } from "../../src/core/jitter.js";
 import {
   type ArmAction,
   afterRotation,
@@ -84,7 +85,7 @@ describe("afterRotation", () => {
     ["60 d / 90 d", 60 * DAY, 5, 90 * DAY],
   ])("%s", (_name, rotationIntervalMs, welcomeRotationDelayMs, deletionGraceMs) => {
     const timing = { rotationIntervalMs, welcomeRotationDelayMs, deletionGraceMs };
-    expect(afterRotation(NOW, timing)).toEqual({
+    expect(afterRotation(NOW, timing, null, "alice")).toEqual({
       rotationDeadline: NOW + rotationIntervalMs,
       supersededDeleteAt: NOW + deletionGraceMs,
     });
@@ -92,10 +93,122 @@ describe("afterRotation", () => {
 
   it("writes the libxmtp deadlines as exact epoch milliseconds", () => {
     // NOW = 2025-01-15T12:00:00Z = 1736942400000
-    expect(afterRotation(NOW, LIBXMTP)).toEqual({
+    expect(afterRotation(NOW, LIBXMTP, null, "alice")).toEqual({
       rotationDeadline: 1_739_534_400_000,
       supersededDeleteAt: 1_737_028_800_000,
     });
+  });
+});
+
+describe("afterRotation with ROTATION_JITTER", () => {
+  const JITTERED: Timing = { ...LIBXMTP, rotationJitter: 0.1 };
+  const earliest = NOW + 27 * DAY;
+  const latest = NOW + 30 * DAY;
+
+  it("puts the interval deadline in (now + 27 d, now + 30 d] at 10 %, and the deletion 1 d out", () => {
+    const deadlines = new Set<number>();
+    for (let i = 0; i < 1_000; i++) {
+      const next = afterRotation(NOW, JITTERED, null, `id-${i}`);
+      expect(next.rotationDeadline).toBeGreaterThan(earliest);
+      expect(next.rotationDeadline).toBeLessThanOrEqual(latest);
+      expect(Number.isInteger(next.rotationDeadline)).toBe(true);
+      expect(next.supersededDeleteAt).toBe(NOW + DAY);
+      deadlines.add(next.rotationDeadline);
+    }
+    // Spread, not a constant offset: 1,000 identities land on (almost) 1,000 distinct deadlines.
+    expect(deadlines.size).toBeGreaterThan(990);
+  });
+
+  it("spreads a herd evenly over the jitter window (ten 0.3-day slices, each 7 % to 13 %)", () => {
+    const slices = new Array<number>(10).fill(0);
+    for (let i = 0; i < 10_000; i++) {
+      const { rotationDeadline } = afterRotation(NOW, JITTERED, null, `herd-${i}`);
+      const slice = Math.floor((latest - rotationDeadline) / (0.3 * DAY));
+      slices[slice] = (slices[slice] ?? 0) + 1;
+    }
+    for (const count of slices) {
+      expect(count).toBeGreaterThan(700);
+      expect(count).toBeLessThan(1_300);
+    }
+  });
+
+  it("is stable per identity: the same offset in every process and at every rotation", () => {
+    const at = (identityId: string, now = NOW) =>
+      afterRotation(now, JITTERED, null, identityId).rotationDeadline;
+    expect(at("alice")).toBe(at("alice"));
+    expect(at("alice", NOW + DAY) - at("alice")).toBe(DAY);
+    // The same values in every process and release: changing the hash moves every deadline.
+    expect([at("alice"), at("bob")]).toEqual([
+      NOW + 30 * DAY - Math.floor(3 * DAY * jitterUnit("alice")),
+      NOW + 30 * DAY - Math.floor(3 * DAY * jitterUnit("bob")),
+    ]);
+    expect(jitterUnit("alice")).toBe(0.9143804381601512);
+    expect(at("alice")).not.toBe(at("bob"));
+  });
+
+  it("is off at 0 and when unset: the full interval", () => {
+    for (const timing of [LIBXMTP, { ...LIBXMTP, rotationJitter: 0 }]) {
+      expect(afterRotation(NOW, timing, null, "alice").rotationDeadline).toBe(latest);
+    }
+  });
+
+  it("keeps an earlier welcome deadline, which jitter never pushes later", () => {
+    const welcome = NOW + 5 * SEC;
+    expect(afterRotation(NOW, JITTERED, welcome, "alice").rotationDeadline).toBe(welcome);
+  });
+
+  it("stays within (interval x (1 - jitter), interval], never later (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 42 }),
+        fc.integer({ min: 1, max: 400 * DAY }),
+        fc.double({ min: 0, max: MAX_ROTATION_JITTER, noNaN: true }),
+        fc.string({ minLength: 1, maxLength: 128 }),
+        fc.option(fc.integer({ min: 0, max: 2 ** 42 }), { nil: null }),
+        (now, interval, jitter, identityId, welcome) => {
+          const timing = { ...LIBXMTP, rotationIntervalMs: interval, rotationJitter: jitter };
+          const { rotationDeadline } = afterRotation(now, timing, welcome, identityId);
+          const jittered = jitteredIntervalMs(interval, jitter, identityId);
+          expect(Number.isSafeInteger(jittered)).toBe(true);
+          // Earlier by less than interval x jitter (so by nothing at jitter 0).
+          expect(interval - jittered).toBeGreaterThanOrEqual(0);
+          if (jitter > 0) expect(interval - jittered).toBeLessThan(interval * jitter);
+          else expect(jittered).toBe(interval);
+          expect(rotationDeadline).toBe(
+            welcome === null ? now + jittered : Math.min(now + jittered, welcome),
+          );
+          const unit = jitterUnit(identityId);
+          expect(unit).toBeGreaterThanOrEqual(0);
+          expect(unit).toBeLessThan(1);
+        },
+      ),
+    );
+  });
+
+  it("never moves an identity's interval deadline earlier than the previous rotation's (property)", () => {
+    // A wake-up left at an older interval deadline (a lost Redis write) is then never later
+    // than the deadline now due: it fires early, finds nothing due and re-arms.
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 42 }),
+        fc.nat(400 * DAY),
+        fc.integer({ min: 1, max: 400 * DAY }),
+        fc.double({ min: 0, max: MAX_ROTATION_JITTER, noNaN: true }),
+        fc.string({ minLength: 1, maxLength: 128 }),
+        (first, gap, interval, jitter, identityId) => {
+          const timing = { ...LIBXMTP, rotationIntervalMs: interval, rotationJitter: jitter };
+          const before = afterRotation(first, timing, null, identityId).rotationDeadline;
+          const after = afterRotation(first + gap, timing, null, identityId).rotationDeadline;
+          expect(after - before).toBe(gap);
+        },
+      ),
+    );
+  });
+
+  it("never goes beyond half an interval earlier, even if handed more", () => {
+    for (let i = 0; i < 1_000; i++) {
+      expect(jitteredIntervalMs(30 * DAY, 0.9, `x${i}`)).toBeGreaterThan(15 * DAY);
+    }
   });
 });
 
@@ -209,7 +322,12 @@ describe("planArm", () => {
       fireAt: desired,
     });
     expect(planArm(desired, { state: "delayed", fireAt: desired }, NOW)).toEqual({ kind: "none" });
-    const { rotationDeadline } = afterRotation(NOW, { ...LIBXMTP, rotationIntervalMs: days * DAY });
+    const { rotationDeadline } = afterRotation(
+      NOW,
+      { ...LIBXMTP, rotationIntervalMs: days * DAY },
+      null,
+      "alice",
+    );
     expect(rotationDeadline).toBe(desired);
     expect(pullIn(rotationDeadline, NOW, LIBXMTP.welcomeRotationDelayMs)).toEqual({
       deadline: NOW + 5 * SEC,
