@@ -224,7 +224,7 @@ await runMain(async () => {
   for (let i = 0; i < due.length; i += PAGE) {
     const ids = due.slice(i, i + PAGE).map((r) => r.id);
     await rotor.db.transaction(async (tx) => {
-      const locked = await repo.lockIdentities(tx, ids);
+      const locked = await repo.lockDeadlines(tx, ids);
       const at = rotor.clock();
       await Promise.all(
         locked.map((identity) =>

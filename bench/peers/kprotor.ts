@@ -249,7 +249,7 @@ export async function kpRotor(infra: Infra, options: KpRotorOptions): Promise<Pe
       for (let i = 0; i < due.length; i += PAGE) {
         const page = due.slice(i, i + PAGE).map((r) => r.id);
         await rotor.db.transaction(async (tx) => {
-          const locked = await repo.lockIdentities(tx, page);
+          const locked = await repo.lockDeadlines(tx, page);
           const at = rotor.clock();
           await Promise.all(
             locked.map((identity) =>

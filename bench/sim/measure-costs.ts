@@ -22,9 +22,9 @@ import { loadConfig } from "../../src/config.js";
 import { createContext } from "../../src/context.js";
 import { createLogger } from "../../src/logger.js";
 import { pullInMany, register, welcome } from "../../src/services/identities.service.js";
-import { startWorkerRuntime } from "../../src/worker-process.js";
+import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
 import { freePort, randomName } from "../../test/helpers/env.js";
-import { ALL_HANDLERS } from "../../workers/index.js";
+import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import {
   createPrivateDatabase,
   defer,
