@@ -22,5 +22,9 @@ export const ErrorCodes = {
   unavailable: "DEPENDENCY_UNAVAILABLE",
   keyMaterial: "KEY_MATERIAL_UNREADABLE",
   publishFailed: "PUBLISH_FAILED",
+  /** The request is for a device identity, or for a service one (custody), and cannot apply. */
+  custodyMismatch: "CUSTODY_MISMATCH",
 } as const;
-export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+/** The codes of refused uploads (src/keys/validate-upload.ts, UPLOAD_CHECKS): all 422. */
+export type UploadRefusalCode = `KP_${string}`;
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | UploadRefusalCode;

@@ -87,3 +87,30 @@ export function reusablePending(
 ): boolean {
   return existing?.generation === generation && existing.ciphersuite === ciphersuite;
 }
+
+/**
+ * Where a due rotation's key package comes from: the pending one an earlier attempt (or a
+ * device's upload) left for this generation, a fresh one generated here (custody "service"), or
+ * the device (custody "device": the service never generates its keys; it asks and waits).
+ */
+export function rotationSource(
+  custody: "service" | "device",
+  reusable: boolean,
+): "reuse" | "generate" | "await-device" {
+  if (reusable) return "reuse";
+  return custody === "device" ? "await-device" : "generate";
+}
+
+/**
+ * The id of a device notification, the same on every retry of it (the device deduplicates on
+ * it): a rotate names the deadline it serves, a delete the ref it deletes.
+ */
+export function deviceNotificationId(
+  kind: "rotate" | "delete",
+  identityId: string,
+  subject: number | string,
+): string {
+  // Standard Webhooks ids are opaque; kept free of ':' like the job ids.
+  const tag = kind === "rotate" ? `rot_${subject}` : `del_${subject}`;
+  return `${tag}_${Buffer.from(identityId).toString("base64url")}`;
+}

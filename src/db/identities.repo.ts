@@ -33,6 +33,9 @@ function toLocked(row: IdentityRow & { now: number }, fence: number): LockedIden
     credentialIdentity: row.credentialIdentity,
     signaturePublicKey: row.signaturePublicKey,
     signaturePrivateKey: row.signaturePrivateKey,
+    custody: row.custody === "device" ? "device" : "service",
+    notifyUrl: row.notifyUrl,
+    awaitingDeviceSince: toMs(row.awaitingDeviceSince),
     publishing: row.publishingSince !== null,
     welcomeDeadline: toMs(row.welcomeDeadline),
     now: row.now,
@@ -197,6 +200,9 @@ export async function insertIdentity(tx: Tx, input: NewIdentity): Promise<void> 
     deregisteredAt: null,
     publishingSince: null,
     welcomeDeadline: null,
+    custody: input.custody,
+    notifyUrl: input.notifyUrl,
+    awaitingDeviceSince: null,
   };
   await tx
     .insert(identities)
@@ -275,6 +281,8 @@ export async function tombstone(tx: Tx, id: string, now: number): Promise<void> 
       signaturePrivateKey: null,
       publishingSince: null,
       welcomeDeadline: null,
+      notifyUrl: null,
+      awaitingDeviceSince: null,
     })
     .where(eq(identities.id, id));
 }
@@ -407,8 +415,12 @@ export async function getIdentity(db: Db, id: string) {
       lastError: identities.lastError,
       lastFailureAt: identities.lastFailureAt,
       createdAt: identities.createdAt,
+      custody: identities.custody,
+      awaitingDeviceSince: identities.awaitingDeviceSince,
     })
     .from(identities)
     .where(and(eq(identities.id, id), isNull(identities.deregisteredAt)));
-  return identity;
+  return identity === undefined
+    ? undefined
+    : { ...identity, custody: identity.custody === "device" ? ("device" as const) : ("service" as const) };
 }

@@ -68,7 +68,8 @@ export async function supersedeCurrent(
         rotation_failures = 0,
         last_error = null,
         publishing_since = null,
-        welcome_deadline = null
+        welcome_deadline = null,
+        awaiting_device_since = null
       where id = ${input.identityId}
         and generation = ${input.generation - 1}
         and deregistered_at is null

@@ -85,6 +85,8 @@ export async function lockSealedPage(
     sealed: r.sealed as Uint8Array,
   }));
   for (const p of packages) {
+    // A device identity's uploaded package has no private half here.
+    if (p.sealed === null) continue;
     blobs.push({
       table: "key_packages",
       rowId: p.id,

@@ -1,6 +1,7 @@
 import type { Store, StoreTx } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
 import * as repo from "./identities.repo.js";
+import * as device from "./device.repo.js";
 import * as kps from "./key-packages.repo.js";
 import { recentRotations } from "./rotation-cap.repo.js";
 
@@ -48,5 +49,11 @@ function bindTx(tx: Tx): StoreTx {
     nextDeleteAt: (id) => kps.nextDeleteAt(tx, id),
     hasCurrent: (id) => kps.hasCurrent(tx, id),
     recentRotations: (ids, since) => recentRotations(tx, ids, since),
+    seenInitKeys: (id) => device.seenInitKeys(tx, id),
+    recordInitKey: (id, digest, now) => device.recordInitKey(tx, id, digest, now),
+    markAwaitingDevice: (id, now) => device.markAwaitingDevice(tx, id, now),
+    dueDeletionRefs: (id, now) => device.dueDeletionRefs(tx, id, now),
+    deleteDueKeyPackagesIn: (id, now, refs) => device.deleteDueKeyPackagesIn(tx, id, now, refs),
+    currentRef: (id) => device.currentRef(tx, id),
   };
 }

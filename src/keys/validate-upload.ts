@@ -233,6 +233,8 @@ export async function validateUpload(
   }
   const unlisted = [...keyPackage.extensions, ...leafNode.extensions]
     .map((e) => e.extensionType)
+    // ts-mls names the default types (1 to 5) and gives the others as numbers.
+    .filter((t): t is number => typeof t === "number")
     .filter((t) => !DEFAULT_EXTENSION_TYPES.has(t) && !caps.extensions.includes(t));
   if (unlisted.length > 0) {
     return refuse(

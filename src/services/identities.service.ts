@@ -1,10 +1,11 @@
 import { identityIdProblem } from "../core/identity-id.js";
 import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
 import { deletionDeadline } from "../core/timers.js";
-import type { StoreTx } from "../core/ports.js";
+import type { Custody, StoreTx } from "../core/ports.js";
 import { type PullInResult, planPullIns } from "../core/transitions.js";
 import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
+import { devicesOf } from "./device.service.js";
 import { ErrorCodes, KpRotorError } from "../errors.js";
 import type { Rotor } from "./rotor.js";
 import { formatSafeError, redactError } from "../safe-errors.js";
@@ -28,14 +29,23 @@ export const notFound = (id: string) =>
 export interface RegisterInput {
   /** The basic credential's identity bytes; defaults to the identity id in UTF-8. */
   credentialIdentity?: Uint8Array;
-  /** An Ed25519 private key (32-byte seed) to sign with; generated when absent. */
+  /** An Ed25519 private key (32-byte seed) to sign with; generated when absent. Service custody only. */
   signaturePrivateKey?: Uint8Array;
+  /** "service" (default): keys generated and sealed here; "device": the device uploads its own. */
+  custody?: Custody;
+  /** Device custody: where its signed notifications go (required). */
+  notifyUrl?: string;
+  /** Device custody: the signature public key every upload must carry (optional). */
+  signaturePublicKey?: Uint8Array;
 }
 
 export interface RegisterResult {
   created: boolean;
   rotationDeadline: number;
   generation: number;
+  custody: Custody;
+  /** Device custody: the secret its notifications are signed with (`whsec_…`, Standard Webhooks). */
+  notificationSecret?: string;
   /** Set when the first key package could not be published yet (a worker keeps retrying). */
   publishError?: string;
 }
@@ -56,35 +66,68 @@ export async function register(
   if (input.credentialIdentity !== undefined && input.credentialIdentity.length === 0) {
     throw new KpRotorError(ErrorCodes.invalidRequest, "credentialIdentity must not be empty");
   }
-  const signatureKeys = input.signaturePrivateKey
-    ? importSignatureKey(rotor, input.signaturePrivateKey)
-    : await rotor.keys.generateSignatureKeyPair();
+  const custody = input.custody ?? "service";
+  const device = custody === "device";
+  if (device) checkDeviceInput(rotor, input);
+  else if (input.notifyUrl !== undefined || input.signaturePublicKey !== undefined) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      'notifyUrl and signaturePublicKey are for custody "device" only',
+    );
+  }
+  // A device identity's keys never reach the service: nothing is generated or stored for it.
+  const signatureKeys = device
+    ? null
+    : input.signaturePrivateKey
+      ? importSignatureKey(rotor, input.signaturePrivateKey)
+      : await rotor.keys.generateSignatureKeyPair();
+  const notificationSecret = device ? { notificationSecret: rotor.devices?.secretFor(id) } : {};
   const registered = await rotor.store.transaction(async (tx) => {
     const existing = await tx.lockOrTombstone(id);
     const now = existing.now;
     if (!existing.deregistered && existing.rotationDeadline !== null) {
+      if (existing.custody !== custody) {
+        throw new KpRotorError(
+          ErrorCodes.custodyMismatch,
+          `identity ${JSON.stringify(id)} is registered with custody "${existing.custody}"; deregister it first to change custody`,
+        );
+      }
       // Re-registering repairs the wake-up, so a client retry also heals a lost one.
       await rotor.timers.arm("rotation", id, existing.rotationDeadline, now, existing.fence);
       return {
         created: false,
         rotationDeadline: existing.rotationDeadline,
         generation: existing.generation,
+        custody,
+        ...notificationSecret,
       };
     }
+    // A device is asked for its first package when this deadline passes (unless it uploads first).
     const firstDeadline = now + rotor.timing.welcomeRotationDelayMs;
     await tx.insertIdentity({
       id,
       rotationDeadline: firstDeadline,
       now,
       credentialIdentity: input.credentialIdentity ?? new TextEncoder().encode(id),
-      signaturePublicKey: signatureKeys.publicKey,
-      signaturePrivateKey: rotor.keyring.seal(signatureKeys.privateKey, id, "signature-private"),
+      signaturePublicKey: signatureKeys?.publicKey ?? input.signaturePublicKey ?? null,
+      signaturePrivateKey:
+        signatureKeys === null
+          ? null
+          : rotor.keyring.seal(signatureKeys.privateKey, id, "signature-private"),
+      custody,
+      notifyUrl: device ? (input.notifyUrl ?? null) : null,
     });
     // Arming before commit is safe: if the commit fails, the wake-up finds no live identity.
     await rotor.timers.arm("rotation", id, firstDeadline, now, existing.fence);
-    return { created: true, rotationDeadline: firstDeadline, generation: existing.generation };
+    return {
+      created: true,
+      rotationDeadline: firstDeadline,
+      generation: existing.generation,
+      custody,
+      ...notificationSecret,
+    };
   });
-  if (!registered.created) return registered;
+  if (!registered.created || device) return registered;
   try {
     const rotated = await rotateInline(rotor, id);
     return { ...registered, ...rotated };
@@ -97,6 +140,23 @@ export async function register(
       "first key package not published yet; the worker retries",
     );
     return { ...registered, publishError };
+  }
+}
+
+function checkDeviceInput(rotor: Rotor, input: RegisterInput): void {
+  const devices = devicesOf(rotor);
+  if (input.signaturePrivateKey !== undefined) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      'signaturePrivateKey is refused for custody "device": a device\'s private keys never leave it',
+    );
+  }
+  if (input.notifyUrl === undefined) {
+    throw new KpRotorError(ErrorCodes.invalidRequest, 'notifyUrl is required for custody "device"');
+  }
+  const problem = devices.endpointProblem(input.notifyUrl);
+  if (problem !== undefined) {
+    throw new KpRotorError(ErrorCodes.invalidRequest, `notifyUrl: ${problem}`);
   }
 }
 
@@ -253,6 +313,12 @@ export async function status(rotor: Rotor, id: string) {
     lastError: identity.lastError,
     lastFailureAt: identity.lastFailureAt,
     createdAt: identity.createdAt,
+    custody: identity.custody,
+    awaitingDeviceSince: identity.awaitingDeviceSince,
+    awaitingDeviceSeconds:
+      identity.awaitingDeviceSince === null
+        ? null
+        : Math.max(0, Math.round((rotor.clock() - identity.awaitingDeviceSince.getTime()) / 1000)),
     wakeups: { rotation: rotationWake, deletion: deletionWake },
     keyPackages: keyPackages.map(({ isCurrent, ...kp }) => ({
       ...kp,

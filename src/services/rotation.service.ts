@@ -1,6 +1,6 @@
 import type { LockedIdentity, NewKeyPackage, PendingKeyPackage, StoreTx } from "../core/ports.js";
 import { afterRotation, decideRotation } from "../core/timers.js";
-import { reusablePending, rotationRearmAt } from "../core/transitions.js";
+import { reusablePending, rotationRearmAt, rotationSource } from "../core/transitions.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
 import { settleAll } from "../settle.js";
@@ -34,7 +34,15 @@ export interface PreparedPackage extends PendingKeyPackage {
 export type Prepared =
   | { kind: "gone" }
   | { kind: "not-due"; deadline: number }
-  | { kind: "publish"; pending: PreparedPackage; dueDeadline: number };
+  | { kind: "publish"; pending: PreparedPackage; dueDeadline: number }
+  /** A device identity's rotation is due and it has uploaded nothing yet: ask it (marked awaiting). */
+  | {
+      kind: "await-device";
+      dueDeadline: number;
+      notifyUrl: string | null;
+      currentRef: string | null;
+      awaitingSince: number;
+    };
 
 /**
  * Step 1; runs inside the caller's transaction, which holds the identity's row lock.
@@ -64,8 +72,25 @@ export async function prepareRotation(
   const direct = publishesByPromoting(rotor.publisher);
   const existing =
     options.pending === undefined ? await tx.findPending(identity.id) : options.pending;
-  const reuse = reusablePending(existing, generation, rotor.keys.ciphersuite);
+  // A device's upload may use any allowed suite: its pending package is its own choice.
+  const reuse =
+    identity.custody === "device"
+      ? existing?.generation === generation
+      : reusablePending(existing, generation, rotor.keys.ciphersuite);
   if (existing && !reuse) await tx.deletePending(existing.id);
+  if (rotationSource(identity.custody, reuse) === "await-device") {
+    const [, currentRef] = await settleAll([
+      tx.markAwaitingDevice(identity.id, now),
+      tx.currentRef(identity.id),
+    ] as const);
+    return {
+      kind: "await-device",
+      dueDeadline,
+      notifyUrl: identity.notifyUrl,
+      currentRef,
+      awaitingSince: identity.awaitingDeviceSince ?? now,
+    };
+  }
 
   if (reuse && existing && !direct) {
     if (!identity.publishing) await tx.markPublishing(identity.id, now);
@@ -108,7 +133,7 @@ export async function prepareRotation(
  * retried: never a wrong state. The fence cannot fail (the generation was read under the lock
  * this transaction holds); if it did, everything rolls back.
  */
-async function promoteInPrepare(
+export async function promoteInPrepare(
   rotor: Rotor,
   tx: StoreTx,
   identity: LockedIdentity,
@@ -139,6 +164,10 @@ async function generateSealed(
   identity: LockedIdentity,
   now: number,
 ): Promise<NewKeyPackage> {
+  if (identity.custody === "device") {
+    // Unreachable by construction (rotationSource); a guard, since this is the one place keys are made.
+    throw new Error("refusing to generate a key package for a device identity");
+  }
   if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
     throw new Error("live identity without a signature key");
   }

@@ -84,7 +84,7 @@ export async function buildPackage(keys: DeviceKeys, options: BuildOptions): Pro
     });
   }
   if (!options.unlistedMarker) {
-    for (const e of extensions) capabilities.extensions.push(e.extensionType);
+    for (const e of extensions) capabilities.extensions.push(e.extensionType as number);
   }
   const encryption = await impl.hpke.generateKeyPair();
   const encryptionKey = await impl.hpke.exportPublicKey(encryption.publicKey);

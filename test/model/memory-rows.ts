@@ -12,6 +12,11 @@ export interface IdentityRow {
   publishingSince: number | null;
   welcomeDeadline: number | null;
   rotationFailures: number;
+  custody: "service" | "device";
+  notifyUrl: string | null;
+  awaitingDeviceSince: number | null;
+  /** Init-key digests of the identity's uploads (replaced, never mutated: rows are cloned shallowly). */
+  initKeys: readonly string[];
 }
 
 export interface PackageRow {
@@ -58,6 +63,10 @@ export function tombstoneRow(id: string, deregisteredAt: number | null): Identit
     publishingSince: null,
     welcomeDeadline: null,
     rotationFailures: 0,
+    custody: "service",
+    notifyUrl: null,
+    awaitingDeviceSince: null,
+    initKeys: [],
   };
 }
 

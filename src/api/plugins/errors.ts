@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance } from "fastify";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
+import { UPLOAD_CHECKS } from "../../keys/validate-upload.js";
 import { isUnavailable, redactError } from "../../safe-errors.js";
 
 const STATUS: Record<string, number> = {
@@ -8,6 +9,8 @@ const STATUS: Record<string, number> = {
   [ErrorCodes.notFound]: 404,
   [ErrorCodes.unavailable]: 503,
   [ErrorCodes.publishFailed]: 502,
+  [ErrorCodes.custodyMismatch]: 409,
+  ...Object.fromEntries(Object.values(UPLOAD_CHECKS).map((code) => [code, 422])),
 };
 
 /** A plugin's own code (rate limiting says RATE_LIMITED), else Fastify's, else a generic one. */
