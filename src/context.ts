@@ -5,6 +5,12 @@ import { createPostgresStore } from "./db/store.js";
 import { createKeyring } from "./keys/encryption.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
 import { createDirectoryPublisher, createWebhookPublisher } from "./keys/publisher.js";
+import {
+  createDeviceNotifier,
+  deriveNotifyMaster,
+  deviceEndpointProblem,
+  deviceSecret,
+} from "./keys/device-notifier.js";
 import type { Logger } from "./logger.js";
 import { createRedis, createTimers } from "./queue/timers.js";
 import { RotorEvents } from "./services/events.js";
@@ -74,6 +80,7 @@ export async function createContext(
       clock: options.clock ?? Date.now,
       log,
       events: new RotorEvents(),
+      devices: devicesFor(config),
     };
     return {
       config,
@@ -99,6 +106,20 @@ export async function createContext(
     await close();
     throw err;
   }
+}
+
+/** Device custody's notifier and upload policy (docs/device-custody.md). */
+function devicesFor(config: Config) {
+  const device = config.keys.device;
+  const master = device.notifySecret ?? deriveNotifyMaster(config.keys.encryptionKey);
+  return {
+    notifier: createDeviceNotifier({ master, timeoutMs: device.notifyTimeoutMs }),
+    allowedCiphersuites: device.allowedCiphersuites,
+    marginMs: device.marginMs,
+    maxLifetimeMs: device.maxLifetimeMs,
+    secretFor: (identityId: string) => deviceSecret(master, identityId),
+    endpointProblem: (url: string) => deviceEndpointProblem(url, device.allowHttp),
+  };
 }
 
 async function withTimeout(check: Promise<boolean>, ms: number): Promise<boolean> {

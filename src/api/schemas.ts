@@ -67,9 +67,47 @@ export const registerBody = {
       "identity bytes of the basic credential (default: the identity id in UTF-8), at most 1 KiB",
     ),
     signaturePrivateKey: base64(
-      "the identity's own Ed25519 private key (32-byte seed); sealed at rest. Generated when absent.",
+      "the identity's own Ed25519 private key (32-byte seed); sealed at rest. Generated when absent. Custody service only.",
+    ),
+    custody: {
+      type: "string",
+      enum: ["service", "device"],
+      description:
+        'who holds the private keys: "service" (default: generated and sealed here) or "device" (the device uploads its key packages; the service never sees a private key)',
+    },
+    notifyUrl: {
+      type: "string",
+      maxLength: 2048,
+      description:
+        "custody device (required): the device's endpoint for signed `device.rotate` and `device.delete` notifications (https://, or http:// to loopback)",
+    },
+    signaturePublicKey: base64(
+      "custody device (optional): the signature public key every upload must carry",
     ),
   },
+} as const;
+
+/** A device's upload was made current. */
+export const uploadResponse = {
+  type: "object",
+  required: ["identityId", "ref", "generation", "changed"],
+  properties: {
+    identityId: { type: "string" },
+    ref: { type: "string", description: "KeyPackageRef (hex) of the now current package" },
+    generation: { type: "integer" },
+    nextRotationAt: nullableInstant,
+    changed: {
+      type: "boolean",
+      description: "false: this package was already current (a retried upload); nothing changed",
+    },
+  },
+} as const;
+
+export const uploadRefused = {
+  422: error(
+    "The key package was refused; `error` names the check (KP_PROTOCOL_VERSION, KP_CIPHERSUITE_NOT_ALLOWED, KP_LEAF_NODE_SOURCE, KP_SIGNATURE_INVALID, KP_LEAF_SIGNATURE_INVALID, KP_INIT_KEY_EQUALS_ENCRYPTION_KEY, KP_INIT_KEY_REUSED, KP_CREDENTIAL_MISMATCH, KP_SIGNATURE_KEY_MISMATCH, KP_NOT_YET_VALID, KP_EXPIRED, KP_LIFETIME_TOO_SHORT, KP_LIFETIME_TOO_LONG, KP_CAPABILITIES, KP_EXTENSION_NOT_IN_CAPABILITIES, KP_NOT_LAST_RESORT, KP_MALFORMED)",
+  ),
+  409: error("CUSTODY_MISMATCH: the identity's custody is not device, or another upload won"),
 } as const;
 
 export const registered = {
@@ -87,6 +125,12 @@ export const registered = {
     publishError: {
       type: "string",
       description: "why the first publish failed; the rotation worker keeps retrying",
+    },
+    custody: { type: "string", enum: ["service", "device"] },
+    notificationSecret: {
+      type: "string",
+      description:
+        "custody device: the Standard Webhooks secret (whsec_…) the device verifies its notifications with; the same on every registration",
     },
   },
 } as const;
@@ -161,6 +205,19 @@ export const safetyResponse = {
         },
       }),
       description: "identities whose last rotation attempts failed",
+    },
+    awaitingDevice: {
+      ...listed({
+        type: "object",
+        properties: {
+          identityId: { type: "string" },
+          awaitingSince: nullableInstant,
+          awaitingSeconds: { type: "integer" },
+          rotationDeadline: nullableInstant,
+        },
+      }),
+      description:
+        "device identities whose rotation is due and whose upload has not come (longest waiting first); each is notified again with backoff",
     },
     sealedKeys: {
       description:

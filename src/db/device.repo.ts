@@ -80,7 +80,9 @@ export async function currentRef(tx: Tx, identityId: string): Promise<string | n
 }
 
 /** Live device identities awaiting an upload, and since when the oldest has waited. */
-export async function awaitingDevices(db: Db): Promise<{ count: number; oldestSince: Date | null }> {
+export async function awaitingDevices(
+  db: Db,
+): Promise<{ count: number; oldestSince: Date | null }> {
   const [row] = await db
     .select({ n: count(), oldest: min(identities.awaitingDeviceSince) })
     .from(identities)

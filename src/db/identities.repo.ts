@@ -422,5 +422,8 @@ export async function getIdentity(db: Db, id: string) {
     .where(and(eq(identities.id, id), isNull(identities.deregisteredAt)));
   return identity === undefined
     ? undefined
-    : { ...identity, custody: identity.custody === "device" ? ("device" as const) : ("service" as const) };
+    : {
+        ...identity,
+        custody: identity.custody === "device" ? ("device" as const) : ("service" as const),
+      };
 }

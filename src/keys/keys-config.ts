@@ -14,6 +14,16 @@ export interface KeysConfig {
   publisher:
     | { kind: "directory" }
     | { kind: "webhook"; url: string; secrets: string[]; timeoutMs: number };
+  /** Device custody: notifications and the upload policy (docs/device-custody.md). */
+  device: {
+    /** DEVICE_NOTIFY_SECRET's bytes; undefined: derived from the key-encryption key. */
+    notifySecret: Uint8Array | undefined;
+    notifyTimeoutMs: number;
+    allowHttp: boolean;
+    allowedCiphersuites: string[];
+    marginMs: number;
+    maxLifetimeMs: number;
+  };
 }
 
 /** Reads the KEYS/PUBLISH variables, pushing a line per problem onto `problems`. */
@@ -80,8 +90,33 @@ export function loadKeysConfig(
     problems.push(`PUBLISHER=${JSON.stringify(kind)}: expected directory or webhook`);
   }
 
+  const ciphersuite = env.MLS_CIPHERSUITE || DEFAULT_CIPHERSUITE;
+  const durationOf = (name: string, fallback: string, min: number): number => {
+    const raw = env[name] || fallback;
+    const ms = parseDuration(raw);
+    if (ms === undefined || ms < min) {
+      problems.push(`${name}=${JSON.stringify(raw)}: expected a duration such as 7d`);
+      return min;
+    }
+    return ms;
+  };
+  const notifySecret = env.DEVICE_NOTIFY_SECRET ?? "";
+  if (notifySecret !== "" && notifySecret.length < 16) {
+    problems.push("DEVICE_NOTIFY_SECRET: expected at least 16 characters");
+  }
+  const device: KeysConfig["device"] = {
+    notifySecret: notifySecret === "" ? undefined : new TextEncoder().encode(notifySecret),
+    notifyTimeoutMs: durationOf("DEVICE_NOTIFY_TIMEOUT", "5s", 1),
+    allowHttp: env.DEVICE_NOTIFY_ALLOW_HTTP === "true",
+    allowedCiphersuites: (env.MLS_ALLOWED_CIPHERSUITES || ciphersuite)
+      .split(/[\s,]+/)
+      .filter((s) => s !== ""),
+    marginMs: durationOf("KEY_PACKAGE_MARGIN", "7d", 0),
+    maxLifetimeMs: durationOf("MAX_KEY_PACKAGE_LIFETIME", "90d", 1),
+  };
   return {
-    ciphersuite: env.MLS_CIPHERSUITE || DEFAULT_CIPHERSUITE,
+    device,
+    ciphersuite,
     encryptionKey: encryptionKey ?? new Uint8Array(32),
     previousEncryptionKey,
     insecureDevKey: insecureDevKey && !set("KEY_ENCRYPTION_KEY"),

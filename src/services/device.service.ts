@@ -4,11 +4,7 @@ import { ErrorCodes, KpRotorError } from "../errors.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import { validateUpload } from "../keys/validate-upload.js";
 import { assertIdentityId, notFound } from "./identities.service.js";
-import {
-  completeRotation,
-  type PreparedPackage,
-  promoteInPrepare,
-} from "./rotation.service.js";
+import { completeRotation, type PreparedPackage, promoteInPrepare } from "./rotation.service.js";
 import type { DeviceSupport, Rotor } from "./rotor.js";
 
 /**

@@ -55,30 +55,47 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
   };
   const failingWhere = and(gt(identities.rotationFailures, 0), isNull(identities.deregisteredAt));
 
-  const [stale, expiringSoon, failing, failingCount, oldest] = await Promise.all([
-    currentPackages(lt(keyPackages.createdAt, staleBefore), keyPackages.createdAt),
-    currentPackages(lt(keyPackages.notAfter, expiringBefore), keyPackages.notAfter),
-    db
-      .select({
-        identityId: identities.id,
-        failures: identities.rotationFailures,
-        lastError: identities.lastError,
-        lastFailureAt: identities.lastFailureAt,
-        rotationDeadline: identities.rotationDeadline,
-      })
-      .from(identities)
-      .where(failingWhere)
-      .orderBy(asc(identities.lastFailureAt))
-      .limit(limit),
-    db.select({ n: count() }).from(identities).where(failingWhere),
-    db
-      .select(currentColumns)
-      .from(keyPackages)
-      .innerJoin(identities, join)
-      .where(current)
-      .orderBy(asc(keyPackages.createdAt))
-      .limit(1),
-  ]);
+  const awaitingWhere = and(
+    sql`${identities.awaitingDeviceSince} is not null`,
+    isNull(identities.deregisteredAt),
+  );
+  const [stale, expiringSoon, failing, failingCount, oldest, awaiting, awaitingCount] =
+    await Promise.all([
+      currentPackages(lt(keyPackages.createdAt, staleBefore), keyPackages.createdAt),
+      currentPackages(lt(keyPackages.notAfter, expiringBefore), keyPackages.notAfter),
+      db
+        .select({
+          identityId: identities.id,
+          failures: identities.rotationFailures,
+          lastError: identities.lastError,
+          lastFailureAt: identities.lastFailureAt,
+          rotationDeadline: identities.rotationDeadline,
+        })
+        .from(identities)
+        .where(failingWhere)
+        .orderBy(asc(identities.lastFailureAt))
+        .limit(limit),
+      db.select({ n: count() }).from(identities).where(failingWhere),
+      db
+        .select(currentColumns)
+        .from(keyPackages)
+        .innerJoin(identities, join)
+        .where(current)
+        .orderBy(asc(keyPackages.createdAt))
+        .limit(1),
+      // Device identities whose rotation is due and whose upload has not come (longest first).
+      db
+        .select({
+          identityId: identities.id,
+          awaitingSince: identities.awaitingDeviceSince,
+          rotationDeadline: identities.rotationDeadline,
+        })
+        .from(identities)
+        .where(awaitingWhere)
+        .orderBy(asc(identities.awaitingDeviceSince))
+        .limit(limit),
+      db.select({ n: count() }).from(identities).where(awaitingWhere),
+    ]);
   const oldestRow = oldest[0];
   return {
     at: new Date(now),
@@ -86,6 +103,14 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
     stale,
     expiringSoon,
     failing: { count: failingCount[0]?.n ?? 0, identities: failing },
+    awaitingDevice: {
+      count: awaitingCount[0]?.n ?? 0,
+      identities: awaiting.map((a) => ({
+        ...a,
+        awaitingSeconds:
+          a.awaitingSince === null ? 0 : Math.round((now - a.awaitingSince.getTime()) / 1000),
+      })),
+    },
     oldestCurrentKeyPackage: oldestRow
       ? { ...oldestRow, ageSeconds: Math.round((now - oldestRow.createdAt.getTime()) / 1000) }
       : null,

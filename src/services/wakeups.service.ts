@@ -89,10 +89,21 @@ async function askDevice(
     const notification = rotateNotification(id, step.notifyUrl, step.dueDeadline, step.currentRef);
     try {
       await devicesOf(rotor).notifier.notify(notification);
-      rotor.events.emit("device-notify", { identityId: id, type: "rotate", id: notification.id, ok: true });
+      rotor.events.emit("device-notify", {
+        identityId: id,
+        type: "rotate",
+        id: notification.id,
+        ok: true,
+      });
     } catch (err) {
       const error = formatSafeError(err);
-      rotor.events.emit("device-notify", { identityId: id, type: "rotate", id: notification.id, ok: false, error });
+      rotor.events.emit("device-notify", {
+        identityId: id,
+        type: "rotate",
+        id: notification.id,
+        ok: false,
+        error,
+      });
       await rotor.store.recordRotationFailure(id, rotor.clock(), error).catch(() => {});
     }
   } finally {
@@ -159,7 +170,12 @@ async function deleteForDevice(
         });
         throw err;
       }
-      rotor.events.emit("device-notify", { identityId: id, type: "delete", id: notification.id, ok: true });
+      rotor.events.emit("device-notify", {
+        identityId: id,
+        type: "delete",
+        id: notification.id,
+        ok: true,
+      });
     }
   }
   return rotor.store.transaction(async (tx) => {

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from "fastify";
+import { uploadKeyPackage } from "../../services/device.service.js";
 import * as identities from "../../services/identities.service.js";
 import type { LiveRotor as Rotor } from "../../services/rotor.js";
 import { safetyReport } from "../../services/safety.service.js";
@@ -8,7 +9,12 @@ import {
   keyPackageJson,
   notFoundError,
   safetyResponse,
+  uploadRefused,
+  uploadResponse,
 } from "../schemas.js";
+
+/** The largest key package upload accepted (a KeyPackage is a few hundred bytes). */
+export const MAX_UPLOAD_BYTES = 64 * 1024;
 
 /** Whether an Accept header asks for JSON rather than the raw key package. */
 function prefersJson(accept: string | undefined): boolean {
@@ -75,6 +81,50 @@ export function keyRoutes(app: FastifyInstance, rotor: Rotor): void {
         .header("kp-rotor-not-before", kp.notBefore.toISOString())
         .header("kp-rotor-not-after", kp.notAfter.toISOString())
         .send(Buffer.from(kp.keyPackage));
+    },
+  );
+
+  // A device's upload is the raw MLSMessage: kept as bytes (this content type only).
+  app.addContentTypeParser(
+    "message/mls",
+    { parseAs: "buffer", bodyLimit: MAX_UPLOAD_BYTES },
+    (_request, body, done) => done(null, body),
+  );
+  app.put<{ Params: { identityId: string }; Body: Buffer }>(
+    "/v1/identities/:identityId/key-package",
+    {
+      schema: {
+        tags: ["key packages"],
+        summary: "Upload a device identity's new key package",
+        description:
+          "Custody device only. The body is the TLS-encoded MLSMessage (Content-Type: message/mls). It is validated (RFC 9420 §10.1 and policy: 422 with a code naming the failed check), published, and made current; the previous package is superseded (deleted after DELETION_GRACE, with a signed device.delete) and the rotation deadline moves ROTATION_INTERVAL on. Uploading before being asked is a rotation too. Uploading the current package again answers 200 with changed=false.",
+        params: identityParams,
+        consumes: ["message/mls"],
+        response: {
+          200: { description: "The upload is the current key package", ...uploadResponse },
+          ...commonErrors,
+          ...notFoundError,
+          ...uploadRefused,
+        },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      if (!Buffer.isBuffer(body)) {
+        return reply.status(415).send({
+          error: "UNSUPPORTED_MEDIA_TYPE",
+          message: "upload the key package as Content-Type: message/mls",
+        });
+      }
+      const result = await uploadKeyPackage(rotor, request.params.identityId, new Uint8Array(body));
+      return reply.send({
+        identityId: request.params.identityId,
+        ref: result.ref,
+        generation: result.generation,
+        nextRotationAt:
+          result.rotationDeadline === null ? null : new Date(result.rotationDeadline).toISOString(),
+        changed: result.changed,
+      });
     },
   );
 
