@@ -5,6 +5,7 @@ import type { Rotor } from "../../services/rotor.js";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
 import {
   commonErrors,
+  custodyConflict,
   identityParams,
   registerBody,
   identityStatus,
@@ -82,6 +83,7 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityRouteDeps): v
           200: { description: "Already registered; nothing new", ...registered },
           201: { description: "Registered", ...registered },
           ...commonErrors,
+          ...custodyConflict,
         },
       },
     },
