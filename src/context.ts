@@ -5,6 +5,7 @@ import { createPostgresStore } from "./db/store.js";
 import { createKeyring } from "./keys/encryption.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
 import { createDirectoryPublisher, createWebhookPublisher } from "./keys/publisher.js";
+import { createDirectoryReader, createUrlReader } from "./keys/published-reader.js";
 import {
   createDeviceNotifier,
   deriveNotifyMaster,
@@ -64,9 +65,17 @@ export async function createContext(
       config.keys.publisher.kind === "webhook"
         ? createWebhookPublisher(config.keys.publisher)
         : createDirectoryPublisher();
+    const store = createPostgresStore(database.db);
+    const verify = config.keys.verify;
+    const reader =
+      verify.kind === "directory"
+        ? createDirectoryReader(store)
+        : verify.kind === "url"
+          ? createUrlReader(verify.template, 5_000)
+          : undefined;
     const rotor: LiveRotor = {
       db: database.db,
-      store: createPostgresStore(database.db),
+      store,
       timers,
       keys,
       keyring,
@@ -81,6 +90,9 @@ export async function createContext(
       log,
       events: new RotorEvents(),
       devices: devicesFor(config),
+      ...(reader === undefined
+        ? {}
+        : { verifier: { reader, marginMs: config.keys.device.marginMs } }),
     };
     return {
       config,

@@ -211,6 +211,18 @@ export const safetyResponse = {
       }),
       description: "identities whose last rotation attempts failed",
     },
+    publishedCheckFailed: {
+      ...listed({
+        type: "object",
+        properties: {
+          identityId: { type: "string" },
+          checkedAt: nullableInstant,
+          error: { type: ["string", "null"] },
+        },
+      }),
+      description:
+        "identities whose published key package, read back from where it was published, failed its last check (wrong ref, bad signature, too short a life, unreadable); a failure rotates at once",
+    },
     awaitingDevice: {
       ...listed({
         type: "object",

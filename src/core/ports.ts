@@ -31,6 +31,8 @@ export interface LockedIdentity extends RotationState {
   notifyUrl: string | null;
   /** Since when a device identity's rotation is due without an upload; null when not waiting. */
   awaitingDeviceSince: number | null;
+  /** When the rotation wake-up wakes early to check the published package (null: none). */
+  verifyAt: number | null;
   credentialIdentity: Uint8Array | null;
   signaturePublicKey: Uint8Array | null;
   /** Sealed; open with the keyring. */
@@ -84,6 +86,8 @@ export interface RotationWrite {
   now: number;
   rotationDeadline: number;
   supersededDeleteAt: number;
+  /** The mid-interval check of the published package (null: none). */
+  verifyAt?: number | null;
 }
 
 export interface NewIdentity {
@@ -149,6 +153,7 @@ export interface StoreTx {
     now: number;
     rotationDeadline: number;
     supersededDeleteAt: number;
+    verifyAt?: number | null;
   }): Promise<{ nextDeleteAt: number | null } | null>;
   /** Deletes superseded packages whose delete_at <= now; returns how many. */
   deleteDueKeyPackages(identityId: string, now: number): Promise<number>;
@@ -167,6 +172,10 @@ export interface StoreTx {
   deleteDueKeyPackagesIn(identityId: string, now: number, refs: readonly string[]): Promise<number>;
   /** The current package's ref, if any. */
   currentRef(identityId: string): Promise<string | null>;
+  /** Clears verify_at (the mid-interval check of this generation is taken). */
+  clearVerifyAt(identityId: string): Promise<void>;
+  /** Records a check of the published package: error null when it passed. */
+  recordVerify(identityId: string, now: number, error: string | null): Promise<void>;
 }
 
 /** The identity as the status endpoint shows it (no key material). */
@@ -181,6 +190,9 @@ export interface IdentitySummary {
   createdAt: Date;
   custody: Custody;
   awaitingDeviceSince: Date | null;
+  /** Why the last check of the published package failed (null: passed, or none ran). */
+  verifyError: string | null;
+  lastVerifiedAt: Date | null;
 }
 
 /** A key package's public columns. */
@@ -352,6 +364,14 @@ export type DeviceNotification =
       currentRef: string | null;
     }
   | { type: "delete"; id: string; identityId: string; endpoint: string; ref: string };
+
+/**
+ * Reads an identity's key package back from where it was published (the directory: the row its
+ * endpoint serves; a webhook: PUBLISH_VERIFY_URL). null: nothing is published there.
+ */
+export interface PublishedReader {
+  read(identityId: string): Promise<Uint8Array | null>;
+}
 
 export interface DeviceNotifier {
   /** Resolves when the device's endpoint answered 2xx; rejects otherwise. */

@@ -89,3 +89,20 @@ export async function awaitingDevices(
     .where(and(isNotNull(identities.awaitingDeviceSince), isNull(identities.deregisteredAt)));
   return { count: Number(row?.n ?? 0), oldestSince: row?.oldest ?? null };
 }
+
+export async function clearVerifyAt(tx: Tx, identityId: string): Promise<void> {
+  await tx.update(identities).set({ verifyAt: null }).where(eq(identities.id, identityId));
+}
+
+/** A check of the published package: the error is kept until a check passes. */
+export async function recordVerify(
+  tx: Tx,
+  identityId: string,
+  now: number,
+  error: string | null,
+): Promise<void> {
+  await tx
+    .update(identities)
+    .set({ lastVerifiedAt: new Date(now), verifyError: error?.slice(0, 500) ?? null })
+    .where(eq(identities.id, identityId));
+}

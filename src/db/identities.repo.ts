@@ -36,6 +36,7 @@ function toLocked(row: IdentityRow & { now: number }, fence: number): LockedIden
     custody: row.custody === "device" ? "device" : "service",
     notifyUrl: row.notifyUrl,
     awaitingDeviceSince: toMs(row.awaitingDeviceSince),
+    verifyAt: toMs(row.verifyAt),
     publishing: row.publishingSince !== null,
     welcomeDeadline: toMs(row.welcomeDeadline),
     now: row.now,
@@ -417,6 +418,8 @@ export async function getIdentity(db: Db, id: string) {
       createdAt: identities.createdAt,
       custody: identities.custody,
       awaitingDeviceSince: identities.awaitingDeviceSince,
+      verifyError: identities.verifyError,
+      lastVerifiedAt: identities.lastVerifiedAt,
     })
     .from(identities)
     .where(and(eq(identities.id, id), isNull(identities.deregisteredAt)));

@@ -71,6 +71,14 @@ export const identities = pgTable(
     notifyUrl: text("notify_url"),
     /** Since when a device identity's rotation is due and its upload has not come (null: not waiting). */
     awaitingDeviceSince: instant("awaiting_device_since"),
+    /**
+     * When the rotation wake-up should wake early, at about half the interval, to re-read the
+     * published package and check it (null: done for this generation, or none planned).
+     */
+    verifyAt: instant("verify_at"),
+    lastVerifiedAt: instant("last_verified_at"),
+    /** Why the last check of the published package failed (null: it passed, or none ran). */
+    verifyError: text("verify_error"),
   },
   (t) => [
     index("identities_failing_idx").on(t.lastFailureAt).where(sql`${t.rotationFailures} > 0`),
@@ -86,6 +94,9 @@ export const identities = pgTable(
       "identities_device_has_endpoint",
       sql`${t.custody} <> 'device' or ${t.deregisteredAt} is not null or ${t.notifyUrl} is not null`,
     ),
+    index("identities_verify_error_idx")
+      .on(t.lastVerifiedAt)
+      .where(sql`${t.verifyError} is not null and ${t.deregisteredAt} is null`),
     index("identities_awaiting_device_idx")
       .on(t.awaitingDeviceSince)
       .where(sql`${t.awaitingDeviceSince} is not null and ${t.deregisteredAt} is null`),

@@ -55,5 +55,7 @@ function bindTx(tx: Tx): StoreTx {
     dueDeletionRefs: (id, now) => device.dueDeletionRefs(tx, id, now),
     deleteDueKeyPackagesIn: (id, now, refs) => device.deleteDueKeyPackagesIn(tx, id, now, refs),
     currentRef: (id) => device.currentRef(tx, id),
+    clearVerifyAt: (id) => device.clearVerifyAt(tx, id),
+    recordVerify: (id, now, error) => device.recordVerify(tx, id, now, error),
   };
 }

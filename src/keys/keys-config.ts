@@ -14,6 +14,11 @@ export interface KeysConfig {
   publisher:
     | { kind: "directory" }
     | { kind: "webhook"; url: string; secrets: string[]; timeoutMs: number };
+  /**
+   * Where a published package is read back to check it: the directory itself, a URL template
+   * (PUBLISH_VERIFY_URL, `{identityId}` replaced), or nowhere (a webhook without the template).
+   */
+  verify: { kind: "directory" } | { kind: "url"; template: string } | { kind: "none" };
   /** Device custody: notifications and the upload policy (docs/device-custody.md). */
   device: {
     /** DEVICE_NOTIFY_SECRET's bytes; undefined: derived from the key-encryption key. */
@@ -114,8 +119,23 @@ export function loadKeysConfig(
     marginMs: durationOf("KEY_PACKAGE_MARGIN", "7d", 0),
     maxLifetimeMs: durationOf("MAX_KEY_PACKAGE_LIFETIME", "90d", 1),
   };
+  const verifyUrl = env.PUBLISH_VERIFY_URL ?? "";
+  let verify: KeysConfig["verify"] =
+    publisher.kind === "directory" ? { kind: "directory" } : { kind: "none" };
+  if (verifyUrl !== "") {
+    const problem = webhookUrlProblem(
+      verifyUrl.replaceAll("{identityId}", "x"),
+      env.PUBLISH_WEBHOOK_ALLOW_HTTP === "true",
+    );
+    if (problem !== undefined) problems.push(`PUBLISH_VERIFY_URL: ${problem}`);
+    else if (!verifyUrl.includes("{identityId}")) {
+      problems.push("PUBLISH_VERIFY_URL: expected a template containing {identityId}");
+    }
+    verify = { kind: "url", template: verifyUrl };
+  }
   return {
     device,
+    verify,
     ciphersuite,
     encryptionKey: encryptionKey ?? new Uint8Array(32),
     previousEncryptionKey,

@@ -47,7 +47,7 @@ export const LATENESS_BUCKETS = [
   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 ];
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-const ROTATION_OUTCOMES = ["rotated", "not-due", "gone", "fenced", "awaiting-device"];
+const ROTATION_OUTCOMES = ["rotated", "not-due", "gone", "fenced", "awaiting-device", "checked"];
 const TIMER_KINDS = ["rotation", "deletion"];
 const REPAIR_ACTIONS = ["add", "reschedule", "replace", "remove"];
 /** Collectors give up after this, so a scrape never hangs on a dependency that is down. */
@@ -243,6 +243,16 @@ export function createMetrics(
   for (const type of ["rotate", "delete"]) {
     for (const result of ["ok", "failed"]) deviceNotifications.labels(type, result).inc(0);
   }
+  const publishedChecks = new Counter({
+    name: "kp_rotor_published_checks_total",
+    help: "Published key packages read back and checked, by when (publish, mid-interval) and result (ok, missing, ref-mismatch, bad-signature, too-short, unreadable); a failure other than unreadable rotates at once",
+    labelNames: ["when", "result"],
+    registers,
+  });
+  for (const when of ["publish", "mid-interval"]) publishedChecks.labels(when, "ok").inc(0);
+  rotor.events.on("published-checked", (e) =>
+    publishedChecks.labels(e.when, e.ok ? "ok" : (e.reason ?? "failed")).inc(),
+  );
   rotor.events.on("device-upload", () => deviceUploads.inc());
   rotor.events.on("device-notify", (e) =>
     deviceNotifications.labels(e.type, e.ok ? "ok" : "failed").inc(),

@@ -23,6 +23,10 @@ export interface RotorEventMap {
   "device-notify": [
     { identityId: string; type: "rotate" | "delete"; id: string; ok: boolean; error?: string },
   ];
+  /** A published package was read back and checked (reason: why it failed). */
+  "published-checked": [
+    { identityId: string; when: "publish" | "mid-interval"; ok: boolean; reason?: string },
+  ];
   "wake-failed": [
     { identityId: string; kind: "rotation" | "deletion"; failures: number; error: string },
   ];

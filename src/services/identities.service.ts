@@ -315,6 +315,7 @@ export async function status(rotor: Rotor, id: string) {
     createdAt: identity.createdAt,
     custody: identity.custody,
     awaitingDeviceSince: identity.awaitingDeviceSince,
+    publishedCheck: { lastCheckedAt: identity.lastVerifiedAt, error: identity.verifyError },
     awaitingDeviceSeconds:
       identity.awaitingDeviceSince === null
         ? null

@@ -1,6 +1,13 @@
 import type { LockedIdentity, NewKeyPackage, PendingKeyPackage, StoreTx } from "../core/ports.js";
 import { afterRotation, decideRotation } from "../core/timers.js";
-import { reusablePending, rotationRearmAt, rotationSource } from "../core/transitions.js";
+import {
+  reusablePending,
+  rotationRearmAt,
+  rotationSource,
+  verifyAtAfterRotation,
+} from "../core/transitions.js";
+import { redactError } from "../safe-errors.js";
+import { verifyPublished } from "./verify.service.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
 import { settleAll } from "../settle.js";
@@ -150,12 +157,19 @@ export async function promoteInPrepare(
       now,
       rotationDeadline: next.rotationDeadline,
       supersededDeleteAt: next.supersededDeleteAt,
+      verifyAt: plannedCheck(rotor, now, next.rotationDeadline),
     }),
     makeCurrent(now),
   ] as const);
   if (superseded.fenced) throw new Error(`identity ${identityId} changed generation under lock`);
   await rotor.timers.arm("deletion", identityId, superseded.nextDeleteAt, now, identity.fence);
   return now;
+}
+
+/** The mid-interval check of the published package, when checks are configured. */
+function plannedCheck(rotor: Rotor, now: number, rotationDeadline: number): number | null {
+  if (rotor.verifier === undefined) return null;
+  return verifyAtAfterRotation(now, rotor.timing.rotationIntervalMs, rotationDeadline);
 }
 
 /** A fresh key package for the identity, its private half sealed. */
@@ -228,6 +242,7 @@ async function promoteRotation(
       now,
       rotationDeadline: next.rotationDeadline,
       supersededDeleteAt: next.supersededDeleteAt,
+      verifyAt: plannedCheck(rotor, now, next.rotationDeadline),
     });
     // The superseded package's deletion is armed before the commit (an earlier wake-up is always
     // safe): if the re-arm step after the commit fails, or the worker dies there, nothing else
@@ -280,5 +295,14 @@ export async function completeRotation(
         .then((next) => rotor.timers.arm("deletion", identityId, next, now, identity?.fence ?? 0)),
     ]);
   });
+  if (promoted.outcome === "rotated" && rotor.verifier !== undefined) {
+    // Read back what was just published. The rotation is committed and armed whatever this finds.
+    await verifyPublished(rotor, identityId, "publish").catch((err) =>
+      rotor.log.warn(
+        { identityId, err: redactError(err) },
+        "could not check the published key package",
+      ),
+    );
+  }
   return promoted;
 }

@@ -1,4 +1,11 @@
-import type { Clock, DeviceNotifier, Publisher, Store, Wakeups } from "../core/ports.js";
+import type {
+  Clock,
+  DeviceNotifier,
+  Publisher,
+  PublishedReader,
+  Store,
+  Wakeups,
+} from "../core/ports.js";
 import type { Timing } from "../core/timers.js";
 import type { Db } from "../db/client.js";
 import type { Keyring } from "../keys/encryption.js";
@@ -32,6 +39,11 @@ export interface Rotor {
   events: RotorEvents;
   /** Device custody (docs/device-custody.md); without it, device identities are refused. */
   devices?: DeviceSupport;
+  /**
+   * Checks of the published package, after each publish and at about half the interval; absent:
+   * no checks (a webhook publisher without PUBLISH_VERIFY_URL).
+   */
+  verifier?: { reader: PublishedReader; marginMs: number };
 }
 
 /** What device custody needs: the notifier and the upload policy. */

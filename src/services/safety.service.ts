@@ -59,43 +59,68 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
     sql`${identities.awaitingDeviceSince} is not null`,
     isNull(identities.deregisteredAt),
   );
-  const [stale, expiringSoon, failing, failingCount, oldest, awaiting, awaitingCount] =
-    await Promise.all([
-      currentPackages(lt(keyPackages.createdAt, staleBefore), keyPackages.createdAt),
-      currentPackages(lt(keyPackages.notAfter, expiringBefore), keyPackages.notAfter),
-      db
-        .select({
-          identityId: identities.id,
-          failures: identities.rotationFailures,
-          lastError: identities.lastError,
-          lastFailureAt: identities.lastFailureAt,
-          rotationDeadline: identities.rotationDeadline,
-        })
-        .from(identities)
-        .where(failingWhere)
-        .orderBy(asc(identities.lastFailureAt))
-        .limit(limit),
-      db.select({ n: count() }).from(identities).where(failingWhere),
-      db
-        .select(currentColumns)
-        .from(keyPackages)
-        .innerJoin(identities, join)
-        .where(current)
-        .orderBy(asc(keyPackages.createdAt))
-        .limit(1),
-      // Device identities whose rotation is due and whose upload has not come (longest first).
-      db
-        .select({
-          identityId: identities.id,
-          awaitingSince: identities.awaitingDeviceSince,
-          rotationDeadline: identities.rotationDeadline,
-        })
-        .from(identities)
-        .where(awaitingWhere)
-        .orderBy(asc(identities.awaitingDeviceSince))
-        .limit(limit),
-      db.select({ n: count() }).from(identities).where(awaitingWhere),
-    ]);
+  const verifyWhere = and(
+    sql`${identities.verifyError} is not null`,
+    isNull(identities.deregisteredAt),
+  );
+  const [
+    stale,
+    expiringSoon,
+    failing,
+    failingCount,
+    oldest,
+    awaiting,
+    awaitingCount,
+    verifyFailed,
+    verifyFailedCount,
+  ] = await Promise.all([
+    currentPackages(lt(keyPackages.createdAt, staleBefore), keyPackages.createdAt),
+    currentPackages(lt(keyPackages.notAfter, expiringBefore), keyPackages.notAfter),
+    db
+      .select({
+        identityId: identities.id,
+        failures: identities.rotationFailures,
+        lastError: identities.lastError,
+        lastFailureAt: identities.lastFailureAt,
+        rotationDeadline: identities.rotationDeadline,
+      })
+      .from(identities)
+      .where(failingWhere)
+      .orderBy(asc(identities.lastFailureAt))
+      .limit(limit),
+    db.select({ n: count() }).from(identities).where(failingWhere),
+    db
+      .select(currentColumns)
+      .from(keyPackages)
+      .innerJoin(identities, join)
+      .where(current)
+      .orderBy(asc(keyPackages.createdAt))
+      .limit(1),
+    // Device identities whose rotation is due and whose upload has not come (longest first).
+    db
+      .select({
+        identityId: identities.id,
+        awaitingSince: identities.awaitingDeviceSince,
+        rotationDeadline: identities.rotationDeadline,
+      })
+      .from(identities)
+      .where(awaitingWhere)
+      .orderBy(asc(identities.awaitingDeviceSince))
+      .limit(limit),
+    db.select({ n: count() }).from(identities).where(awaitingWhere),
+    // The last check of the published package failed (a failure rotates at once).
+    db
+      .select({
+        identityId: identities.id,
+        checkedAt: identities.lastVerifiedAt,
+        error: identities.verifyError,
+      })
+      .from(identities)
+      .where(verifyWhere)
+      .orderBy(asc(identities.lastVerifiedAt))
+      .limit(limit),
+    db.select({ n: count() }).from(identities).where(verifyWhere),
+  ]);
   const oldestRow = oldest[0];
   return {
     at: new Date(now),
@@ -103,6 +128,7 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
     stale,
     expiringSoon,
     failing: { count: failingCount[0]?.n ?? 0, identities: failing },
+    publishedCheckFailed: { count: verifyFailedCount[0]?.n ?? 0, identities: verifyFailed },
     awaitingDevice: {
       count: awaitingCount[0]?.n ?? 0,
       identities: awaiting.map((a) => ({

@@ -1,5 +1,7 @@
 import type { ActiveWakeup } from "../core/ports.js";
 import { backoffMs, fireTimeFor } from "../core/timers.js";
+import { wakeTarget } from "../core/transitions.js";
+import { verifyPublished } from "./verify.service.js";
 import { formatSafeError, redactError } from "../safe-errors.js";
 import { settleAll } from "../settle.js";
 import { deleteNotification, devicesOf, rotateNotification } from "./device.service.js";
@@ -14,7 +16,13 @@ import type { Rotor } from "./rotor.js";
  * When step 1 wrote nothing (not due, or gone) both steps share one transaction.
  */
 
-export type RotationOutcome = "rotated" | "not-due" | "gone" | "fenced" | "awaiting-device";
+export type RotationOutcome =
+  | "rotated"
+  | "not-due"
+  | "gone"
+  | "fenced"
+  | "awaiting-device"
+  | "checked";
 
 export type DeletionOutcome = { deleted: number; next: number | null } | "gone";
 
@@ -39,10 +47,34 @@ export async function handleRotationWake(
     // Nothing was written for these two: re-arm or finish in the same transaction.
     if (step.kind === "gone") await wake.finish();
     if (step.kind === "not-due") {
-      await wake.rearm(fireTimeFor(step.deadline, startedAt, identity.now));
+      // An early wake for the mid-interval check of the published package: taken once (cleared
+      // before the commit), then the wake-up goes back to the deadline.
+      const check = identity.verifyAt !== null && identity.verifyAt <= identity.now;
+      if (check) await tx.clearVerifyAt(id);
+      const verifyAt = check ? null : identity.verifyAt;
+      await wake.rearm(
+        fireTimeFor(wakeTarget(step.deadline, verifyAt, identity.now), startedAt, identity.now),
+      );
+      return check ? { kind: "check" as const, deadline: step.deadline } : step;
     }
     return step;
   });
+  if (prepared.kind === "check") {
+    // Re-armed already; a check that fails to run is logged, never retried as a rotation.
+    await verifyPublished(rotor, id, "mid-interval").catch((err) =>
+      rotor.log.warn(
+        { identityId: id, err: redactError(err) },
+        "could not check the published key package",
+      ),
+    );
+    rotor.events.emit("rotation", {
+      identityId: id,
+      outcome: "checked",
+      at: rotor.clock(),
+      startedAt,
+    });
+    return "checked";
+  }
   if (prepared.kind === "await-device") {
     await askDevice(rotor, wake, prepared);
     rotor.events.emit("rotation", {

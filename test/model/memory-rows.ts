@@ -15,6 +15,7 @@ export interface IdentityRow {
   custody: "service" | "device";
   notifyUrl: string | null;
   awaitingDeviceSince: number | null;
+  verifyAt: number | null;
   /** Init-key digests of the identity's uploads (replaced, never mutated: rows are cloned shallowly). */
   initKeys: readonly string[];
 }
@@ -66,6 +67,7 @@ export function tombstoneRow(id: string, deregisteredAt: number | null): Identit
     custody: "service",
     notifyUrl: null,
     awaitingDeviceSince: null,
+    verifyAt: null,
     initKeys: [],
   };
 }

@@ -88,6 +88,8 @@ export function createMemoryStore(world: World, proc: Proc): Store {
           createdAt: new Date(world.t0),
           custody: row.custody,
           awaitingDeviceSince: date(row.awaitingDeviceSince),
+          verifyError: null,
+          lastVerifiedAt: null,
         };
       }),
     listPublic: async () => [],

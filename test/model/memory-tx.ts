@@ -94,6 +94,7 @@ export class MemoryTx {
       custody: row.custody,
       notifyUrl: row.notifyUrl,
       awaitingDeviceSince: row.awaitingDeviceSince,
+      verifyAt: row.verifyAt,
       publishing: row.publishingSince !== null,
       welcomeDeadline: row.welcomeDeadline,
       now: this.world.now(),
@@ -151,6 +152,7 @@ export class MemoryTx {
           publishingSince: null,
           welcomeDeadline: null,
           awaitingDeviceSince: null,
+          verifyAt: input.verifyAt ?? null,
         });
         for (const p of slice.packages) {
           if (p.isCurrent)
@@ -343,6 +345,8 @@ export class MemoryTx {
           slice.packages = slice.packages.filter((p) => !due.includes(p));
           return due.length;
         }),
+      clearVerifyAt: (id) => this.step("clearVerifyAt", () => setRow(id, { verifyAt: null })),
+      recordVerify: () => this.step("recordVerify", () => {}),
       currentRef: (id) =>
         this.step("currentRef", () => pkgs(id).find((p) => p.isCurrent)?.ref ?? null),
     };
