@@ -92,7 +92,13 @@ export async function createContext(
       devices: devicesFor(config),
       ...(reader === undefined
         ? {}
-        : { verifier: { reader, marginMs: config.keys.device.marginMs } }),
+        : {
+            verifier: {
+              reader,
+              marginMs: config.keys.device.marginMs,
+              midway: config.keys.verifyMidway,
+            },
+          }),
     };
     return {
       config,

@@ -354,6 +354,12 @@ export const identityStatus = {
         "custody device: since when the rotation has been due without an upload (null: not waiting)",
     },
     awaitingDeviceSeconds: { type: ["integer", "null"] },
+    publishedCheck: {
+      type: "object",
+      description:
+        "the last read-back of the published package: when, and why it failed (null: passed or none ran)",
+      properties: { lastCheckedAt: nullableInstant, error: { type: ["string", "null"] } },
+    },
     wakeups: {
       type: "object",
       properties: { rotation: wakeup, deletion: wakeup },

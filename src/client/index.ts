@@ -21,6 +21,28 @@ export interface Registered {
   created: boolean;
   generation: number;
   nextRotationAt: Instant;
+  custody?: "service" | "device";
+  /** Custody device: the secret its notifications are signed with (give it to the device). */
+  notificationSecret?: string;
+}
+
+/** Options of a registration; none are needed for custody "service". */
+export interface RegisterOptions {
+  custody?: "service" | "device";
+  /** Custody device (required): the device's notification endpoint. */
+  notifyUrl?: string;
+  /** Custody device: the signature public key every upload must carry (base64). */
+  signaturePublicKey?: string;
+}
+
+/** A device's upload, now current. */
+export interface Uploaded {
+  identityId: string;
+  ref: string;
+  generation: number;
+  nextRotationAt: Instant | null;
+  /** false: this package was already current (a retried upload). */
+  changed: boolean;
 }
 
 export interface PulledIn {
@@ -64,6 +86,9 @@ export interface IdentityStatus {
   lastError: string | null;
   lastFailureAt: Instant | null;
   createdAt: Instant;
+  custody?: "service" | "device";
+  /** Custody device: since when the rotation has been due without an upload. */
+  awaitingDeviceSince?: Instant | null;
   wakeups: { rotation?: WakeupView; deletion?: WakeupView };
   keyPackages: KeyPackageStatus[];
 }
@@ -77,6 +102,9 @@ export type ApiErrorCode =
   | "ROUTE_NOT_FOUND"
   | "DEPENDENCY_UNAVAILABLE"
   | "INTERNAL"
+  | "CUSTODY_MISMATCH"
+  /** An upload refused: the code names the check (KP_EXPIRED, KP_INIT_KEY_REUSED, ...). */
+  | `KP_${string}`
   | (string & {});
 
 /** A call that did not succeed: an HTTP error answer, or no answer at all (status 0). */
@@ -113,8 +141,10 @@ export interface ClientOptions {
 }
 
 export interface KpRotorClient {
-  /** Registers an identity (idempotent). */
-  register(identityId: string): Promise<Registered>;
+  /** Registers an identity (idempotent); `{ custody: "device", notifyUrl }` for a device. */
+  register(identityId: string, options?: RegisterOptions): Promise<Registered>;
+  /** Custody device: uploads a new key package (a TLS-encoded MLSMessage). 422: refused. */
+  uploadKeyPackage(identityId: string, keyPackage: Uint8Array): Promise<Uploaded>;
   /** A welcome consumed the identity's key package: rotate within the welcome delay. */
   welcome(identityId: string): Promise<PulledIn>;
   /** Welcomes for up to 1,000 identities in one transaction; unknown ids come back apart. */
@@ -136,13 +166,19 @@ export function createClient(options: ClientOptions): KpRotorClient {
   async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = { accept: "application/json" };
     if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
+    const binary = body instanceof Uint8Array;
+    if (body !== undefined) headers["content-type"] = binary ? "message/mls" : "application/json";
     let response: Response;
     try {
       response = await doFetch(`${base}${path}`, {
         method,
         headers,
-        body: body === undefined ? null : JSON.stringify(body),
+        body:
+          body === undefined
+            ? null
+            : binary
+              ? new Blob([body as Uint8Array<ArrayBuffer>])
+              : JSON.stringify(body),
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
@@ -172,7 +208,9 @@ export function createClient(options: ClientOptions): KpRotorClient {
   }
 
   return {
-    register: (id) => call("PUT", identity(id)),
+    register: (id, registerOptions) =>
+      call("PUT", identity(id), registerOptions === undefined ? undefined : registerOptions),
+    uploadKeyPackage: (id, keyPackage) => call("PUT", `${identity(id)}/key-package`, keyPackage),
     welcome: (id) => call("POST", `${identity(id)}/welcome`),
     welcomeBatch: (ids) => call("POST", "/v1/welcomes", { identityIds: ids }),
     rotate: (id) => call("POST", `${identity(id)}/rotate`),

@@ -19,6 +19,8 @@ export interface KeysConfig {
    * (PUBLISH_VERIFY_URL, `{identityId}` replaced), or nowhere (a webhook without the template).
    */
   verify: { kind: "directory" } | { kind: "url"; template: string } | { kind: "none" };
+  /** PUBLISH_CHECK_MIDWAY: also check at about half the rotation interval (early wake). */
+  verifyMidway: boolean;
   /** Device custody: notifications and the upload policy (docs/device-custody.md). */
   device: {
     /** DEVICE_NOTIFY_SECRET's bytes; undefined: derived from the key-encryption key. */
@@ -136,6 +138,7 @@ export function loadKeysConfig(
   return {
     device,
     verify,
+    verifyMidway: env.PUBLISH_CHECK_MIDWAY === "true",
     ciphersuite,
     encryptionKey: encryptionKey ?? new Uint8Array(32),
     previousEncryptionKey,

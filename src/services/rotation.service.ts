@@ -168,7 +168,7 @@ export async function promoteInPrepare(
 
 /** The mid-interval check of the published package, when checks are configured. */
 function plannedCheck(rotor: Rotor, now: number, rotationDeadline: number): number | null {
-  if (rotor.verifier === undefined) return null;
+  if (rotor.verifier?.midway !== true) return null;
   return verifyAtAfterRotation(now, rotor.timing.rotationIntervalMs, rotationDeadline);
 }
 

@@ -43,7 +43,12 @@ export interface Rotor {
    * Checks of the published package, after each publish and at about half the interval; absent:
    * no checks (a webhook publisher without PUBLISH_VERIFY_URL).
    */
-  verifier?: { reader: PublishedReader; marginMs: number };
+  verifier?: {
+    reader: PublishedReader;
+    marginMs: number;
+    /** Also check at about half the interval, through an early rotation wake (opt-in). */
+    midway: boolean;
+  };
 }
 
 /** What device custody needs: the notifier and the upload policy. */

@@ -31,7 +31,7 @@ async function setup(vars: Record<string, string>): Promise<TestEnv> {
 
 describe("checks of the published key package", () => {
   it("catches a directory serving another package at the mid-interval wake, and rotates at once", async () => {
-    const env = await setup({ ROTATION_INTERVAL: "30d" });
+    const env = await setup({ ROTATION_INTERVAL: "30d", PUBLISH_CHECK_MIDWAY: "true" });
     const { rotor } = env.ctx;
     const events = rotor.events;
     const metrics = metricsFor(rotor);
