@@ -24,6 +24,8 @@ export const ErrorCodes = {
   publishFailed: "PUBLISH_FAILED",
   /** The request is for a device identity, or for a service one (custody), and cannot apply. */
   custodyMismatch: "CUSTODY_MISMATCH",
+  /** A notification to a device's endpoint failed (recorded, retried with backoff). */
+  deviceNotifyFailed: "DEVICE_NOTIFY_FAILED",
 } as const;
 /** The codes of refused uploads (src/keys/validate-upload.ts, UPLOAD_CHECKS): all 422. */
 export type UploadRefusalCode = `KP_${string}`;

@@ -28,6 +28,8 @@ export async function countByKeyId(db: Db): Promise<Map<string, number>> {
     db
       .select({ keyId: keyIdOf(keyPackages.privateKey), n: count() })
       .from(keyPackages)
+      // A device identity's uploaded package has no private half here: nothing sealed to count.
+      .where(isNotNull(keyPackages.privateKey))
       .groupBy(sql`1`),
   ]);
   const counts = new Map<string, number>();

@@ -15,7 +15,7 @@ import { post } from "./publisher.js";
 
 export class DeviceNotifyError extends KpRotorError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(ErrorCodes.publishFailed, message, options);
+    super(ErrorCodes.deviceNotifyFailed, message, options);
     this.name = "DeviceNotifyError";
   }
 }

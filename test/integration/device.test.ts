@@ -197,6 +197,13 @@ describe("custody device", () => {
     expect((await deleted).deleted).toBe(1);
     const after3 = await statusOf(id);
     expect(after3.keyPackages.map((k: { state: string }) => k.state)).toEqual(["current"]);
+    // Nothing sealed is stored for it: the sealed-keys check counts no blob under no key.
+    const { checkSealedKeys } = await import("../../src/services/rewrap.service.js");
+    const report = await checkSealedKeys(env.ctx.rotor);
+    expect(report.unreadable).toBe(0);
+    expect(report.unknownKeyIds).toEqual([]);
+    const safetyAfter = await app.inject({ method: "GET", url: "/v1/safety", headers: auth });
+    expect(safetyAfter.statusCode).toBe(200);
   });
 
   it("refuses bad uploads with a 422 naming the check, and uploads for the wrong custody", async () => {
