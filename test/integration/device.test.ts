@@ -6,6 +6,7 @@ import {
   type DeviceNotificationMessage,
   verifyDeviceNotification,
 } from "../../src/client/webhooks.js";
+import { metricsFor } from "../../src/metrics/metrics.js";
 import { startWorkerRuntime } from "../../src/worker-process.js";
 import { ALL_HANDLERS } from "../../workers/index.js";
 import { buildPackage, deviceKeys } from "../helpers/device-packages.js";
@@ -143,6 +144,10 @@ describe("custody device", () => {
     expect(
       safety.awaitingDevice.identities.map((i: { identityId: string }) => i.identityId),
     ).toContain(id);
+
+    // The gauge counts the identities awaiting their device (read from Postgres at the scrape).
+    const scraped = await metricsFor(env.ctx.rotor).scrape();
+    expect(scraped.body).toMatch(/^kp_rotor_devices_overdue 1$/m);
 
     const kp1 = await buildPackage(keys, { identity, now: Date.now() });
     const up1 = await upload(id, kp1);
