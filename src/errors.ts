@@ -24,6 +24,8 @@ export const ErrorCodes = {
   publishFailed: "PUBLISH_FAILED",
   /** The request is for a device identity, or for a service one (custody), and cannot apply. */
   custodyMismatch: "CUSTODY_MISMATCH",
+  /** Another upload for the identity became current first (409). */
+  uploadSuperseded: "UPLOAD_SUPERSEDED",
   /** A notification to a device's endpoint failed (recorded, retried with backoff). */
   deviceNotifyFailed: "DEVICE_NOTIFY_FAILED",
 } as const;

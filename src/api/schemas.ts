@@ -107,7 +107,9 @@ export const uploadRefused = {
   422: error(
     "The key package was refused; `error` names the check (KP_PROTOCOL_VERSION, KP_CIPHERSUITE_NOT_ALLOWED, KP_LEAF_NODE_SOURCE, KP_SIGNATURE_INVALID, KP_LEAF_SIGNATURE_INVALID, KP_INIT_KEY_EQUALS_ENCRYPTION_KEY, KP_INIT_KEY_REUSED, KP_CREDENTIAL_MISMATCH, KP_SIGNATURE_KEY_MISMATCH, KP_NOT_YET_VALID, KP_EXPIRED, KP_LIFETIME_TOO_SHORT, KP_LIFETIME_TOO_LONG, KP_CAPABILITIES, KP_EXTENSION_NOT_IN_CAPABILITIES, KP_NOT_LAST_RESORT, KP_MALFORMED)",
   ),
-  409: error("CUSTODY_MISMATCH: the identity's custody is not device, or another upload won"),
+  409: error(
+    "CUSTODY_MISMATCH: the identity's custody is not device; UPLOAD_SUPERSEDED: another upload became current first",
+  ),
   415: error("UNSUPPORTED_MEDIA_TYPE: the body must be Content-Type: message/mls"),
 } as const;
 

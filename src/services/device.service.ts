@@ -117,7 +117,7 @@ export async function uploadKeyPackage(
   );
   if (outcome === "fenced") {
     throw new KpRotorError(
-      ErrorCodes.custodyMismatch,
+      ErrorCodes.uploadSuperseded,
       "another upload for this identity was made current first; upload again if this one should win",
     );
   }

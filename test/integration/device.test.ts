@@ -270,5 +270,28 @@ describe("custody device", () => {
     });
     expect(noEndpoint.statusCode).toBe(400);
     expect(noEndpoint.json().message).toMatch(/notifyUrl/);
+    // Notifications carry signed data: plain http only to loopback (DEVICE_NOTIFY_ALLOW_HTTP).
+    const plain = await app.inject({
+      method: "PUT",
+      url: "/v1/identities/phone-9",
+      headers: auth,
+      payload: { custody: "device", notifyUrl: "http://phone.example/kp" },
+    });
+    expect(plain.statusCode).toBe(400);
+    expect(plain.json().message).toMatch(
+      /notifyUrl: expected an https:\/\/ URL.*DEVICE_NOTIFY_ALLOW_HTTP/,
+    );
+    const withKey = await app.inject({
+      method: "PUT",
+      url: "/v1/identities/phone-9",
+      headers: auth,
+      payload: {
+        custody: "device",
+        notifyUrl: endpoint,
+        signaturePrivateKey: Buffer.alloc(32, 1).toString("base64"),
+      },
+    });
+    expect(withKey.statusCode).toBe(400);
+    expect(withKey.json().message).toMatch(/never leave/);
   });
 });

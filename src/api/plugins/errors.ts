@@ -10,6 +10,7 @@ const STATUS: Record<string, number> = {
   [ErrorCodes.unavailable]: 503,
   [ErrorCodes.publishFailed]: 502,
   [ErrorCodes.custodyMismatch]: 409,
+  [ErrorCodes.uploadSuperseded]: 409,
   ...Object.fromEntries(Object.values(UPLOAD_CHECKS).map((code) => [code, 422])),
 };
 
