@@ -4,6 +4,13 @@ import { createPostgresStore } from "./db/store.js";
 import { createKeyring } from "./keys/encryption.js";
 import { createKeyPackageFactory } from "./keys/key-package.js";
 import { createDirectoryPublisher, createWebhookPublisher } from "./keys/publisher.js";
+import { createDirectoryReader, createUrlReader } from "./keys/published-reader.js";
+import {
+  createDeviceNotifier,
+  deriveNotifyMaster,
+  deviceEndpointProblem,
+  deviceSecret,
+} from "./keys/device-notifier.js";
 import type { Logger } from "./logger.js";
 import type { KeyLayout } from "./queue/layout.js";
 import { createRedis, createTimers, type RedisConnection } from "./queue/timers.js";
@@ -58,9 +65,17 @@ export async function createContext(
       config.keys.publisher.kind === "webhook"
         ? createWebhookPublisher(config.keys.publisher)
         : createDirectoryPublisher();
+    const store = createPostgresStore(database.db);
+    const verify = config.keys.verify;
+    const reader =
+      verify.kind === "directory"
+        ? createDirectoryReader(store)
+        : verify.kind === "url"
+          ? createUrlReader(verify.template, 5_000)
+          : undefined;
     const rotor: LiveRotor = {
       db: database.db,
-      store: createPostgresStore(database.db),
+      store,
       timers,
       keys,
       keyring,
@@ -75,6 +90,16 @@ export async function createContext(
       clock: options.clock ?? Date.now,
       log,
       events: new RotorEvents(),
+      devices: devicesFor(config),
+      ...(reader === undefined
+        ? {}
+        : {
+            verifier: {
+              reader,
+              marginMs: config.keys.device.marginMs,
+              midway: config.keys.verifyMidway,
+            },
+          }),
     };
     return {
       config,
@@ -116,6 +141,20 @@ export function keyLayout(
 /** The Redis to connect to: REDIS_URL, or the cluster of REDIS_CLUSTER_NODES. */
 export function redisTarget(config: Pick<Config, "redisUrl" | "redisClusterNodes">) {
   return { url: config.redisUrl, clusterNodes: config.redisClusterNodes };
+}
+
+/** Device custody's notifier and upload policy (docs/device-custody.md). */
+function devicesFor(config: Config) {
+  const device = config.keys.device;
+  const master = device.notifySecret ?? deriveNotifyMaster(config.keys.encryptionKey);
+  return {
+    notifier: createDeviceNotifier({ master, timeoutMs: device.notifyTimeoutMs }),
+    allowedCiphersuites: device.allowedCiphersuites,
+    marginMs: device.marginMs,
+    maxLifetimeMs: device.maxLifetimeMs,
+    secretFor: (identityId: string) => deviceSecret(master, identityId),
+    endpointProblem: (url: string) => deviceEndpointProblem(url, device.allowHttp),
+  };
 }
 
 async function withTimeout(check: Promise<boolean>, ms: number): Promise<boolean> {

@@ -1,4 +1,4 @@
-import type { ApiErrorCode } from "./contract/api.js";
+import type { ApiErrorCode, UploadCheckCode } from "./contract/api.js";
 import { identityIdProblem } from "./core/identity-id.js";
 
 /**
@@ -25,8 +25,18 @@ export const ErrorCodes = {
   unavailable: "DEPENDENCY_UNAVAILABLE",
   keyMaterial: "KEY_MATERIAL_UNREADABLE",
   publishFailed: "PUBLISH_FAILED",
-} as const satisfies Record<string, ApiErrorCode | "INVALID_CONFIG" | "KEY_MATERIAL_UNREADABLE">;
-export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+  /** The request is for a device identity, or for a service one (custody), and cannot apply. */
+  custodyMismatch: "CUSTODY_MISMATCH",
+  /** Another upload for the identity became current first (409). */
+  uploadSuperseded: "UPLOAD_SUPERSEDED",
+  /** A notification to a device's endpoint failed (recorded, retried with backoff). */
+  deviceNotifyFailed: "DEVICE_NOTIFY_FAILED",
+} as const satisfies Record<
+  string,
+  ApiErrorCode | "INVALID_CONFIG" | "KEY_MATERIAL_UNREADABLE" | "DEVICE_NOTIFY_FAILED"
+>;
+/** A refused upload's code names the check (src/contract/api.ts, UPLOAD_CHECKS): all 422. */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | UploadCheckCode;
 
 /** Throws INVALID_IDENTITY_ID (400) saying what is wrong with `id`. */
 export function assertIdentityId(id: unknown): asserts id is string {

@@ -18,6 +18,7 @@ import type {
   KeyPackageStatus,
   PulledIn,
   Registered,
+  Uploaded,
   WakeupView,
   WelcomeBatchResult,
 } from "../contract/api.js";
@@ -27,13 +28,24 @@ export type {
   KeyPackageStatus,
   PulledIn,
   Registered,
+  Uploaded,
   WakeupView,
   WelcomeBatchResult,
 };
 
+/** Options of a registration; none are needed for custody "service". */
+export interface RegisterOptions {
+  custody?: "service" | "device";
+  /** Custody device (required): the device's notification endpoint. */
+  notifyUrl?: string;
+  /** Custody device: the signature public key every upload must carry (base64). */
+  signaturePublicKey?: string;
+}
+
 /**
- * Every code the API answers with (src/contract/api.ts, API_ERRORS), and the client's own for a
- * call that got no answer (`NETWORK`, `TIMEOUT`) or an answer that was not the API's (`HTTP_<status>`).
+ * Every code the API answers with (src/contract/api.ts, API_ERRORS; a refused upload's code
+ * names the check, KP_*), and the client's own for a call that got no answer (`NETWORK`,
+ * `TIMEOUT`) or an answer that was not the API's (`HTTP_<status>`).
  */
 export type ApiErrorCode = ServerErrorCode | "NETWORK" | "TIMEOUT" | `HTTP_${number}`;
 
@@ -71,8 +83,10 @@ export interface ClientOptions {
 }
 
 export interface KpRotorClient {
-  /** Registers an identity (idempotent). */
-  register(identityId: string): Promise<Registered>;
+  /** Registers an identity (idempotent); `{ custody: "device", notifyUrl }` for a device. */
+  register(identityId: string, options?: RegisterOptions): Promise<Registered>;
+  /** Custody device: uploads a new key package (a TLS-encoded MLSMessage). 422: refused. */
+  uploadKeyPackage(identityId: string, keyPackage: Uint8Array): Promise<Uploaded>;
   /** A welcome consumed the identity's key package: rotate within the welcome delay. */
   welcome(identityId: string): Promise<PulledIn>;
   /** Welcomes for up to 1,000 identities in one transaction; unknown ids come back apart. */
@@ -94,13 +108,19 @@ export function createClient(options: ClientOptions): KpRotorClient {
   async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = { accept: "application/json" };
     if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
+    const binary = body instanceof Uint8Array;
+    if (body !== undefined) headers["content-type"] = binary ? "message/mls" : "application/json";
     let response: Response;
     try {
       response = await doFetch(`${base}${path}`, {
         method,
         headers,
-        body: body === undefined ? null : JSON.stringify(body),
+        body:
+          body === undefined
+            ? null
+            : binary
+              ? new Blob([body as Uint8Array<ArrayBuffer>])
+              : JSON.stringify(body),
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
@@ -130,7 +150,9 @@ export function createClient(options: ClientOptions): KpRotorClient {
   }
 
   return {
-    register: (id) => call("PUT", identity(id)),
+    register: (id, registerOptions) =>
+      call("PUT", identity(id), registerOptions === undefined ? undefined : registerOptions),
+    uploadKeyPackage: (id, keyPackage) => call("PUT", `${identity(id)}/key-package`, keyPackage),
     welcome: (id) => call("POST", `${identity(id)}/welcome`),
     welcomeBatch: (ids) => call("POST", "/v1/welcomes", { identityIds: ids }),
     rotate: (id) => call("POST", `${identity(id)}/rotate`),

@@ -42,6 +42,21 @@ export interface KeyPackagePublished {
   };
 }
 
+/**
+ * The JSON body of a notification to a device identity (custody "device"), signed with the
+ * identity's own secret (the `notificationSecret` its registration returned). `device.rotate`:
+ * build and upload a new key package by `deadline`. `device.delete`: the superseded package
+ * `ref` is gone; delete its private keys. `webhook-id` is the same on every retry of one
+ * notification: deduplicate on it.
+ */
+export type DeviceNotificationMessage =
+  | {
+      type: "device.rotate";
+      timestamp: string;
+      data: { identityId: string; deadline: string; currentRef: string | null };
+    }
+  | { type: "device.delete"; timestamp: string; data: { identityId: string; ref: string } };
+
 export class WebhookSignatureError extends Error {
   constructor(message: string) {
     super(message);
@@ -107,4 +122,24 @@ function flatHeader(headers: Record<string, string | string[] | undefined>, name
     if (key.toLowerCase() === name && typeof value === "string") return value;
   }
   return undefined;
+}
+
+/** {@link verifyWebhook} with the identity's notification secret, then checks the body's shape. */
+export function verifyDeviceNotification(
+  secrets: readonly string[],
+  body: string,
+  headers: Record<string, string | string[] | undefined>,
+): DeviceNotificationMessage {
+  const message = verifyWebhook(
+    secrets,
+    body,
+    headers,
+  ) as Partial<DeviceNotificationMessage> | null;
+  const data = message?.data as Record<string, unknown> | undefined;
+  const ok =
+    typeof data?.identityId === "string" &&
+    ((message?.type === "device.rotate" && typeof data.deadline === "string") ||
+      (message?.type === "device.delete" && typeof data.ref === "string"));
+  if (!ok) throw new WebhookSignatureError("webhook refused: not a device notification");
+  return message as DeviceNotificationMessage;
 }

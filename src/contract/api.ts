@@ -9,6 +9,38 @@ import Type, { type Static, type TSchema } from "typebox";
  */
 
 /**
+ * The checks an uploaded key package must pass (RFC 9420 §10.1 and policy; src/keys/
+ * validate-upload.ts), in the order they run. A refused upload answers 422 with the code of the
+ * first check it failed.
+ */
+export const UPLOAD_CHECKS = {
+  malformed: "KP_MALFORMED",
+  protocolVersion: "KP_PROTOCOL_VERSION",
+  ciphersuite: "KP_CIPHERSUITE_NOT_ALLOWED",
+  leafNodeSource: "KP_LEAF_NODE_SOURCE",
+  signature: "KP_SIGNATURE_INVALID",
+  leafSignature: "KP_LEAF_SIGNATURE_INVALID",
+  initKeyEqualsEncryptionKey: "KP_INIT_KEY_EQUALS_ENCRYPTION_KEY",
+  initKeyReused: "KP_INIT_KEY_REUSED",
+  credential: "KP_CREDENTIAL_MISMATCH",
+  signatureKey: "KP_SIGNATURE_KEY_MISMATCH",
+  notYetValid: "KP_NOT_YET_VALID",
+  expired: "KP_EXPIRED",
+  lifetimeTooShort: "KP_LIFETIME_TOO_SHORT",
+  lifetimeTooLong: "KP_LIFETIME_TOO_LONG",
+  capabilities: "KP_CAPABILITIES",
+  extensionNotInCapabilities: "KP_EXTENSION_NOT_IN_CAPABILITIES",
+  lastResort: "KP_NOT_LAST_RESORT",
+} as const;
+export type UploadCheckCode = (typeof UPLOAD_CHECKS)[keyof typeof UPLOAD_CHECKS];
+const uploadRefusals = Object.fromEntries(
+  Object.entries(UPLOAD_CHECKS).map(([check, code]) => [
+    code,
+    { status: 422, description: `the uploaded key package failed the ${check} check` },
+  ]),
+) as Record<UploadCheckCode, { status: 422; description: string }>;
+
+/**
  * Every error code the API answers with, its HTTP status and what it means. A handler or plugin
  * can only send a code listed here (apiError is typed by it), and the hostile-input fuzzer fails
  * on any other code it sees.
@@ -20,6 +52,11 @@ export const API_ERRORS = {
   FORBIDDEN: { status: 403, description: "the credentials do not allow this route" },
   IDENTITY_NOT_FOUND: { status: 404, description: "the identity is not registered" },
   ROUTE_NOT_FOUND: { status: 404, description: "no such route" },
+  CUSTODY_MISMATCH: {
+    status: 409,
+    description: "the identity is registered with the other custody (service or device)",
+  },
+  UPLOAD_SUPERSEDED: { status: 409, description: "another upload became current first" },
   PAYLOAD_TOO_LARGE: { status: 413, description: "the body is larger than allowed" },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, description: "the body is not of an accepted type" },
   RATE_LIMITED: { status: 429, description: "too many requests; retry after Retry-After" },
@@ -30,6 +67,7 @@ export const API_ERRORS = {
     status: 503,
     description: "Postgres or Redis is unavailable; nothing was acknowledged",
   },
+  ...uploadRefusals,
 } as const satisfies Record<string, { status: number; description: string }>;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;
@@ -91,14 +129,32 @@ export const RegisterBody = Type.Union([
       ),
       signaturePrivateKey: Type.Optional(
         base64(
-          "the identity's own Ed25519 private key (32-byte seed); sealed at rest. Generated when absent.",
+          "the identity's own Ed25519 private key (32-byte seed); sealed at rest. Generated when absent. Custody service only.",
         ),
+      ),
+      custody: Type.Optional(
+        Type.Union([Type.Literal("service"), Type.Literal("device")], {
+          description:
+            'who holds the private keys: "service" (default: generated and sealed here) or "device" (the device uploads its key packages; the service never sees a private key)',
+        }),
+      ),
+      notifyUrl: Type.Optional(
+        Type.String({
+          maxLength: 2048,
+          description:
+            "custody device (required): the device's endpoint for signed `device.rotate` and `device.delete` notifications (https://, or http:// to loopback)",
+        }),
+      ),
+      signaturePublicKey: Type.Optional(
+        base64("custody device (optional): the signature public key every upload must carry"),
       ),
     },
     { additionalProperties: false },
   ),
   Type.Null(),
 ]);
+
+const Custody = Type.Union([Type.Literal("service"), Type.Literal("device")]);
 
 export const Registered = Type.Object({
   identityId: Type.String(),
@@ -113,7 +169,40 @@ export const Registered = Type.Object({
       description: "why the first publish failed; the rotation worker keeps retrying",
     }),
   ),
+  custody: Type.Optional(Custody),
+  notificationSecret: Type.Optional(
+    Type.String({
+      description:
+        "custody device: the Standard Webhooks secret (whsec_…) the device verifies its notifications with; the same on every registration",
+    }),
+  ),
 });
+
+/** A device's upload was made current. */
+export const Uploaded = Type.Object({
+  identityId: Type.String(),
+  ref: Type.String({ description: "KeyPackageRef (hex) of the now current package" }),
+  generation: Type.Integer(),
+  nextRotationAt: Type.Optional(nullableInstant()),
+  changed: Type.Boolean({
+    description: "false: this package was already current (a retried upload); nothing changed",
+  }),
+});
+
+/** The error answers of an upload besides the common ones. */
+export const uploadRefused = {
+  422: error(
+    `The key package was refused; \`error\` names the check (${Object.values(UPLOAD_CHECKS).join(", ")})`,
+  ),
+  409: error(
+    "CUSTODY_MISMATCH: the identity's custody is not device; UPLOAD_SUPERSEDED: another upload became current first",
+  ),
+  415: error("UNSUPPORTED_MEDIA_TYPE: the body must be Content-Type: message/mls"),
+};
+
+export const custodyConflict = {
+  409: error("CUSTODY_MISMATCH: the identity is registered with the other custody"),
+};
 
 export const PulledIn = Type.Object({
   identityId: Type.String(),
@@ -204,6 +293,25 @@ export const IdentityStatus = Type.Object(
     lastError: Type.Union([Type.String(), Type.Null()]),
     lastFailureAt: nullableInstant(),
     createdAt: instant(),
+    custody: Type.Optional(Custody),
+    awaitingDeviceSince: Type.Optional(
+      nullableInstant(
+        "custody device: since when the rotation has been due without an upload (null: not waiting)",
+      ),
+    ),
+    awaitingDeviceSeconds: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
+    publishedCheck: Type.Optional(
+      Type.Object(
+        {
+          lastCheckedAt: Type.Optional(nullableInstant()),
+          error: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+        },
+        {
+          description:
+            "the last read-back of the published package: when, and why it failed (null: passed or none ran)",
+        },
+      ),
+    ),
     wakeups: Type.Object({
       rotation: Type.Optional(WakeupView),
       deletion: Type.Optional(WakeupView),
@@ -245,6 +353,27 @@ export const SafetyReport = Type.Object({
       rotationDeadline: Type.Optional(nullableInstant()),
     }),
     "identities whose last rotation attempts failed",
+  ),
+  publishedCheckFailed: Type.Optional(
+    listed(
+      Type.Object({
+        identityId: Type.Optional(Type.String()),
+        checkedAt: Type.Optional(nullableInstant()),
+        error: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+      }),
+      "identities whose published key package, read back from where it was published, failed its last check (wrong ref, bad signature, too short a life, unreadable); a failure rotates at once",
+    ),
+  ),
+  awaitingDevice: Type.Optional(
+    listed(
+      Type.Object({
+        identityId: Type.Optional(Type.String()),
+        awaitingSince: Type.Optional(nullableInstant()),
+        awaitingSeconds: Type.Optional(Type.Integer()),
+        rotationDeadline: Type.Optional(nullableInstant()),
+      }),
+      "device identities whose rotation is due and whose upload has not come (longest waiting first); each is notified again with backoff",
+    ),
   ),
   sealedKeys: Type.Optional(
     Type.Union(
@@ -289,6 +418,7 @@ export const Readiness = Type.Object({
 
 /** The answers, as the typed client sees them (instants are ISO 8601 strings, as on the wire). */
 export type Registered = Static<typeof Registered>;
+export type Uploaded = Static<typeof Uploaded>;
 export type PulledIn = Static<typeof PulledIn>;
 export type WelcomeBatchResult = Static<typeof WelcomeBatchResult>;
 export type KeyPackageJson = Static<typeof KeyPackageJson>;

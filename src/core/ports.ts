@@ -15,10 +15,24 @@ export type WakeupKind = (typeof WAKEUP_KINDS)[number];
 /** The process's clock (epoch ms). The store's clock (LockedIdentity.now) decides what is due. */
 export type Clock = () => number;
 
+/**
+ * Who holds an identity's private keys: the service (it generates and seals them) or the device
+ * (it uploads its key packages; nothing private reaches the service). docs/device-custody.md.
+ */
+export const CUSTODIES = ["service", "device"] as const;
+export type Custody = (typeof CUSTODIES)[number];
+
 /** The identity as read under its row lock. */
 export interface LockedIdentity extends RotationState {
   id: string;
   generation: number;
+  custody: Custody;
+  /** A device identity's notification endpoint. */
+  notifyUrl: string | null;
+  /** Since when a device identity's rotation is due without an upload; null when not waiting. */
+  awaitingDeviceSince: number | null;
+  /** When the rotation wake-up wakes early to check the published package (null: none). */
+  verifyAt: number | null;
   credentialIdentity: Uint8Array | null;
   signaturePublicKey: Uint8Array | null;
   /** Sealed; open with the keyring. */
@@ -53,7 +67,8 @@ export interface NewKeyPackage {
   ref: string;
   ciphersuite: string;
   keyPackage: Uint8Array;
-  privateKey: Uint8Array;
+  /** Sealed private half; null for a device's upload (its private keys never leave it). */
+  privateKey: Uint8Array | null;
   notBefore: Date;
   notAfter: Date;
 }
@@ -71,6 +86,8 @@ export interface RotationWrite {
   now: number;
   rotationDeadline: number;
   supersededDeleteAt: number;
+  /** The mid-interval check of the published package (null: none). */
+  verifyAt?: number | null;
 }
 
 export interface NewIdentity {
@@ -78,8 +95,12 @@ export interface NewIdentity {
   rotationDeadline: number;
   now: number;
   credentialIdentity: Uint8Array;
-  signaturePublicKey: Uint8Array;
-  signaturePrivateKey: Uint8Array;
+  /** For a device identity: the signature key it registered, if any (uploads must use it). */
+  signaturePublicKey: Uint8Array | null;
+  /** Sealed; null for a device identity. */
+  signaturePrivateKey: Uint8Array | null;
+  custody: Custody;
+  notifyUrl: string | null;
 }
 
 /**
@@ -132,6 +153,7 @@ export interface StoreTx {
     now: number;
     rotationDeadline: number;
     supersededDeleteAt: number;
+    verifyAt?: number | null;
   }): Promise<{ nextDeleteAt: number | null } | null>;
   /** Deletes superseded packages whose delete_at <= now; returns how many. */
   deleteDueKeyPackages(identityId: string, now: number): Promise<number>;
@@ -139,6 +161,21 @@ export interface StoreTx {
   hasCurrent(identityId: string): Promise<boolean>;
   /** When each of `ids`' key packages created after `since` were created (its rotations). */
   recentRotations(ids: readonly string[], since: number): Promise<Map<string, number[]>>;
+  /** Digests of every init key the identity's uploads used (device custody). */
+  seenInitKeys(identityId: string): Promise<Set<string>>;
+  recordInitKey(identityId: string, digest: string, now: number): Promise<void>;
+  /** Sets awaiting_device_since to `now` unless already set; a promote clears it. */
+  markAwaitingDevice(identityId: string, now: number): Promise<void>;
+  /** Refs of the superseded packages whose delete_at <= now (what a deletion will delete). */
+  dueDeletionRefs(identityId: string, now: number): Promise<string[]>;
+  /** Deletes the superseded packages among `refs` whose delete_at <= now; returns how many. */
+  deleteDueKeyPackagesIn(identityId: string, now: number, refs: readonly string[]): Promise<number>;
+  /** The current package's ref, if any. */
+  currentRef(identityId: string): Promise<string | null>;
+  /** Clears verify_at (the mid-interval check of this generation is taken). */
+  clearVerifyAt(identityId: string): Promise<void>;
+  /** Records a check of the published package: error null when it passed. */
+  recordVerify(identityId: string, now: number, error: string | null): Promise<void>;
 }
 
 /** The identity as the status endpoint shows it (no key material). */
@@ -151,6 +188,11 @@ export interface IdentitySummary {
   lastError: string | null;
   lastFailureAt: Date | null;
   createdAt: Date;
+  custody: Custody;
+  awaitingDeviceSince: Date | null;
+  /** Why the last check of the published package failed (null: passed, or none ran). */
+  verifyError: string | null;
+  lastVerifiedAt: Date | null;
 }
 
 /** A key package's public columns. */
@@ -303,4 +345,35 @@ export interface PublishRequest {
 export interface Publisher {
   readonly kind: "directory" | "webhook";
   publish(request: PublishRequest): Promise<void>;
+}
+
+/**
+ * A signed notification to a device identity's endpoint: `rotate` (its rotation is due: build
+ * and upload a new key package) or `delete` (the superseded package `ref` is gone from the
+ * directory: delete its private keys). Delivery is at least once; `id` is the same on every
+ * retry of one notification, for the device to deduplicate on.
+ */
+export type DeviceNotification =
+  | {
+      type: "rotate";
+      id: string;
+      identityId: string;
+      endpoint: string;
+      /** The rotation deadline being served (epoch ms). */
+      deadline: number;
+      currentRef: string | null;
+    }
+  | { type: "delete"; id: string; identityId: string; endpoint: string; ref: string };
+
+/**
+ * Reads an identity's key package back from where it was published (the directory: the row its
+ * endpoint serves; a webhook: PUBLISH_VERIFY_URL). null: nothing is published there.
+ */
+export interface PublishedReader {
+  read(identityId: string): Promise<Uint8Array | null>;
+}
+
+export interface DeviceNotifier {
+  /** Resolves when the device's endpoint answered 2xx; rejects otherwise. */
+  notify(notification: DeviceNotification): Promise<void>;
 }

@@ -66,13 +66,86 @@ export function planPullIns(
  * due, and at once when it is due again already (a welcome during publish, a zero interval).
  */
 export function rotationRearmAt(
-  identity: RotationState | undefined,
+  identity: (RotationState & { verifyAt?: number | null }) | undefined,
   localNow: number,
   now: number,
 ): number | null {
   const decision = decideRotation(identity, now);
   if (decision.kind === "gone") return null;
-  return decision.kind === "not-due" ? fireTimeFor(decision.deadline, localNow, now) : localNow;
+  if (decision.kind !== "not-due") return localNow;
+  return fireTimeFor(wakeTarget(decision.deadline, identity?.verifyAt ?? null, now), localNow, now);
+}
+
+/**
+ * When the rotation wake-up should fire for a deadline that is not due: at the deadline, or
+ * earlier at a pending mid-interval check of the published package (the same wake-up wakes early,
+ * checks, and re-arms: no third timer). A check already due fires at once.
+ */
+export function wakeTarget(deadline: number, verifyAt: number | null, now: number): number {
+  if (verifyAt === null || verifyAt >= deadline) return deadline;
+  return Math.max(verifyAt, now);
+}
+
+/** The mid-interval check after a rotation at `now`: half the interval on, if before the deadline. */
+export function verifyAtAfterRotation(
+  now: number,
+  rotationIntervalMs: number,
+  rotationDeadline: number,
+): number | null {
+  const at = now + Math.floor(rotationIntervalMs / 2);
+  return at < rotationDeadline ? at : null;
+}
+
+/** What a check of the published package found, read back from where it was published. */
+export interface PublishedObservation {
+  ref: string;
+  signatureValid: boolean;
+  notAfter: number;
+}
+
+export type PublishedVerdict =
+  | { ok: true }
+  | {
+      ok: false;
+      reason: "missing" | "ref-mismatch" | "bad-signature" | "too-short";
+      detail: string;
+    };
+
+/**
+ * Judges the published package: it must be the current one (same ref), verify, and stay valid
+ * until the next rotation plus the margin (so a late rotation still finds it valid).
+ */
+export function judgePublished(
+  expectedRef: string,
+  observed: PublishedObservation | null,
+  rotationDeadline: number,
+  marginMs: number,
+): PublishedVerdict {
+  if (observed === null) {
+    return { ok: false, reason: "missing", detail: "nothing is published where it was published" };
+  }
+  if (observed.ref !== expectedRef) {
+    return {
+      ok: false,
+      reason: "ref-mismatch",
+      detail: `published ref ${observed.ref.slice(0, 16)}… is not the current ${expectedRef.slice(0, 16)}…`,
+    };
+  }
+  if (!observed.signatureValid) {
+    return {
+      ok: false,
+      reason: "bad-signature",
+      detail: "the published package's signatures do not verify",
+    };
+  }
+  if (observed.notAfter < rotationDeadline + marginMs) {
+    return {
+      ok: false,
+      reason: "too-short",
+      detail: `the published package expires ${new Date(observed.notAfter).toISOString()}, before the next rotation plus the margin`,
+    };
+  }
+  return { ok: true };
 }
 
 /**
@@ -86,4 +159,31 @@ export function reusablePending(
   ciphersuite: string,
 ): boolean {
   return existing?.generation === generation && existing.ciphersuite === ciphersuite;
+}
+
+/**
+ * Where a due rotation's key package comes from: the pending one an earlier attempt (or a
+ * device's upload) left for this generation, a fresh one generated here (custody "service"), or
+ * the device (custody "device": the service never generates its keys; it asks and waits).
+ */
+export function rotationSource(
+  custody: "service" | "device",
+  reusable: boolean,
+): "reuse" | "generate" | "await-device" {
+  if (reusable) return "reuse";
+  return custody === "device" ? "await-device" : "generate";
+}
+
+/**
+ * The id of a device notification, the same on every retry of it (the device deduplicates on
+ * it): a rotate names the deadline it serves, a delete the ref it deletes.
+ */
+export function deviceNotificationId(
+  kind: "rotate" | "delete",
+  identityId: string,
+  subject: number | string,
+): string {
+  // Standard Webhooks ids are opaque; kept free of ':' like the job ids.
+  const tag = kind === "rotate" ? `rot_${subject}` : `del_${subject}`;
+  return `${tag}_${Buffer.from(identityId).toString("base64url")}`;
 }

@@ -22,6 +22,10 @@ function toLocked(row: IdentityRow & { now: number }, fence: number): LockedIden
     credentialIdentity: row.credentialIdentity,
     signaturePublicKey: row.signaturePublicKey,
     signaturePrivateKey: row.signaturePrivateKey,
+    custody: row.custody === "device" ? "device" : "service",
+    notifyUrl: row.notifyUrl,
+    awaitingDeviceSince: toMs(row.awaitingDeviceSince),
+    verifyAt: toMs(row.verifyAt),
     publishing: row.publishingSince !== null,
     welcomeDeadline: toMs(row.welcomeDeadline),
     now: row.now,
@@ -173,6 +177,9 @@ export async function insertIdentity(tx: Tx, input: NewIdentity): Promise<void> 
     deregisteredAt: null,
     publishingSince: null,
     welcomeDeadline: null,
+    custody: input.custody,
+    notifyUrl: input.notifyUrl,
+    awaitingDeviceSince: null,
   };
   await tx
     .insert(identities)
@@ -251,6 +258,8 @@ export async function tombstone(tx: Tx, id: string, now: number): Promise<void> 
       signaturePrivateKey: null,
       publishingSince: null,
       welcomeDeadline: null,
+      notifyUrl: null,
+      awaitingDeviceSince: null,
     })
     .where(eq(identities.id, id));
 }
@@ -406,8 +415,17 @@ export async function getIdentity(db: Db, id: string) {
       lastError: identities.lastError,
       lastFailureAt: identities.lastFailureAt,
       createdAt: identities.createdAt,
+      custody: identities.custody,
+      awaitingDeviceSince: identities.awaitingDeviceSince,
+      verifyError: identities.verifyError,
+      lastVerifiedAt: identities.lastVerifiedAt,
     })
     .from(identities)
     .where(and(eq(identities.id, id), isNull(identities.deregisteredAt)));
-  return identity;
+  return identity === undefined
+    ? undefined
+    : {
+        ...identity,
+        custody: identity.custody === "device" ? ("device" as const) : ("service" as const),
+      };
 }

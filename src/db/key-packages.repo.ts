@@ -68,7 +68,9 @@ export async function supersedeCurrent(
         rotation_failures = 0,
         last_error = null,
         publishing_since = null,
-        welcome_deadline = null
+        welcome_deadline = null,
+        awaiting_device_since = null,
+        verify_at = ${input.verifyAt == null ? null : new Date(input.verifyAt).toISOString()}::timestamptz
       where id = ${input.identityId}
         and generation = ${input.generation - 1}
         and deregistered_at is null
@@ -139,6 +141,7 @@ export async function promotePending(
     now: number;
     rotationDeadline: number;
     supersededDeleteAt: number;
+    verifyAt?: number | null;
   },
 ): Promise<{ nextDeleteAt: number | null } | null> {
   const superseded = await supersedeCurrent(tx, {
@@ -147,6 +150,7 @@ export async function promotePending(
     now: input.now,
     rotationDeadline: input.rotationDeadline,
     supersededDeleteAt: input.supersededDeleteAt,
+    verifyAt: input.verifyAt ?? null,
   });
   if (superseded.fenced) return null;
   await markCurrent(tx, input.pending.id, input.now);

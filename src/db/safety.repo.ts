@@ -63,6 +63,48 @@ export function createSafetyRepo(db: Db) {
       ]);
       return { count: counted[0]?.n ?? 0, identities: rows };
     },
+    /** Device identities whose rotation is due and whose upload has not come, longest first. */
+    async awaitingDevice(limit: number) {
+      const awaitingWhere = and(
+        sql`${identities.awaitingDeviceSince} is not null`,
+        isNull(identities.deregisteredAt),
+      );
+      const [rows, counted] = await Promise.all([
+        db
+          .select({
+            identityId: identities.id,
+            awaitingSince: identities.awaitingDeviceSince,
+            rotationDeadline: identities.rotationDeadline,
+          })
+          .from(identities)
+          .where(awaitingWhere)
+          .orderBy(asc(identities.awaitingDeviceSince))
+          .limit(limit),
+        db.select({ n: count() }).from(identities).where(awaitingWhere),
+      ]);
+      return { count: counted[0]?.n ?? 0, identities: rows };
+    },
+    /** Identities whose published package failed its last check (a failure rotates at once). */
+    async publishedCheckFailed(limit: number) {
+      const verifyWhere = and(
+        sql`${identities.verifyError} is not null`,
+        isNull(identities.deregisteredAt),
+      );
+      const [rows, counted] = await Promise.all([
+        db
+          .select({
+            identityId: identities.id,
+            checkedAt: identities.lastVerifiedAt,
+            error: identities.verifyError,
+          })
+          .from(identities)
+          .where(verifyWhere)
+          .orderBy(asc(identities.lastVerifiedAt))
+          .limit(limit),
+        db.select({ n: count() }).from(identities).where(verifyWhere),
+      ]);
+      return { count: counted[0]?.n ?? 0, identities: rows };
+    },
     /** The oldest current key package of a live identity. */
     async oldestCurrent() {
       const [row] = await db

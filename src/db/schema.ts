@@ -61,6 +61,24 @@ export const identities = pgTable(
     welcomeDeadline: instant("welcome_deadline"),
     /** How many superseded key packages wait for deletion; kept by a trigger (wakeup census). */
     supersededPackages: integer("superseded_packages").notNull().default(0),
+    /**
+     * Who holds the private keys: "service" (generated and sealed here) or "device" (generated on
+     * the device, which uploads its key packages; nothing private is stored). See
+     * docs/device-custody.md.
+     */
+    custody: text("custody").notNull().default("service"),
+    /** A device identity's notification endpoint (signed `rotate` and `delete` notifications). */
+    notifyUrl: text("notify_url"),
+    /** Since when a device identity's rotation is due and its upload has not come (null: not waiting). */
+    awaitingDeviceSince: instant("awaiting_device_since"),
+    /**
+     * When the rotation wake-up should wake early, at about half the interval, to re-read the
+     * published package and check it (null: done for this generation, or none planned).
+     */
+    verifyAt: instant("verify_at"),
+    lastVerifiedAt: instant("last_verified_at"),
+    /** Why the last check of the published package failed (null: it passed, or none ran). */
+    verifyError: text("verify_error"),
   },
   (t) => [
     index("identities_failing_idx").on(t.lastFailureAt).where(sql`${t.rotationFailures} > 0`),
@@ -71,6 +89,17 @@ export const identities = pgTable(
       "identities_live_has_deadline",
       sql`${t.deregisteredAt} is not null or ${t.rotationDeadline} is not null`,
     ),
+    check("identities_custody", sql`${t.custody} in ('service', 'device')`),
+    check(
+      "identities_device_has_endpoint",
+      sql`${t.custody} <> 'device' or ${t.deregisteredAt} is not null or ${t.notifyUrl} is not null`,
+    ),
+    index("identities_verify_error_idx")
+      .on(t.lastVerifiedAt)
+      .where(sql`${t.verifyError} is not null and ${t.deregisteredAt} is null`),
+    index("identities_awaiting_device_idx")
+      .on(t.awaitingDeviceSince)
+      .where(sql`${t.awaitingDeviceSince} is not null and ${t.deregisteredAt} is null`),
   ],
 );
 
@@ -93,8 +122,11 @@ export const keyPackages = pgTable(
     ref: text("ref").notNull(),
     ciphersuite: text("ciphersuite").notNull(),
     keyPackage: bytea("key_package").notNull(),
-    /** Sealed with the key-encryption key (src/keys/encryption.ts). */
-    privateKey: bytea("private_key").notNull(),
+    /**
+     * Sealed with the key-encryption key (src/keys/encryption.ts); null for a device identity's
+     * uploaded package (its private half never leaves the device).
+     */
+    privateKey: bytea("private_key"),
     notBefore: instant("not_before").notNull(),
     notAfter: instant("not_after").notNull(),
     createdAt: instant("created_at").notNull(),
@@ -122,6 +154,22 @@ export const keyPackages = pgTable(
         or (not ${t.isCurrent} and ${t.deleteAt} is null and ${t.publishedAt} is null)`,
     ),
   ],
+);
+
+/**
+ * Init keys a device identity has used (SHA-256 digests, never the keys): an upload reusing one is
+ * refused (KP_INIT_KEY_REUSED). Kept after the key package itself is deleted.
+ */
+export const deviceInitKeys = pgTable(
+  "device_init_keys",
+  {
+    identityId: text("identity_id")
+      .notNull()
+      .references(() => identities.id, { onDelete: "cascade" }),
+    digest: text("digest").notNull(),
+    seenAt: instant("seen_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.identityId, t.digest] })],
 );
 
 /**

@@ -28,6 +28,8 @@ export async function countByKeyId(db: Db): Promise<Map<string, number>> {
     db
       .select({ keyId: keyIdOf(keyPackages.privateKey), n: count() })
       .from(keyPackages)
+      // A device identity's uploaded package has no private half here: nothing sealed to count.
+      .where(isNotNull(keyPackages.privateKey))
       .groupBy(sql`1`),
   ]);
   const counts = new Map<string, number>();
@@ -85,6 +87,8 @@ export async function lockSealedPage(
     sealed: r.sealed as Uint8Array,
   }));
   for (const p of packages) {
+    // A device identity's uploaded package has no private half here.
+    if (p.sealed === null) continue;
     blobs.push({
       table: "key_packages",
       rowId: p.id,

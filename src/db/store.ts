@@ -2,6 +2,7 @@ import type { Store, StoreTx } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
 import { withPostgresErrors } from "./errors.js";
 import * as repo from "./identities.repo.js";
+import * as device from "./device.repo.js";
 import * as kps from "./key-packages.repo.js";
 import { recentRotations } from "./rotation-cap.repo.js";
 
@@ -56,5 +57,13 @@ function bindTx(tx: Tx): StoreTx {
     nextDeleteAt: (id) => kps.nextDeleteAt(tx, id),
     hasCurrent: (id) => kps.hasCurrent(tx, id),
     recentRotations: (ids, since) => recentRotations(tx, ids, since),
+    seenInitKeys: (id) => device.seenInitKeys(tx, id),
+    recordInitKey: (id, digest, now) => device.recordInitKey(tx, id, digest, now),
+    markAwaitingDevice: (id, now) => device.markAwaitingDevice(tx, id, now),
+    dueDeletionRefs: (id, now) => device.dueDeletionRefs(tx, id, now),
+    deleteDueKeyPackagesIn: (id, now, refs) => device.deleteDueKeyPackagesIn(tx, id, now, refs),
+    currentRef: (id) => device.currentRef(tx, id),
+    clearVerifyAt: (id) => device.clearVerifyAt(tx, id),
+    recordVerify: (id, now, error) => device.recordVerify(tx, id, now, error),
   };
 }

@@ -285,6 +285,13 @@ export async function inspectKeyPackage(
   };
 }
 
+/** The KeyPackageRef (hex) of a published MLSMessage, in its own ciphersuite. */
+export async function keyPackageRef(publicBytes: Uint8Array): Promise<string> {
+  const keyPackage = decodeKeyPackageMessage(publicBytes);
+  const impl = await loadCiphersuite(keyPackage.cipherSuite);
+  return toHex(await makeKeyPackageRef(keyPackage, impl.hash));
+}
+
 async function loadCiphersuite(name: string): Promise<CiphersuiteImpl> {
   // getCiphersuiteFromName returns undefined for unknown names, which would surface later as a
   // TypeError deep inside ts-mls; check up front.

@@ -14,6 +14,23 @@ export interface KeysConfig {
   publisher:
     | { kind: "directory" }
     | { kind: "webhook"; url: string; secrets: string[]; timeoutMs: number };
+  /**
+   * Where a published package is read back to check it: the directory itself, a URL template
+   * (PUBLISH_VERIFY_URL, `{identityId}` replaced), or nowhere (a webhook without the template).
+   */
+  verify: { kind: "directory" } | { kind: "url"; template: string } | { kind: "none" };
+  /** PUBLISH_CHECK_MIDWAY: also check at about half the rotation interval (early wake). */
+  verifyMidway: boolean;
+  /** Device custody: notifications and the upload policy (docs/device-custody.md). */
+  device: {
+    /** DEVICE_NOTIFY_SECRET's bytes; undefined: derived from the key-encryption key. */
+    notifySecret: Uint8Array | undefined;
+    notifyTimeoutMs: number;
+    allowHttp: boolean;
+    allowedCiphersuites: string[];
+    marginMs: number;
+    maxLifetimeMs: number;
+  };
 }
 
 /** Reads the KEYS/PUBLISH variables, pushing a line per problem onto `problems`. */
@@ -80,8 +97,49 @@ export function loadKeysConfig(
     problems.push(`PUBLISHER=${JSON.stringify(kind)}: expected directory or webhook`);
   }
 
+  const ciphersuite = env.MLS_CIPHERSUITE || DEFAULT_CIPHERSUITE;
+  const durationOf = (name: string, fallback: string, min: number): number => {
+    const raw = env[name] || fallback;
+    const ms = parseDuration(raw);
+    if (ms === undefined || ms < min) {
+      problems.push(`${name}=${JSON.stringify(raw)}: expected a duration such as 7d`);
+      return min;
+    }
+    return ms;
+  };
+  const notifySecret = env.DEVICE_NOTIFY_SECRET ?? "";
+  if (notifySecret !== "" && notifySecret.length < 16) {
+    problems.push("DEVICE_NOTIFY_SECRET: expected at least 16 characters");
+  }
+  const device: KeysConfig["device"] = {
+    notifySecret: notifySecret === "" ? undefined : new TextEncoder().encode(notifySecret),
+    notifyTimeoutMs: durationOf("DEVICE_NOTIFY_TIMEOUT", "5s", 1),
+    allowHttp: env.DEVICE_NOTIFY_ALLOW_HTTP === "true",
+    allowedCiphersuites: (env.MLS_ALLOWED_CIPHERSUITES || ciphersuite)
+      .split(/[\s,]+/)
+      .filter((s) => s !== ""),
+    marginMs: durationOf("KEY_PACKAGE_MARGIN", "7d", 0),
+    maxLifetimeMs: durationOf("MAX_KEY_PACKAGE_LIFETIME", "90d", 1),
+  };
+  const verifyUrl = env.PUBLISH_VERIFY_URL ?? "";
+  let verify: KeysConfig["verify"] =
+    publisher.kind === "directory" ? { kind: "directory" } : { kind: "none" };
+  if (verifyUrl !== "") {
+    const problem = webhookUrlProblem(
+      verifyUrl.replaceAll("{identityId}", "x"),
+      env.PUBLISH_WEBHOOK_ALLOW_HTTP === "true",
+    );
+    if (problem !== undefined) problems.push(`PUBLISH_VERIFY_URL: ${problem}`);
+    else if (!verifyUrl.includes("{identityId}")) {
+      problems.push("PUBLISH_VERIFY_URL: expected a template containing {identityId}");
+    }
+    verify = { kind: "url", template: verifyUrl };
+  }
   return {
-    ciphersuite: env.MLS_CIPHERSUITE || DEFAULT_CIPHERSUITE,
+    device,
+    verify,
+    verifyMidway: env.PUBLISH_CHECK_MIDWAY === "true",
+    ciphersuite,
     encryptionKey: encryptionKey ?? new Uint8Array(32),
     previousEncryptionKey,
     insecureDevKey: insecureDevKey && !set("KEY_ENCRYPTION_KEY"),

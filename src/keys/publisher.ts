@@ -97,8 +97,11 @@ export function createWebhookPublisher(options: WebhookOptions): Publisher {
   };
 }
 
-/** One POST with node:http(s), which never follows a redirect; resolves with the status. */
-function post(
+/**
+ * One POST with node:http(s), which never follows a redirect; resolves with the status. Shared
+ * with the device notifier (src/keys/device-notifier.ts).
+ */
+export function post(
   url: URL,
   headers: Record<string, string>,
   body: string,

@@ -3,6 +3,7 @@ import type { Timers } from "../queue/timers.js";
 import type { RotorEventMap } from "../services/events.js";
 import type { LiveRotor as Rotor } from "../services/rotor.js";
 import { lastSealedKeysReport } from "../services/rewrap.service.js";
+import { awaitingDevices } from "../db/device.repo.js";
 import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
 
 /**
@@ -46,7 +47,7 @@ export const LATENESS_BUCKETS = [
   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 ];
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-const ROTATION_OUTCOMES = ["rotated", "not-due", "gone", "fenced"];
+const ROTATION_OUTCOMES = ["rotated", "not-due", "gone", "fenced", "awaiting-device", "checked"];
 const TIMER_KINDS = ["rotation", "deletion"];
 const REPAIR_ACTIONS = ["add", "reschedule", "replace", "remove"];
 /** Collectors give up after this, so a scrape never hangs on a dependency that is down. */
@@ -208,8 +209,62 @@ export function createMetrics(
       rotor.log.warn({ component: "metrics", err }, "could not read the oldest key package");
     }
   };
+  const devicesOverdue = new Gauge({
+    name: "kp_rotor_devices_overdue",
+    help: "Device identities whose rotation is due and whose upload has not come (read from Postgres, cached up to METRICS_GAUGE_MAX_AGE)",
+    registers,
+  });
+  const devicesOverdueAge = new Gauge({
+    name: "kp_rotor_device_longest_wait_seconds",
+    help: "How long the longest-waiting device identity has awaited its upload (0: none waiting)",
+    registers,
+  });
+  const readDevicesOverdue = async () => {
+    try {
+      const awaiting = await withTimeout(awaitingDevices(rotor.db));
+      devicesOverdue.set(awaiting.count);
+      devicesOverdueAge.set(
+        awaiting.oldestSince === null
+          ? 0
+          : Math.max(0, (rotor.clock() - awaiting.oldestSince.getTime()) / 1000),
+      );
+    } catch (err) {
+      devicesOverdue.reset();
+      devicesOverdueAge.reset();
+      collectErrors.labels("devices_overdue").inc();
+      rotor.log.warn({ component: "metrics", err }, "could not read the devices overdue");
+    }
+  };
+  const deviceUploads = new Counter({
+    name: "kp_rotor_device_uploads_total",
+    help: "Key packages uploaded by devices and made current",
+    registers,
+  });
+  const deviceNotifications = new Counter({
+    name: "kp_rotor_device_notifications_total",
+    help: "Notifications sent to devices, by type (rotate, delete) and result (ok, failed)",
+    labelNames: ["type", "result"],
+    registers,
+  });
+  for (const type of ["rotate", "delete"]) {
+    for (const result of ["ok", "failed"]) deviceNotifications.labels(type, result).inc(0);
+  }
+  const publishedChecks = new Counter({
+    name: "kp_rotor_published_checks_total",
+    help: "Published key packages read back and checked, by when (publish, mid-interval) and result (ok, missing, ref-mismatch, bad-signature, too-short, unreadable); a failure other than unreadable rotates at once",
+    labelNames: ["when", "result"],
+    registers,
+  });
+  for (const when of ["publish", "mid-interval"]) publishedChecks.labels(when, "ok").inc(0);
+  rotor.events.on("published-checked", (e) =>
+    publishedChecks.labels(e.when, e.ok ? "ok" : (e.reason ?? "failed")).inc(),
+  );
+  rotor.events.on("device-upload", () => deviceUploads.inc());
+  rotor.events.on("device-notify", (e) =>
+    deviceNotifications.labels(e.type, e.ok ? "ok" : "failed").inc(),
+  );
   const readGauges = async () => {
-    await Promise.all([readQueueJobs(), readOldestAge()]);
+    await Promise.all([readQueueJobs(), readOldestAge(), readDevicesOverdue()]);
   };
   let readAt: number | undefined;
   let reading: Promise<void> | undefined;

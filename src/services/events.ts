@@ -18,6 +18,16 @@ export interface RotorEventMap {
   reconcile: [ReconcileReport];
   /** A reconcile that did not complete (it wrote no mark and will be retried). */
   "reconcile-failed": [{ reason: string; error: string }];
+  /** A device's upload became its current key package. */
+  "device-upload": [{ identityId: string; ref: string }];
+  /** A notification to a device was sent (ok) or failed (error). */
+  "device-notify": [
+    { identityId: string; type: "rotate" | "delete"; id: string; ok: boolean; error?: string },
+  ];
+  /** A published package was read back and checked (reason: why it failed). */
+  "published-checked": [
+    { identityId: string; when: "publish" | "mid-interval"; ok: boolean; reason?: string },
+  ];
   "wake-failed": [
     { identityId: string; kind: "rotation" | "deletion"; failures: number; error: string },
   ];

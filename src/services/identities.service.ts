@@ -1,14 +1,12 @@
-import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
 import { deletionDeadline } from "../core/timers.js";
-import type { StoreTx } from "../core/ports.js";
-import { type PullInResult, planPullIns } from "../core/transitions.js";
+import type { Custody } from "../core/ports.js";
+import type { PullInResult } from "../core/transitions.js";
 import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { assertIdentityId, ErrorCodes, KpRotorError, notFound } from "../errors.js";
-import { createPullInBatcher, type PullInBatcher } from "./pull-in-batcher.js";
+import { devicesOf } from "./device.service.js";
 import type { Rotor } from "./rotor.js";
 import { formatSafeError, redactError } from "../safe-errors.js";
-import { settleAll } from "../settle.js";
 
 /**
  * Register, welcome, rotate-now and deregister. Each runs in one transaction that holds the
@@ -19,14 +17,23 @@ import { settleAll } from "../settle.js";
 export interface RegisterInput {
   /** The basic credential's identity bytes; defaults to the identity id in UTF-8. */
   credentialIdentity?: Uint8Array;
-  /** An Ed25519 private key (32-byte seed) to sign with; generated when absent. */
+  /** An Ed25519 private key (32-byte seed) to sign with; generated when absent. Service custody only. */
   signaturePrivateKey?: Uint8Array;
+  /** "service" (default): keys generated and sealed here; "device": the device uploads its own. */
+  custody?: Custody;
+  /** Device custody: where its signed notifications go (required). */
+  notifyUrl?: string;
+  /** Device custody: the signature public key every upload must carry (optional). */
+  signaturePublicKey?: Uint8Array;
 }
 
 export interface RegisterResult {
   created: boolean;
   rotationDeadline: number;
   generation: number;
+  custody: Custody;
+  /** Device custody: the secret its notifications are signed with (`whsec_…`, Standard Webhooks). */
+  notificationSecret?: string;
   /** Set when the first key package could not be published yet (a worker keeps retrying). */
   publishError?: string;
 }
@@ -47,35 +54,68 @@ export async function register(
   if (input.credentialIdentity !== undefined && input.credentialIdentity.length === 0) {
     throw new KpRotorError(ErrorCodes.invalidRequest, "credentialIdentity must not be empty");
   }
-  const signatureKeys = input.signaturePrivateKey
-    ? importSignatureKey(rotor, input.signaturePrivateKey)
-    : await rotor.keys.generateSignatureKeyPair();
+  const custody = input.custody ?? "service";
+  const device = custody === "device";
+  if (device) checkDeviceInput(rotor, input);
+  else if (input.notifyUrl !== undefined || input.signaturePublicKey !== undefined) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      'notifyUrl and signaturePublicKey are for custody "device" only',
+    );
+  }
+  // A device identity's keys never reach the service: nothing is generated or stored for it.
+  const signatureKeys = device
+    ? null
+    : input.signaturePrivateKey
+      ? importSignatureKey(rotor, input.signaturePrivateKey)
+      : await rotor.keys.generateSignatureKeyPair();
+  const notificationSecret = device ? { notificationSecret: rotor.devices?.secretFor(id) } : {};
   const registered = await rotor.store.transaction(async (tx) => {
     const existing = await tx.lockOrTombstone(id);
     const now = existing.now;
     if (!existing.deregistered && existing.rotationDeadline !== null) {
+      if (existing.custody !== custody) {
+        throw new KpRotorError(
+          ErrorCodes.custodyMismatch,
+          `identity ${JSON.stringify(id)} is registered with custody "${existing.custody}"; deregister it first to change custody`,
+        );
+      }
       // Re-registering repairs the wake-up, so a client retry also heals a lost one.
       await rotor.timers.arm("rotation", id, existing.rotationDeadline, now, existing.fence);
       return {
         created: false,
         rotationDeadline: existing.rotationDeadline,
         generation: existing.generation,
+        custody,
+        ...notificationSecret,
       };
     }
+    // A device is asked for its first package when this deadline passes (unless it uploads first).
     const firstDeadline = now + rotor.timing.welcomeRotationDelayMs;
     await tx.insertIdentity({
       id,
       rotationDeadline: firstDeadline,
       now,
       credentialIdentity: input.credentialIdentity ?? new TextEncoder().encode(id),
-      signaturePublicKey: signatureKeys.publicKey,
-      signaturePrivateKey: rotor.keyring.seal(signatureKeys.privateKey, id, "signature-private"),
+      signaturePublicKey: signatureKeys?.publicKey ?? input.signaturePublicKey ?? null,
+      signaturePrivateKey:
+        signatureKeys === null
+          ? null
+          : rotor.keyring.seal(signatureKeys.privateKey, id, "signature-private"),
+      custody,
+      notifyUrl: device ? (input.notifyUrl ?? null) : null,
     });
     // Arming before commit is safe: if the commit fails, the wake-up finds no live identity.
     await rotor.timers.arm("rotation", id, firstDeadline, now, existing.fence);
-    return { created: true, rotationDeadline: firstDeadline, generation: existing.generation };
+    return {
+      created: true,
+      rotationDeadline: firstDeadline,
+      generation: existing.generation,
+      custody,
+      ...notificationSecret,
+    };
   });
-  if (!registered.created) return registered;
+  if (!registered.created || device) return registered;
   try {
     const rotated = await rotateInline(rotor, id);
     return { ...registered, ...rotated };
@@ -88,6 +128,23 @@ export async function register(
       "first key package not published yet; the worker retries",
     );
     return { ...registered, publishError };
+  }
+}
+
+function checkDeviceInput(rotor: Rotor, input: RegisterInput): void {
+  const devices = devicesOf(rotor);
+  if (input.signaturePrivateKey !== undefined) {
+    throw new KpRotorError(
+      ErrorCodes.invalidRequest,
+      'signaturePrivateKey is refused for custody "device": a device\'s private keys never leave it',
+    );
+  }
+  if (input.notifyUrl === undefined) {
+    throw new KpRotorError(ErrorCodes.invalidRequest, 'notifyUrl is required for custody "device"');
+  }
+  const problem = devices.endpointProblem(input.notifyUrl);
+  if (problem !== undefined) {
+    throw new KpRotorError(ErrorCodes.invalidRequest, `notifyUrl: ${problem}`);
   }
 }
 
@@ -124,93 +181,7 @@ async function rotateInline(
 }
 
 export type { PullInResult };
-
-/**
- * Pulls rotation deadlines in to now + delay (earliest wins) for one or many identities, in one
- * transaction. The pulled-in deadline and its wake-up are in place when this resolves; unknown
- * identities are returned apart and nothing is written for them.
- */
-export async function pullInMany(
-  rotor: Rotor,
-  ids: readonly string[],
-  delayMs: number,
-): Promise<{ results: PullInResult[]; notFound: string[] }> {
-  for (const id of ids) assertIdentityId(id);
-  const unique = [...new Set(ids)];
-  return rotor.store.transaction(async (tx) => {
-    const locked = await tx.lockDeadlines(unique);
-    // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "Time".
-    const now = locked[0]?.now ?? rotor.clock();
-    // Over MAX_ROTATIONS_PER_HOUR the pull-in still happens, to the next allowed time.
-    const allowed = await allowedRotations(rotor, tx, locked, now);
-    // Welcomes during a rotation's publish are recorded; the promote keeps their deadline.
-    const plan = planPullIns(locked, now, delayMs, allowed);
-    const { results, changed, capped, duringPublish, deadline } = plan;
-    // The UPDATE and the arm run side by side, both before the commit: earlier wake-ups may
-    // be armed before the commit (if it fails they only fire early). Both settle before the
-    // transaction ends, so no Redis change outlives the row locks. Every changed deadline is
-    // the same value, now + delay (but for identities over the rotation cap, set apart); the arm
-    // is one script call per 1,000 ids that moves every delayed wake-up earlier, and planArm only
-    // for the few whose job is in another state.
-    await settleAll([
-      tx.setRotationDeadlines(changed, deadline),
-      ...capped.map((c) => tx.setRotationDeadlines([c.identityId], c.deadline)),
-      tx.recordWelcomesDuringPublish(duringPublish, deadline),
-      rotor.timers.armEarlier(
-        "rotation",
-        [
-          ...changed.map((identityId) => ({ identityId, fireAt: deadline })),
-          ...capped.map((c) => ({ identityId: c.identityId, fireAt: c.deadline })),
-        ],
-        now,
-        locked[0]?.fence ?? 0,
-      ),
-    ]);
-    const found = new Set(results.map((r) => r.identityId));
-    return { results, notFound: unique.filter((id) => !found.has(id)) };
-  });
-}
-
-/** The earliest rotation time per identity under MAX_ROTATIONS_PER_HOUR (none without a cap). */
-async function allowedRotations(
-  rotor: Rotor,
-  tx: StoreTx,
-  locked: readonly { id: string; deregistered: boolean }[],
-  now: number,
-): Promise<Map<string, number>> {
-  const cap = rotor.timing.maxRotationsPerHour;
-  const allowed = new Map<string, number>();
-  if (cap === undefined) return allowed;
-  const live = locked.filter((i) => !i.deregistered).map((i) => i.id);
-  const recent = await tx.recentRotations(live, now - CAP_WINDOW_MS);
-  for (const [id, times] of recent) allowed.set(id, earliestAllowedRotation(times, now, cap));
-  return allowed;
-}
-
-/**
- * Single welcomes and rotate-now requests are committed in groups: one transaction for all that
- * arrive while the previous group commits (services/pull-in-batcher.ts). One group committer per
- * rotor, made on first use; each caller still waits for its own commit.
- */
-const batchers = new WeakMap<Rotor, PullInBatcher>();
-function batcherOf(rotor: Rotor): PullInBatcher {
-  let batcher = batchers.get(rotor);
-  if (batcher === undefined) {
-    batcher = createPullInBatcher((ids, delayMs) => pullInMany(rotor, ids, delayMs));
-    batchers.set(rotor, batcher);
-  }
-  return batcher;
-}
-
-/** A welcome consumed the identity's key package: rotate within WELCOME_ROTATION_DELAY. */
-export function welcome(rotor: Rotor, id: string): Promise<PullInResult> {
-  return batcherOf(rotor).pullIn(id, rotor.timing.welcomeRotationDelayMs);
-}
-
-/** Rotate as soon as a worker is free. */
-export function rotateSoon(rotor: Rotor, id: string): Promise<PullInResult> {
-  return batcherOf(rotor).pullIn(id, 0);
-}
+export { pullInMany, rotateSoon, welcome } from "./pull-in.service.js";
 
 /**
  * Deregisters: key material deleted and a tombstone left in one commit; the wake-ups are removed
@@ -252,6 +223,13 @@ export async function status(rotor: Rotor, id: string) {
     lastError: identity.lastError,
     lastFailureAt: identity.lastFailureAt,
     createdAt: identity.createdAt,
+    custody: identity.custody,
+    awaitingDeviceSince: identity.awaitingDeviceSince,
+    publishedCheck: { lastCheckedAt: identity.lastVerifiedAt, error: identity.verifyError },
+    awaitingDeviceSeconds:
+      identity.awaitingDeviceSince === null
+        ? null
+        : Math.max(0, Math.round((rotor.clock() - identity.awaitingDeviceSince.getTime()) / 1000)),
     wakeups: { rotation: rotationWake, deletion: deletionWake },
     keyPackages: keyPackages.map(({ isCurrent, ...kp }) => ({
       ...kp,

@@ -1,6 +1,13 @@
 import type { LockedIdentity, NewKeyPackage, PendingKeyPackage, StoreTx } from "../core/ports.js";
 import { afterRotation, decideRotation } from "../core/timers.js";
-import { reusablePending, rotationRearmAt } from "../core/transitions.js";
+import {
+  reusablePending,
+  rotationRearmAt,
+  rotationSource,
+  verifyAtAfterRotation,
+} from "../core/transitions.js";
+import { redactError } from "../safe-errors.js";
+import { verifyPublished } from "./verify.service.js";
 import { publishesByPromoting } from "../keys/publisher.js";
 import type { Rotor } from "./rotor.js";
 import { settleAll } from "../settle.js";
@@ -34,7 +41,15 @@ export interface PreparedPackage extends PendingKeyPackage {
 export type Prepared =
   | { kind: "gone" }
   | { kind: "not-due"; deadline: number }
-  | { kind: "publish"; pending: PreparedPackage; dueDeadline: number };
+  | { kind: "publish"; pending: PreparedPackage; dueDeadline: number }
+  /** A device identity's rotation is due and it has uploaded nothing yet: ask it (marked awaiting). */
+  | {
+      kind: "await-device";
+      dueDeadline: number;
+      notifyUrl: string | null;
+      currentRef: string | null;
+      awaitingSince: number;
+    };
 
 /**
  * Step 1; runs inside the caller's transaction, which holds the identity's row lock.
@@ -64,8 +79,25 @@ export async function prepareRotation(
   const direct = publishesByPromoting(rotor.publisher);
   const existing =
     options.pending === undefined ? await tx.findPending(identity.id) : options.pending;
-  const reuse = reusablePending(existing, generation, rotor.keys.ciphersuite);
+  // A device's upload may use any allowed suite: its pending package is its own choice.
+  const reuse =
+    identity.custody === "device"
+      ? existing?.generation === generation
+      : reusablePending(existing, generation, rotor.keys.ciphersuite);
   if (existing && !reuse) await tx.deletePending(existing.id);
+  if (rotationSource(identity.custody, reuse) === "await-device") {
+    const [, currentRef] = await settleAll([
+      tx.markAwaitingDevice(identity.id, now),
+      tx.currentRef(identity.id),
+    ] as const);
+    return {
+      kind: "await-device",
+      dueDeadline,
+      notifyUrl: identity.notifyUrl,
+      currentRef,
+      awaitingSince: identity.awaitingDeviceSince ?? now,
+    };
+  }
 
   if (reuse && existing && !direct) {
     if (!identity.publishing) await tx.markPublishing(identity.id, now);
@@ -108,7 +140,7 @@ export async function prepareRotation(
  * retried: never a wrong state. The fence cannot fail (the generation was read under the lock
  * this transaction holds); if it did, everything rolls back.
  */
-async function promoteInPrepare(
+export async function promoteInPrepare(
   rotor: Rotor,
   tx: StoreTx,
   identity: LockedIdentity,
@@ -125,6 +157,7 @@ async function promoteInPrepare(
       now,
       rotationDeadline: next.rotationDeadline,
       supersededDeleteAt: next.supersededDeleteAt,
+      verifyAt: plannedCheck(rotor, now, next.rotationDeadline),
     }),
     makeCurrent(now),
   ] as const);
@@ -133,12 +166,22 @@ async function promoteInPrepare(
   return now;
 }
 
+/** The mid-interval check of the published package, when checks are configured. */
+function plannedCheck(rotor: Rotor, now: number, rotationDeadline: number): number | null {
+  if (rotor.verifier?.midway !== true) return null;
+  return verifyAtAfterRotation(now, rotor.timing.rotationIntervalMs, rotationDeadline);
+}
+
 /** A fresh key package for the identity, its private half sealed. */
 async function generateSealed(
   rotor: Rotor,
   identity: LockedIdentity,
   now: number,
 ): Promise<NewKeyPackage> {
+  if (identity.custody === "device") {
+    // Unreachable by construction (rotationSource); a guard, since this is the one place keys are made.
+    throw new Error("refusing to generate a key package for a device identity");
+  }
   if (identity.signaturePublicKey === null || identity.signaturePrivateKey === null) {
     throw new Error("live identity without a signature key");
   }
@@ -199,6 +242,7 @@ async function promoteRotation(
       now,
       rotationDeadline: next.rotationDeadline,
       supersededDeleteAt: next.supersededDeleteAt,
+      verifyAt: plannedCheck(rotor, now, next.rotationDeadline),
     });
     // The superseded package's deletion is armed before the commit (an earlier wake-up is always
     // safe): if the re-arm step after the commit fails, or the worker dies there, nothing else
@@ -251,5 +295,14 @@ export async function completeRotation(
         .then((next) => rotor.timers.arm("deletion", identityId, next, now, identity?.fence ?? 0)),
     ]);
   });
+  if (promoted.outcome === "rotated" && rotor.verifier !== undefined) {
+    // Read back what was just published. The rotation is committed and armed whatever this finds.
+    await verifyPublished(rotor, identityId, "publish").catch((err) =>
+      rotor.log.warn(
+        { identityId, err: redactError(err) },
+        "could not check the published key package",
+      ),
+    );
+  }
   return promoted;
 }

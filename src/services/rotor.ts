@@ -1,4 +1,11 @@
-import type { Clock, Publisher, Store, Wakeups } from "../core/ports.js";
+import type {
+  Clock,
+  DeviceNotifier,
+  Publisher,
+  PublishedReader,
+  Store,
+  Wakeups,
+} from "../core/ports.js";
 import type { Timing } from "../core/timers.js";
 import type { Db } from "../db/client.js";
 import type { Keyring } from "../keys/encryption.js";
@@ -30,6 +37,33 @@ export interface Rotor {
   clock: Clock;
   log: Logger;
   events: RotorEvents;
+  /** Device custody (docs/device-custody.md); without it, device identities are refused. */
+  devices?: DeviceSupport;
+  /**
+   * Checks of the published package, after each publish and at about half the interval; absent:
+   * no checks (a webhook publisher without PUBLISH_VERIFY_URL).
+   */
+  verifier?: {
+    reader: PublishedReader;
+    marginMs: number;
+    /** Also check at about half the interval, through an early rotation wake (opt-in). */
+    midway: boolean;
+  };
+}
+
+/** What device custody needs: the notifier and the upload policy. */
+export interface DeviceSupport {
+  notifier: DeviceNotifier;
+  /** Suites an upload may use (MLS_ALLOWED_CIPHERSUITES). */
+  allowedCiphersuites: readonly string[];
+  /** KEY_PACKAGE_MARGIN: an upload must stay valid this long past the next rotation. */
+  marginMs: number;
+  /** MAX_KEY_PACKAGE_LIFETIME: the longest total lifetime an upload may have. */
+  maxLifetimeMs: number;
+  /** The Standard Webhooks secret (`whsec_…`) the identity's notifications are signed with. */
+  secretFor(identityId: string): string;
+  /** Why a notification endpoint is refused, or undefined. */
+  endpointProblem(url: string): string | undefined;
 }
 
 /**

@@ -7,7 +7,8 @@ import type { LiveRotor as Rotor } from "./rotor.js";
  * the identity can no longer be added to groups. This view shows drift long before that:
  * current key packages older than the rotation interval plus a margin, ones within a week of
  * their not_after, identities whose rotation keeps failing (including a first publish that has
- * not succeeded yet) and the oldest current key package of the fleet. Each list is bounded by
+ * not succeeded yet), published packages that failed their read-back, device identities
+ * awaiting an upload, and the oldest current key package of the fleet. Each list is bounded by
  * `limit`; its count is complete (db/safety.repo.ts).
  */
 
@@ -25,11 +26,13 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
   const staleBefore = new Date(now - rotor.timing.rotationIntervalMs - staleMarginMs);
   const expiringBefore = new Date(now + expiryWarningMs);
   const repo = createSafetyRepo(rotor.db);
-  const [stale, expiringSoon, failing, oldest] = await Promise.all([
+  const [stale, expiringSoon, failing, oldest, awaiting, publishedCheckFailed] = await Promise.all([
     repo.staleCurrent(staleBefore, limit),
     repo.expiringCurrent(expiringBefore, limit),
     repo.failing(limit),
     repo.oldestCurrent(),
+    repo.awaitingDevice(limit),
+    repo.publishedCheckFailed(limit),
   ]);
   return {
     at: new Date(now),
@@ -37,6 +40,15 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
     stale,
     expiringSoon,
     failing,
+    publishedCheckFailed,
+    awaitingDevice: {
+      count: awaiting.count,
+      identities: awaiting.identities.map((a) => ({
+        ...a,
+        awaitingSeconds:
+          a.awaitingSince === null ? 0 : Math.round((now - a.awaitingSince.getTime()) / 1000),
+      })),
+    },
     oldestCurrentKeyPackage: oldest
       ? { ...oldest, ageSeconds: Math.round((now - oldest.createdAt.getTime()) / 1000) }
       : null,

@@ -1,6 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  buildKeyPackage,
+  generateSignatureKeys,
+  verifyNotification,
+} from "../../src/client/device.js";
 import { createClient, type KpRotorClient, KpRotorClientError } from "../../src/client/index.js";
 import { type RunningApi, startApi } from "../../src/runtime/api-process.js";
+import { signWebhook } from "../../src/webhooks/signature.js";
 import { createTestEnv, freePort, type TestEnv } from "../helpers/env.js";
 
 /** The typed client against the API listening for real. */
@@ -38,6 +44,44 @@ async function failure(call: Promise<unknown>): Promise<KpRotorClientError> {
 }
 
 describe("typed client", () => {
+  it("device helper: register with custody device, build with ts-mls, upload, refusals", async () => {
+    const registered = await client.register("phone", {
+      custody: "device",
+      notifyUrl: "https://phone.example/kp",
+    });
+    expect(registered).toMatchObject({ custody: "device", generation: 0, created: true });
+    const signatureKeys = await generateSignatureKeys();
+    const identity = new TextEncoder().encode("phone");
+    const built = await buildKeyPackage({ identity, signatureKeys });
+    const uploaded = await client.uploadKeyPackage("phone", built.keyPackage);
+    expect(uploaded).toMatchObject({ ref: built.ref, generation: 1, changed: true });
+    // Too short a life for a 30-day interval plus the 7-day margin: refused, the check named.
+    const short = await buildKeyPackage({ identity, signatureKeys, lifetimeMs: 10 * 86_400_000 });
+    const refused = await failure(client.uploadKeyPackage("phone", short.keyPackage));
+    expect(refused).toMatchObject({
+      status: 422,
+      error: "KP_LIFETIME_TOO_SHORT",
+      retryable: false,
+    });
+
+    // verifyNotification accepts what is signed with the identity's secret, and nothing else.
+    const secret = registered.notificationSecret as string;
+    const body = JSON.stringify({
+      type: "device.delete",
+      timestamp: new Date().toISOString(),
+      data: { identityId: "phone", ref: built.ref },
+    });
+    const headers = signWebhook([secret], {
+      id: "del_x",
+      timestampSeconds: Math.floor(Date.now() / 1000),
+      body,
+    });
+    expect(verifyNotification(secret, body, headers)).toMatchObject({ type: "device.delete" });
+    expect(() => verifyNotification("whsec_AAAAAAAAAAAAAAAAAAAAAAAA", body, headers)).toThrow(
+      /refused/,
+    );
+  });
+
   it("register, welcome, rotate, status and deregister", async () => {
     const first = await client.register("alice");
     expect(first).toMatchObject({ identityId: "alice", created: true, generation: 1 });

@@ -134,13 +134,23 @@ describe("OpenAPI document", () => {
     expect(documented.sort()).toEqual(served.sort());
 
     const expected: Record<string, string[]> = {
-      "put /v1/identities/{identityId}": ["200", "201", "400", "401", "503"],
+      "put /v1/identities/{identityId}": ["200", "201", "400", "401", "409", "503"],
       "get /v1/identities/{identityId}": ["200", "400", "401", "404", "503"],
       "delete /v1/identities/{identityId}": ["204", "400", "401", "404", "503"],
       "post /v1/identities/{identityId}/welcome": ["202", "400", "401", "404", "503"],
       "post /v1/identities/{identityId}/rotate": ["202", "400", "401", "404", "503"],
       "post /v1/welcomes": ["202", "400", "401", "503"],
       "get /v1/identities/{identityId}/key-package": ["200", "400", "401", "404", "503"],
+      "put /v1/identities/{identityId}/key-package": [
+        "200",
+        "400",
+        "401",
+        "404",
+        "409",
+        "415",
+        "422",
+        "503",
+      ],
       "get /v1/safety": ["200", "401", "503"],
     };
     expect(Object.keys(expected).sort()).toEqual(documented.sort());

@@ -1,7 +1,9 @@
 import type fc from "fast-check";
 import { vi } from "vitest";
 import { pullInMany, deregister, register } from "../../src/services/identities.service.js";
+import { uploadKeyPackage } from "../../src/services/device.service.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
+import { buildPackage, type DeviceKeys, deviceKeys } from "../helpers/device-packages.js";
 import { Invariants } from "./invariants.js";
 import { killProcess, type ModelProcess, pumpWorkers, startProcess, TIMING } from "./processes.js";
 import type { Scenario } from "./scenarios.js";
@@ -25,7 +27,14 @@ export async function runScenario(
   s: fc.Scheduler,
   scenario: Scenario,
   trace: string[] = [],
-): Promise<{ violations: string[]; steps: number; rotations: number; faults: number }> {
+): Promise<{
+  violations: string[];
+  steps: number;
+  rotations: number;
+  faults: number;
+  notifications: World["notifications"];
+  deviceRotations: Record<string, number>;
+}> {
   vi.useFakeTimers({
     now: T0,
     toFake: ["Date", "setTimeout", "clearTimeout", "setInterval", "clearInterval"],
@@ -57,6 +66,15 @@ export async function runScenario(
     void tracked.finally(() => background.delete(tracked));
   };
   const api = () => procs[0] as ModelProcess;
+  const devices = new Map<string, Promise<DeviceKeys>>();
+  const keysOf = (id: string) => {
+    let keys = devices.get(id);
+    if (keys === undefined) {
+      keys = deviceKeys();
+      devices.set(id, keys);
+    }
+    return keys;
+  };
 
   const settle = async () => {
     for (let i = 0; i < 50; i++) {
@@ -83,6 +101,44 @@ export async function runScenario(
         case "register":
           launch(`register ${command.id}`, register(api().rotor, command.id));
           break;
+        case "registerDevice":
+          inv.devices.add(command.id);
+          launch(
+            `registerDevice ${command.id}`,
+            register(api().rotor, command.id, {
+              custody: "device",
+              notifyUrl: `https://device.example/${command.id}`,
+            }),
+          );
+          break;
+        case "upload": {
+          const rotor = api().rotor;
+          const identity = new TextEncoder().encode(command.id);
+          const reqSeq = world.seq;
+          // The device builds its package before it calls (real ts-mls crypto, real time).
+          const keys = await keysOf(command.id);
+          const bytes = await buildPackage(keys, { identity, now: Date.now() });
+          let uploadSettled = false;
+          launch(
+            `upload ${command.id}`,
+            uploadKeyPackage(rotor, command.id, bytes)
+              .then(() => inv.uploaded(command.id, reqSeq))
+              .finally(() => {
+                uploadSettled = true;
+              }),
+          );
+          // The upload verifies signatures under the lock with WebCrypto, which completes on the
+          // real event loop, not on a scheduled step: let real time pass while the scheduler
+          // releases port calls, until the upload ends (5 s of real time at most).
+          // performance.now() is real time (vitest fakes Date and timers only).
+          const started = performance.now();
+          while (!uploadSettled && performance.now() - started < 5_000) {
+            await new Promise<void>((resolve) => setImmediate(resolve));
+            pumpWorkers(world, procs);
+            if (s.count() > 0) await s.waitNext(1);
+          }
+          break;
+        }
         case "welcome":
         case "rotateNow": {
           const list = command.c === "welcome" ? command.ids : [command.id];
@@ -189,5 +245,9 @@ export async function runScenario(
     steps: world.steps,
     rotations: world.rotations.length,
     faults: trace.filter((l) => l.startsWith("  fault")).length,
+    notifications: world.notifications,
+    deviceRotations: Object.fromEntries(
+      [...inv.devices].map((id) => [id, world.rotations.filter((r) => r.id === id).length]),
+    ),
   };
 }

@@ -49,10 +49,16 @@ interface Ack {
   reqSeq: number;
   deadline: number;
   lives: number;
+  /** When the answer came. */
+  at: number;
 }
 
 export class Invariants {
   readonly foreverFailing = new Set<string>();
+  /** Device identities (custody "device"): their duty is to be asked, not to rotate. */
+  readonly devices = new Set<string>();
+  /** Uploads acknowledged (200) per device, by request step. */
+  readonly uploads: { id: string; reqSeq: number }[] = [];
   private readonly events: { at: number; heal: number; kind: string }[] = [];
   private readonly acks: Ack[] = [];
   private readonly reported = new Set<string>();
@@ -72,8 +78,26 @@ export class Invariants {
         reqSeq,
         deadline: r.rotationDeadline,
         lives: this.world.lives(r.identityId),
+        at: this.world.now(),
       });
     }
+  }
+
+  uploaded(id: string, reqSeq: number): void {
+    this.uploads.push({ id, reqSeq });
+  }
+
+  /**
+   * A device identity's due deadline is handled by asking: a rotate notification no earlier than
+   * the deadline (a worker's skew aside), and another within the backoff cap of the last one for
+   * as long as no upload comes (the device that never answers is asked forever).
+   */
+  private deviceAsked(id: string, deadline: number, now: number): boolean {
+    const asked = this.world.notifications.filter(
+      (n) => n.type === "rotate" && n.identityId === id && n.at >= deadline - MAX_SKEW_MS,
+    );
+    const last = asked.at(-1);
+    return last !== undefined && now <= this.bound(last.at + 60_000);
   }
 
   /** The latest time deadline `d` may still be unhandled. */
@@ -101,6 +125,18 @@ export class Invariants {
     for (const row of identities.values()) {
       if (row.deregisteredAt !== null || failing.has(row.id) || row.rotationDeadline === null)
         continue;
+      if (row.custody === "device") {
+        if (
+          now > this.bound(row.rotationDeadline) &&
+          !this.deviceAsked(row.id, row.rotationDeadline, now)
+        ) {
+          this.violation(
+            `device ${row.id} ${row.rotationDeadline} ${Math.floor(now / WATCHDOG_MS)}`,
+            `${row.id}: device not asked (again) for its due deadline ${this.t(row.rotationDeadline)} by ${this.t(now)}`,
+          );
+        }
+        continue;
+      }
       if (now > this.bound(row.rotationDeadline)) {
         this.violation(
           `deadline ${row.id} ${row.rotationDeadline}`,
@@ -119,10 +155,23 @@ export class Invariants {
     for (const ack of this.acks) {
       if (failing.has(ack.id) || this.world.lives(ack.id) !== ack.lives) continue;
       if (identities.get(ack.id)?.deregisteredAt !== null) continue;
-      const honoured = this.world.rotations.some(
-        (r) => r.id === ack.id && r.createdSeq > ack.reqSeq && r.at <= this.bound(ack.deadline),
-      );
-      if (!honoured && now > this.bound(ack.deadline)) {
+      // Honoured by a rotation whose package was stored after the request; for a device, also
+      // by asking it after the request (whether it answers is the device's business).
+      const honoured =
+        this.world.rotations.some(
+          (r) => r.id === ack.id && r.createdSeq > ack.reqSeq && r.at <= this.bound(ack.deadline),
+        ) ||
+        // A device awaited already (its deadline long past) is asked again within the backoff.
+        (this.devices.has(ack.id) &&
+          this.world.notifications.some(
+            (n) =>
+              n.type === "rotate" &&
+              n.identityId === ack.id &&
+              n.seq > ack.reqSeq &&
+              n.at <= this.bound(Math.max(ack.deadline, ack.at) + 60_000),
+          ));
+      const due = this.devices.has(ack.id) ? Math.max(ack.deadline, ack.at) + 60_000 : ack.deadline;
+      if (!honoured && now > this.bound(due)) {
         this.violation(
           `ack ${ack.id} ${ack.reqSeq}`,
           `${ack.id}: welcome acknowledged with deadline ${this.t(ack.deadline)} (request at step ${ack.reqSeq}) not honoured by ${this.t(now)}`,

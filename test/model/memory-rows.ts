@@ -12,6 +12,12 @@ export interface IdentityRow {
   publishingSince: number | null;
   welcomeDeadline: number | null;
   rotationFailures: number;
+  custody: "service" | "device";
+  notifyUrl: string | null;
+  awaitingDeviceSince: number | null;
+  verifyAt: number | null;
+  /** Init-key digests of the identity's uploads (replaced, never mutated: rows are cloned shallowly). */
+  initKeys: readonly string[];
 }
 
 export interface PackageRow {
@@ -58,6 +64,11 @@ export function tombstoneRow(id: string, deregisteredAt: number | null): Identit
     publishingSince: null,
     welcomeDeadline: null,
     rotationFailures: 0,
+    custody: "service",
+    notifyUrl: null,
+    awaitingDeviceSince: null,
+    verifyAt: null,
+    initKeys: [],
   };
 }
 

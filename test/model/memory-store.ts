@@ -86,6 +86,10 @@ export function createMemoryStore(world: World, proc: Proc): Store {
           lastError: null,
           lastFailureAt: null,
           createdAt: new Date(world.t0),
+          custody: row.custody,
+          awaitingDeviceSince: date(row.awaitingDeviceSince),
+          verifyError: null,
+          lastVerifiedAt: null,
         };
       }),
     listPublic: async () => [],

@@ -91,6 +91,10 @@ export class MemoryTx {
       credentialIdentity: row.signed ? new Uint8Array([1]) : null,
       signaturePublicKey: row.signed ? new Uint8Array([2]) : null,
       signaturePrivateKey: row.signed ? new Uint8Array([3]) : null,
+      custody: row.custody,
+      notifyUrl: row.notifyUrl,
+      awaitingDeviceSince: row.awaitingDeviceSince,
+      verifyAt: row.verifyAt,
       publishing: row.publishingSince !== null,
       welcomeDeadline: row.welcomeDeadline,
       now: this.world.now(),
@@ -147,6 +151,8 @@ export class MemoryTx {
           rotationFailures: 0,
           publishingSince: null,
           welcomeDeadline: null,
+          awaitingDeviceSince: null,
+          verifyAt: input.verifyAt ?? null,
         });
         for (const p of slice.packages) {
           if (p.isCurrent)
@@ -230,7 +236,10 @@ export class MemoryTx {
             ...tombstoneRow(input.id, null),
             generation,
             rotationDeadline: input.rotationDeadline,
-            signed: true,
+            signed: input.signaturePrivateKey !== null,
+            custody: input.custody,
+            notifyUrl: input.notifyUrl,
+            initKeys: slice.row?.initKeys ?? [],
           };
         }),
       setRotationDeadlines: (ids, deadline) =>
@@ -260,6 +269,8 @@ export class MemoryTx {
             signed: false,
             publishingSince: null,
             welcomeDeadline: null,
+            notifyUrl: null,
+            awaitingDeviceSince: null,
           });
         }),
       findPending: (id) =>
@@ -308,6 +319,36 @@ export class MemoryTx {
           }
           return byId;
         }),
+      seenInitKeys: (id) =>
+        this.step("seenInitKeys", () => new Set(this.view(id).row?.initKeys ?? [])),
+      recordInitKey: (id, digest) =>
+        this.step("recordInitKey", () => {
+          const keys = this.view(id).row?.initKeys ?? [];
+          if (!keys.includes(digest)) setRow(id, { initKeys: [...keys, digest] });
+        }),
+      markAwaitingDevice: (id, now) =>
+        this.step("markAwaitingDevice", () => {
+          setRow(id, { awaitingDeviceSince: this.view(id).row?.awaitingDeviceSince ?? now });
+        }),
+      dueDeletionRefs: (id, now) =>
+        this.step("dueDeletionRefs", () =>
+          pkgs(id)
+            .filter((p) => p.deleteAt !== null && p.deleteAt <= now)
+            .map((p) => p.ref),
+        ),
+      deleteDueKeyPackagesIn: (id, now, refs) =>
+        this.step("deleteDueKeyPackagesIn", () => {
+          const slice = this.write(id);
+          const due = slice.packages.filter(
+            (p) => p.deleteAt !== null && p.deleteAt <= now && refs.includes(p.ref),
+          );
+          slice.packages = slice.packages.filter((p) => !due.includes(p));
+          return due.length;
+        }),
+      clearVerifyAt: (id) => this.step("clearVerifyAt", () => setRow(id, { verifyAt: null })),
+      recordVerify: () => this.step("recordVerify", () => {}),
+      currentRef: (id) =>
+        this.step("currentRef", () => pkgs(id).find((p) => p.isCurrent)?.ref ?? null),
     };
   }
 }

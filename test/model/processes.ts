@@ -104,6 +104,27 @@ export function startProcess(
     clock: () => Date.now() + proc.skew,
     log,
     events: new RotorEvents(),
+    devices: {
+      // A device endpoint that always answers 2xx (a fault on "notify" makes it fail); whether
+      // the device then uploads is the scenario's choice.
+      notifier: {
+        notify: (n) =>
+          world.step(proc, `notify(${n.type} ${n.identityId})`, () => {
+            world.notifications.push({
+              type: n.type,
+              identityId: n.identityId,
+              ...(n.type === "delete" ? { ref: n.ref } : {}),
+              at: world.now(),
+              seq: world.seq,
+            });
+          }),
+      },
+      allowedCiphersuites: ["MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"],
+      marginMs: 7 * 86_400_000,
+      maxLifetimeMs: 90 * 86_400_000,
+      secretFor: (id) => `whsec_model_${id}`,
+      endpointProblem: () => undefined,
+    },
   };
   const p: ModelProcess = { proc, rotor, worker: options.worker, running: new Set() };
   if (options.worker) {

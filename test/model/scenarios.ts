@@ -5,6 +5,8 @@ import type { Fault, FaultKind } from "./world.js";
 /** The model's commands and the arbitraries that generate scenarios of them. */
 
 export const IDS = ["a", "b", "c", "d"] as const;
+/** Device identities (custody "device"): registered and uploaded for by the device mix only. */
+export const DEVICE_IDS = ["p", "q"] as const;
 
 /** Port calls a fault can be aimed at (label prefixes). */
 const CALL_KINDS = [
@@ -22,6 +24,9 @@ const CALL_KINDS = [
 
 export type Command =
   | { c: "register"; id: string }
+  | { c: "registerDevice"; id: string }
+  /** The device builds a fresh key package (real ts-mls) and uploads it. */
+  | { c: "upload"; id: string }
   | { c: "welcome"; ids: string[] }
   | { c: "rotateNow"; id: string }
   | { c: "deregister"; id: string }
@@ -200,7 +205,68 @@ export const healingCommandArb: fc.Arbitrary<Command> = fc.oneof(
   { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
 );
 
-export type Mix = "general" | "healing";
+export type Mix = "general" | "healing" | "device";
+
+const deviceId = fc.constantFrom(...DEVICE_IDS);
+
+/**
+ * The device mix: device identities next to service ones, with faults and Redis losses. "p" is
+ * registered first and never answers unless the mix says "upload"; uploads come early, late,
+ * twice, or not at all.
+ */
+export const deviceCommandArb: fc.Arbitrary<Command> = fc.oneof(
+  { arbitrary: fc.record({ c: fc.constant("registerDevice" as const), id: deviceId }), weight: 2 },
+  { arbitrary: fc.record({ c: fc.constant("upload" as const), id: deviceId }), weight: 4 },
+  { arbitrary: fc.record({ c: fc.constant("register" as const), id }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("welcome" as const),
+      ids: fc.uniqueArray(fc.constantFrom(...DEVICE_IDS, "a"), { minLength: 1, maxLength: 2 }),
+    }),
+    weight: 4,
+  },
+  { arbitrary: fc.record({ c: fc.constant("deregister" as const), id: deviceId }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("advance" as const),
+      ms: fc.constantFrom(1_000, 4_000, 30_000, 120_000, 400_000, 900_000),
+    }),
+    weight: 5,
+  },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("run" as const),
+      steps: fc.integer({ min: 1, max: 30 }),
+    }),
+    weight: 3,
+  },
+  { arbitrary: fc.constant({ c: "flushAll" as const }), weight: 1 },
+  { arbitrary: fc.constant({ c: "land" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("crash" as const),
+      proc: fc.integer({ min: 0, max: 2 }),
+    }),
+    weight: 1,
+  },
+  { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("faultNext" as const),
+      on: fc.constantFrom("notify", "commit", "arm-script", "moveToDelayed", "publish"),
+      k: fc.integer({ min: 1, max: 3 }),
+      kind: fc.constantFrom("fail" as const, "fail-after" as const, "crash" as const),
+    }),
+    weight: 2,
+  },
+);
+
+export const DEVICE_PRELUDE: readonly Command[] = [
+  { c: "registerDevice", id: "p" },
+  { c: "registerDevice", id: "q" },
+  { c: "register", id: "a" },
+  { c: "advance", ms: 30_000 },
+];
 
 /**
  * The healing mix starts from a fleet where two identities' publishes fail for good (they are
@@ -224,11 +290,20 @@ export const scenarioArb = (maxCommands: number, mix: Mix = "general"): fc.Arbit
     }),
     skews: fc.array(fc.constantFrom(0, 0, 30_000, -30_000, 5_000), { minLength: 3, maxLength: 3 }),
     commands: fc
-      .array(mix === "general" ? commandArb : healingCommandArb, {
-        minLength: 1,
-        maxLength: maxCommands,
-        size: "medium",
-      })
-      .map((commands) => (mix === "healing" ? [...HEALING_PRELUDE, ...commands] : commands)),
+      .array(
+        mix === "general" ? commandArb : mix === "healing" ? healingCommandArb : deviceCommandArb,
+        {
+          minLength: 1,
+          maxLength: maxCommands,
+          size: "medium",
+        },
+      )
+      .map((commands) =>
+        mix === "healing"
+          ? [...HEALING_PRELUDE, ...commands]
+          : mix === "device"
+            ? [...DEVICE_PRELUDE, ...commands]
+            : commands,
+      ),
     faults: fc.array(faultArb, { maxLength: 8 }),
   });

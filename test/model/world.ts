@@ -95,6 +95,14 @@ export class World {
   /** Tokens of the jobs a live processor is running (its lock is being renewed). */
   readonly handling = new Set<number>();
   readonly rotations: RotationRecord[] = [];
+  /** Notifications the device endpoints received (device custody). */
+  readonly notifications: {
+    type: "rotate" | "delete";
+    identityId: string;
+    ref?: string;
+    at: number;
+    seq: number;
+  }[] = [];
   readonly violations: string[] = [];
   /** Writes whose client timed out; they land when the driver says so. */
   readonly late: (() => void)[] = [];
@@ -249,10 +257,16 @@ export class World {
       const first = !oldPackages.some((p) => p.isCurrent);
       const deadline = first ? null : old.rotationDeadline;
       const current = packages.find((p) => p.isCurrent);
-      if (deadline !== null && deadline > at) {
+      // A device may upload whenever it likes: that is a rotation, early or not.
+      const device = row.custody === "device";
+      if (!device && deadline !== null && deadline > at) {
         this.violations.push(`${id} rotated at ${at}, before its deadline ${deadline}`);
       }
-      if (deadline !== null && this.rotations.some((r) => r.id === id && r.deadline === deadline)) {
+      if (
+        !device &&
+        deadline !== null &&
+        this.rotations.some((r) => r.id === id && r.deadline === deadline)
+      ) {
         this.violations.push(`${id} rotated twice for its deadline ${deadline}`);
       }
       this.rotations.push({
@@ -269,6 +283,14 @@ export class World {
         if (p.deleteAt > at) {
           this.violations.push(
             `${id}#${p.generation} deleted at ${at}, before its delete_at ${p.deleteAt}`,
+          );
+        }
+        const told = this.notifications.some(
+          (n) => n.type === "delete" && n.identityId === id && n.ref === p.ref,
+        );
+        if (row.custody === "device" && !told) {
+          this.violations.push(
+            `${id}#${p.generation} deleted before its device was told (${p.ref})`,
           );
         }
       }

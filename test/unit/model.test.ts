@@ -28,7 +28,7 @@ const MAX_COMMANDS = 24;
 /** Interleavings per regression scenario. */
 const REPLAYS = 30;
 
-async function explore(mix: Mix): Promise<void> {
+async function explore(mix: Mix, numRuns = RUNS): Promise<void> {
   let runs = 0;
   let steps = 0;
   let rotations = 0;
@@ -53,7 +53,7 @@ async function explore(mix: Mix): Promise<void> {
           throw new Error(result.violations.join("\n"));
         }
       }),
-      { numRuns: RUNS, seed: SEED },
+      { numRuns, seed: SEED },
     )
     .catch((err: unknown) => {
       throw new Error(`${String(err)}\n\nthe last failing run:\n${failure.join("\n")}`);
@@ -86,6 +86,45 @@ describe("model: the real services on in-memory ports", () => {
     );
   });
 
+  it("device identities: one never answers and is asked forever, one uploads twice", async () => {
+    const scenario: Scenario = {
+      publishers: ["directory", "webhook", "directory"],
+      skews: [0, 30_000, 0],
+      commands: [
+        { c: "registerDevice", id: "p" },
+        { c: "registerDevice", id: "q" },
+        { c: "advance", ms: 30_000 },
+        { c: "upload", id: "q" },
+        { c: "advance", ms: 30_000 },
+        { c: "welcome", ids: ["p", "q"] },
+        { c: "advance", ms: 30_000 },
+        { c: "upload", id: "q" },
+        { c: "advance", ms: 900_000 },
+      ],
+      faults: [],
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.scheduler(), async (s) => {
+        const trace: string[] = [];
+        const result = await runScenario(s, scenario, trace);
+        expect(result.violations, trace.join("\n")).toEqual([]);
+        const told = result.notifications;
+        // p never uploads: asked again and again (every 60 s at most, once the backoff is capped).
+        expect(
+          told.filter((n) => n.type === "rotate" && n.identityId === "p").length,
+        ).toBeGreaterThan(10);
+        // q uploaded twice: two device rotations, and its first package's deletion was announced.
+        expect(
+          result.deviceRotations.q,
+          trace.filter((l) => !l.startsWith("    ")).join("\n"),
+        ).toBe(2);
+        expect(told.some((n) => n.type === "delete" && n.identityId === "q")).toBe(true);
+        expect(told.some((n) => n.identityId === "p" && n.type === "delete")).toBe(false);
+      }),
+      { numRuns: 3 },
+    );
+  });
+
   for (const [name, scenario] of Object.entries(REGRESSIONS)) {
     it(`issue 10, ${name}`, async () => {
       let failure: string[] = [];
@@ -114,6 +153,12 @@ describe("model: the real services on in-memory ports", () => {
   it(
     "keeps every invariant under interleavings and faults (healing mix)",
     () => explore("healing"),
+    600_000,
+  );
+
+  it(
+    "keeps every invariant with device identities under interleavings and faults (device mix)",
+    () => explore("device", Math.ceil(RUNS / 5)),
     600_000,
   );
 });

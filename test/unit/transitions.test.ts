@@ -1,6 +1,15 @@
 import { describe, expect, it } from "vitest";
 import type { LockedDeadline, PendingKeyPackage } from "../../src/core/ports.js";
-import { planPullIns, reusablePending, rotationRearmAt } from "../../src/core/transitions.js";
+import {
+  deviceNotificationId,
+  judgePublished,
+  planPullIns,
+  reusablePending,
+  rotationRearmAt,
+  rotationSource,
+  verifyAtAfterRotation,
+  wakeTarget,
+} from "../../src/core/transitions.js";
 
 const NOW = Date.UTC(2025, 0, 15, 12, 0, 0);
 const SEC = 1_000;
@@ -85,5 +94,54 @@ describe("reusablePending", () => {
     [null, 3, "X", false],
   ] as const)("%o for generation %i, suite %s: %s", (existing, generation, suite, expected) => {
     expect(reusablePending(existing, generation, suite)).toBe(expected);
+  });
+});
+
+describe("device custody and published checks", () => {
+  const NOW = Date.UTC(2026, 11, 5);
+  const DAY = 86_400_000;
+
+  it.each([
+    ["service, nothing pending", "service", false, "generate"],
+    ["service, pending reusable", "service", true, "reuse"],
+    ["device, nothing uploaded", "device", false, "await-device"],
+    ["device, its upload pending", "device", true, "reuse"],
+  ] as const)("rotationSource: %s", (_name, custody, reusable, expected) => {
+    expect(rotationSource(custody, reusable)).toBe(expected);
+  });
+
+  it("a notification id is stable per subject and free of ':'", () => {
+    const a = deviceNotificationId("rotate", "x:y", 5);
+    expect(a).toBe(deviceNotificationId("rotate", "x:y", 5));
+    expect(a).not.toBe(deviceNotificationId("rotate", "x:y", 6));
+    expect(deviceNotificationId("delete", "x:y", "ab")).not.toContain(":");
+  });
+
+  it.each([
+    ["no check planned", NOW + 30 * DAY, null, NOW + 30 * DAY],
+    ["a check before the deadline", NOW + 30 * DAY, NOW + 15 * DAY, NOW + 15 * DAY],
+    ["a check already due fires now", NOW + 30 * DAY, NOW - 1000, NOW],
+    ["a check after the deadline is moot", NOW + 30 * DAY, NOW + 31 * DAY, NOW + 30 * DAY],
+  ] as const)("wakeTarget: %s", (_name, deadline, verifyAt, expected) => {
+    expect(wakeTarget(deadline, verifyAt, NOW)).toBe(expected);
+  });
+
+  it("plans the check at half the interval, only before the deadline", () => {
+    expect(verifyAtAfterRotation(NOW, 30 * DAY, NOW + 30 * DAY)).toBe(NOW + 15 * DAY);
+    // A welcome during publish kept an earlier deadline: no check before it.
+    expect(verifyAtAfterRotation(NOW, 30 * DAY, NOW + 5000)).toBeNull();
+  });
+
+  const good = { ref: "aa", signatureValid: true, notAfter: NOW + 84 * DAY };
+  it.each([
+    ["the current package, long-lived", good, "ok"],
+    ["nothing published", null, "missing"],
+    ["another package", { ...good, ref: "bb" }, "ref-mismatch"],
+    ["a broken signature", { ...good, signatureValid: false }, "bad-signature"],
+    ["expiring before deadline + margin", { ...good, notAfter: NOW + 36 * DAY }, "too-short"],
+    ["expiring exactly at deadline + margin", { ...good, notAfter: NOW + 37 * DAY }, "ok"],
+  ] as const)("judgePublished: %s", (_name, observed, expected) => {
+    const verdict = judgePublished("aa", observed, NOW + 30 * DAY, 7 * DAY);
+    expect(verdict.ok ? "ok" : verdict.reason).toBe(expected);
   });
 });

@@ -136,9 +136,13 @@ export async function registerProtection(
 /** Methods whose body the API reads; any body must be JSON (or there is none). */
 const WITH_BODY = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 const JSON_TYPE = /^application\/json\s*(;\s*charset=("?)utf-8\2\s*)?$/i;
+/** A device's key package upload: message/mls is not a CORS-safelisted type (a preflight). */
+const MLS_TYPE = /^message\/mls\s*$/i;
+const UPLOAD_ROUTE = "/v1/identities/:identityId/key-package";
 
 /**
- * Only `application/json` (UTF-8), or no body at all, on every POST, PUT, PATCH and DELETE. A
+ * Only `application/json` (UTF-8), or no body at all (or `message/mls` on a device's key package
+ * upload), on every POST, PUT, PATCH and DELETE. A
  * browser sends text/plain, form and multipart bodies cross-site without a CORS preflight; the
  * API takes none of them, so no other site can make a browser call it. Checked before the body
  * is read.
@@ -152,6 +156,13 @@ export function registerContentTypePolicy(app: FastifyInstance): void {
       request.headers["transfer-encoding"] !== undefined ||
       (length !== undefined && length !== "0");
     if (type === undefined ? !hasBody : JSON_TYPE.test(type)) return;
+    if (
+      request.method === "PUT" &&
+      request.routeOptions.url === UPLOAD_ROUTE &&
+      MLS_TYPE.test(type ?? "")
+    ) {
+      return;
+    }
     return reply
       .status(415)
       .send(

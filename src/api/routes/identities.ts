@@ -6,6 +6,7 @@ import type { Rotor } from "../../services/rotor.js";
 import { ErrorCodes, KpRotorError } from "../../errors.js";
 import {
   commonErrors,
+  custodyConflict,
   described,
   IdentityParams,
   IdentityStatus,
@@ -64,13 +65,14 @@ export function identityRoutes(fastify: FastifyInstance, deps: IdentityRouteDeps
         tags,
         summary: "Register an identity",
         description:
-          "Stores the identity (its own credential and Ed25519 key if given, sealed at rest), generates and publishes its first key package and arms its rotation 30 days on. If the first publish fails, the identity is still registered (201 with publishError) and the rotation worker retries. Idempotent: an identity that exists answers 200 with its current state (and its wake-up is repaired).",
+          "Stores the identity (its own credential and Ed25519 key if given, sealed at rest), generates and publishes its first key package and arms its rotation 30 days on. With custody device nothing private is generated or stored: the answer carries the notificationSecret, and the device is sent a signed device.rotate after WELCOME_ROTATION_DELAY unless it uploads first (PUT .../key-package). If the first publish fails, the identity is still registered (201 with publishError) and the rotation worker retries. Idempotent: an identity that exists answers 200 with its current state (and its wake-up is repaired).",
         params: IdentityParams,
         body: RegisterBody,
         response: {
           200: described(Registered, "Already registered; nothing new"),
           201: described(Registered, "Registered"),
           ...commonErrors,
+          ...custodyConflict,
         },
       },
     },
@@ -79,6 +81,9 @@ export function identityRoutes(fastify: FastifyInstance, deps: IdentityRouteDeps
       const result = await identities.register(rotor, request.params.identityId, {
         credentialIdentity: decodeBase64("credentialIdentity", body.credentialIdentity, 1024),
         signaturePrivateKey: decodeBase64("signaturePrivateKey", body.signaturePrivateKey, 64),
+        signaturePublicKey: decodeBase64("signaturePublicKey", body.signaturePublicKey, 256),
+        ...(body.custody === undefined ? {} : { custody: body.custody }),
+        ...(body.notifyUrl === undefined ? {} : { notifyUrl: body.notifyUrl }),
       });
       return reply.status(result.created ? 201 : 200).send({
         identityId: request.params.identityId,
@@ -86,6 +91,10 @@ export function identityRoutes(fastify: FastifyInstance, deps: IdentityRouteDeps
         generation: result.generation,
         nextRotationAt: iso(result.rotationDeadline),
         published: result.generation > 0,
+        custody: result.custody,
+        ...(result.notificationSecret === undefined
+          ? {}
+          : { notificationSecret: result.notificationSecret }),
         ...(result.publishError === undefined ? {} : { publishError: result.publishError }),
       });
     },

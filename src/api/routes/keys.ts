@@ -1,19 +1,26 @@
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { FastifyInstance } from "fastify";
 import Type from "typebox";
+import { uploadKeyPackage } from "../../services/device.service.js";
 import * as identities from "../../services/identities.service.js";
 import type { LiveRotor as Rotor } from "../../services/rotor.js";
 import { safetyReport } from "../../services/safety.service.js";
 import {
   commonErrors,
   described,
+  errorBody,
   IdentityParams,
   KeyPackageJson,
   KeyPackageQuery,
   notFoundError,
   SafetyReport,
+  Uploaded,
+  uploadRefused,
 } from "../../contract/api.js";
 import { toWire } from "../wire.js";
+
+/** The largest key package upload accepted (a KeyPackage is a few hundred bytes). */
+export const MAX_UPLOAD_BYTES = 64 * 1024;
 
 /** Whether an Accept header asks for JSON rather than the raw key package. */
 function prefersJson(accept: string | undefined): boolean {
@@ -79,6 +86,54 @@ export function keyRoutes(fastify: FastifyInstance, rotor: Rotor): void {
         .header("kp-rotor-not-before", kp.notBefore.toISOString())
         .header("kp-rotor-not-after", kp.notAfter.toISOString())
         .send(Buffer.from(kp.keyPackage));
+    },
+  );
+
+  // A device's upload is the raw MLSMessage: kept as bytes (this content type only).
+  app.addContentTypeParser(
+    "message/mls",
+    { parseAs: "buffer", bodyLimit: MAX_UPLOAD_BYTES },
+    (_request, body, done) => done(null, body),
+  );
+  app.put(
+    "/v1/identities/:identityId/key-package",
+    {
+      schema: {
+        tags: ["key packages"],
+        summary: "Upload a device identity's new key package",
+        description:
+          "Custody device only. The body is the TLS-encoded MLSMessage (Content-Type: message/mls). It is validated (RFC 9420 §10.1 and policy: 422 with a code naming the failed check), published, and made current; the previous package is superseded (deleted after DELETION_GRACE, with a signed device.delete) and the rotation deadline moves ROTATION_INTERVAL on. Uploading before being asked is a rotation too. Uploading the current package again answers 200 with changed=false.",
+        params: IdentityParams,
+        consumes: ["message/mls"],
+        response: {
+          200: described(Uploaded, "The upload is the current key package"),
+          ...commonErrors,
+          ...notFoundError,
+          ...uploadRefused,
+        },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      if (!Buffer.isBuffer(body)) {
+        return reply
+          .status(415)
+          .send(
+            errorBody(
+              "UNSUPPORTED_MEDIA_TYPE",
+              "upload the key package as Content-Type: message/mls",
+            ),
+          );
+      }
+      const result = await uploadKeyPackage(rotor, request.params.identityId, new Uint8Array(body));
+      return reply.send({
+        identityId: request.params.identityId,
+        ref: result.ref,
+        generation: result.generation,
+        nextRotationAt:
+          result.rotationDeadline === null ? null : new Date(result.rotationDeadline).toISOString(),
+        changed: result.changed,
+      });
     },
   );
 
