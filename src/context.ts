@@ -54,7 +54,18 @@ export async function createContext(
       log.warn({ err: err.message }, "queue error"),
     );
     closers.push(() => timers.close());
-    const keys = await createKeyPackageFactory(config.keys.ciphersuite);
+    const device = config.keys.device;
+    if (config.rotationIntervalMs + device.marginMs > device.maxLifetimeMs) {
+      log.warn(
+        "ROTATION_INTERVAL + KEY_PACKAGE_MARGIN is longer than MAX_KEY_PACKAGE_LIFETIME: no key package a device uploads can pass the lifetime checks; raise MAX_KEY_PACKAGE_LIFETIME if device identities are used",
+      );
+    }
+    // A generated package outlives the next rotation by KEY_PACKAGE_MARGIN, whatever the interval
+    // (plus a day for the time between generation and promote, a retried publish included).
+    const keys = await createKeyPackageFactory(
+      config.keys.ciphersuite,
+      config.rotationIntervalMs + device.marginMs + 86_400_000,
+    );
     const keyring = createKeyring(config.keys.encryptionKey, config.keys.previousEncryptionKey);
     if (config.keys.insecureDevKey) {
       log.warn(

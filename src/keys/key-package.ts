@@ -39,7 +39,11 @@ import { ErrorCodes, KpRotorError } from "../errors.js";
 
 /** Ciphersuite 0x0001, the RFC 9420 mandatory-to-implement suite; works with ts-mls alone. */
 export const DEFAULT_CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519";
-/** Validity window of a KeyPackage after its creation (OpenMLS default: 84 days). */
+/**
+ * Validity window of a KeyPackage after its creation (OpenMLS default: 84 days); longer when the
+ * rotation interval plus KEY_PACKAGE_MARGIN needs it (src/context.ts), so that a package never
+ * expires before its successor is due.
+ */
 export const KEY_PACKAGE_LIFETIME_MS = 84 * 24 * 3600 * 1000;
 /** not_before is backdated by this much so peers whose clocks lag still accept a fresh package. */
 export const NOT_BEFORE_SKEW_MS = 3600 * 1000;
@@ -115,6 +119,8 @@ const MAX_DATE_MS = 8.64e15;
  */
 export async function createKeyPackageFactory(
   ciphersuite: string = DEFAULT_CIPHERSUITE,
+  /** How long a generated package is valid: at least KEY_PACKAGE_LIFETIME_MS. */
+  lifetimeMs: number = KEY_PACKAGE_LIFETIME_MS,
 ): Promise<KeyPackageFactory> {
   const impl = await loadCiphersuite(ciphersuite);
   const suiteId = ciphersuites[impl.name];
@@ -172,7 +178,7 @@ export async function createKeyPackageFactory(
 
       // RFC 9420 Lifetime is uint64 seconds since the epoch; ts-mls takes it as bigint seconds.
       const notBeforeS = Math.floor((now - NOT_BEFORE_SKEW_MS) / 1000);
-      const notAfterS = Math.floor((now + KEY_PACKAGE_LIFETIME_MS) / 1000);
+      const notAfterS = Math.floor((now + Math.max(lifetimeMs, KEY_PACKAGE_LIFETIME_MS)) / 1000);
 
       const capabilities = defaultCapabilities();
       // RFC 9420 §7.2 and §10: extensions used in the KeyPackage must be listed in the leaf's

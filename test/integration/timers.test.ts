@@ -204,7 +204,13 @@ describe("rotation and deletion wake-ups", () => {
         );
         expect(wakes).toEqual([]);
         expect(warnings).not.toContain("TimeoutOverflowWarning");
-        expect((await identities.status(ctx.rotor, "erin")).generation).toBe(1);
+        const status = await identities.status(ctx.rotor, "erin");
+        expect(status.generation).toBe(1);
+        // The package outlives its rotation by KEY_PACKAGE_MARGIN (7 d), however long the interval.
+        const current = status.keyPackages.find((kp) => kp.current);
+        expect(current?.notAfter.getTime()).toBeGreaterThanOrEqual(
+          registered.rotationDeadline + 7 * 86_400_000,
+        );
       } finally {
         process.off("warning", onWarning);
       }
