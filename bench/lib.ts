@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import postgres from "postgres";
-import { identityIdOf } from "../src/queue/timers.js";
+import { identityIdOf } from "../src/queue/wakeup-queues.js";
 import { ADMIN_DATABASE_URL, createTestDatabase, freePort } from "../test/helpers/env.js";
 
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));

@@ -19,7 +19,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { loadConfig } from "../src/config.js";
-import type { Timing } from "../src/core/timers.js";
+import type { Timing } from "../src/core/deadlines.js";
 import { ROOT, round, table } from "./lib.js";
 import { drawPng } from "./sim/charts.js";
 import { Worker } from "node:worker_threads";

@@ -13,7 +13,7 @@ import {
 } from "./keys/device-notifier.js";
 import type { Logger } from "./logger.js";
 import type { KeyLayout } from "./queue/layout.js";
-import { createRedis, createTimers, type RedisConnection } from "./queue/timers.js";
+import { createRedis, createWakeupQueues, type RedisConnection } from "./queue/wakeup-queues.js";
 import { RotorEvents } from "./services/events.js";
 import type { LiveRotor } from "./services/rotor.js";
 
@@ -50,7 +50,7 @@ export async function createContext(
     const redis = createRedis(redisTarget(config));
     closers.push(async () => redis.quit());
     redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
-    const timers = createTimers(redis, keyLayout(config), (err) =>
+    const timers = createWakeupQueues(redis, keyLayout(config), (err) =>
       log.warn({ err: err.message }, "queue error"),
     );
     closers.push(() => timers.close());

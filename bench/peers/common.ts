@@ -28,7 +28,7 @@ export const DAY = 86_400_000;
 export interface Params {
   /** Identities with a far-future deadline (the "pending" set). */
   identities: number;
-  /** Timers due in the lateness test, and the window they are spread over. */
+  /** WakeupQueues due in the lateness test, and the window they are spread over. */
   due: number;
   spreadS: number;
   /** Reschedules (welcome pull-ins) in the reschedule test. */

@@ -1,12 +1,12 @@
 /**
- * A year of a fleet on a virtual clock: the service's own decisions (src/core/timers.ts, the pure
+ * A year of a fleet on a virtual clock: the service's own decisions (src/core/deadlines.ts, the pure
  * logic the services call under their row locks) applied to every welcome, rotation and deletion
  * of every identity, with no Redis and no Postgres. Event-driven: a time-bucketed queue (one
  * bucket per second, intrusive doubly linked lists in typed arrays) holds at most three events per
  * identity (its rotation wake-up, its deletion wake-up, its next welcome or registration), so a
  * pull-in moves one node and nothing ever scans the fleet per second.
  */
-import { afterRotation, decideRotation, pullIn, type Timing } from "../../src/core/timers.js";
+import { afterRotation, decideRotation, pullIn, type Timing } from "../../src/core/deadlines.js";
 import { createRandom, createWelcomeClock, drawRate, type WelcomeModel } from "./welcomes.js";
 
 const DAY_S = 86_400;

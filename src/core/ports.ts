@@ -1,9 +1,9 @@
-import type { ArmAction, JobView, RotationState } from "./timers.js";
+import type { ArmAction, JobView, RotationState } from "./deadlines.js";
 
 /**
  * The ports the services work through (STYLE.md, "Ports in core"): Store (Postgres, the truth),
  * Wakeups (the Redis queues), Publisher and Clock. The services see nothing else of the world,
- * so the same code runs on the production adapters (src/db/store.ts, src/queue/timers.ts,
+ * so the same code runs on the production adapters (src/db/store.ts, src/queue/wakeup-queues.ts,
  * src/keys/publisher.ts) and on the in-memory ones of the model test (test/model/). Nothing here
  * does I/O. Times are epoch milliseconds.
  */
@@ -259,7 +259,7 @@ export interface ArmItem {
  * The wake-up queues. Every arm is made while the caller holds the identity's row lock
  * (DESIGN.md, "One lock per identity") and passes the arm fence taken after that lock was
  * granted; a write older than the job's last one is refused and reported as "none" (DESIGN.md,
- * "Fenced arms"). The production adapter is src/queue/timers.ts (BullMQ, one Lua script).
+ * "Fenced arms"). The production adapter is src/queue/wakeup-queues.ts (BullMQ, one Lua script).
  */
 export interface Wakeups {
   /** Reads the state and fire time of identities' wake-up jobs (one script call per 1,000). */

@@ -1,5 +1,5 @@
 import type { LockedDeadline, PendingKeyPackage } from "./ports.js";
-import { decideRotation, fireTimeFor, pullIn, type RotationState } from "./timers.js";
+import { decideRotation, fireTimeFor, pullIn, type RotationState } from "./deadlines.js";
 
 /**
  * The protocol's decisions that the services take under a row lock, as pure functions of what

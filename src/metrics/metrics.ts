@@ -1,5 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { Timers } from "../queue/timers.js";
+import type { WakeupQueues } from "../queue/wakeup-queues.js";
 import type { RotorEventMap } from "../services/events.js";
 import type { LiveRotor as Rotor } from "../services/rotor.js";
 import { lastSealedKeysReport } from "../services/rewrap.service.js";
@@ -72,7 +72,7 @@ export interface MetricsOptions {
  */
 export function createMetrics(
   rotor: Rotor,
-  timers: Pick<Timers, "shardQueues">,
+  timers: Pick<WakeupQueues, "shardQueues">,
   options: MetricsOptions = {},
 ): Metrics {
   const gaugeMaxAgeMs = options.gaugeMaxAgeMs ?? GAUGE_MAX_AGE_MS;

@@ -7,7 +7,7 @@ import {
   scanTargets,
   TIMER_KINDS,
   type TimerKind,
-} from "./timers.js";
+} from "./wakeup-queues.js";
 
 /** What removeMisplaced did. */
 export interface MisplacedReport {

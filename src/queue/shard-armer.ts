@@ -1,5 +1,5 @@
 import type { ArmItem } from "../core/ports.js";
-import { type ArmAction, type JobView, planArm } from "../core/timers.js";
+import { type ArmAction, type JobView, planArm } from "../core/deadlines.js";
 import { settleAll } from "../settle.js";
 import { privateJobs } from "./bullmq/index.js";
 import type { RedisConnection } from "./connection.js";
@@ -7,8 +7,8 @@ import { JOB_NAMES, jobIdFor, type ShardQueues, type TimerKind } from "./jobs.js
 
 /*
  * Arming within one shard's queue pair: the view and arm scripts (behind src/queue/bullmq),
- * planArm per identity and the re-plans when a worker moved a job under us. createTimers
- * (timers.ts) gives each shard one of these and splits every call by shard with perShard.
+ * planArm per identity and the re-plans when a worker moved a job under us. createWakeupQueues
+ * (wakeup-queues.ts) gives each shard one of these and splits every call by shard with perShard.
  */
 
 /** How often an item whose job changed state under us (a worker took it) is planned again. */

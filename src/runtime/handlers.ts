@@ -1,4 +1,4 @@
-import type { WakeHandler } from "../queue/workers.js";
+import type { WakeHandler } from "../queue/wake-worker.js";
 import type { Rotor } from "../services/rotor.js";
 import {
   handleDeletionWake,

@@ -7,11 +7,11 @@ import { createLogger } from "../logger.js";
 import { metricsFor } from "../metrics/metrics.js";
 import { type MetricsServer, startMetricsServer } from "../metrics/server.js";
 import { shardPrefix } from "../queue/layout.js";
-import { createRedis, type TimerKind } from "../queue/timers.js";
-import { type RunningWorker, startWorker, type WakeHandler } from "../queue/workers.js";
+import { createRedis, type TimerKind } from "../queue/wakeup-queues.js";
+import { type RunningWorker, startWorker, type WakeHandler } from "../queue/wake-worker.js";
 import type { Rotor } from "../services/rotor.js";
 import { startHealer } from "../services/watchdog.service.js";
-import { BACKOFF } from "../core/timers.js";
+import { BACKOFF } from "../core/deadlines.js";
 
 export type HandlerFactories = Partial<Record<TimerKind, (rotor: Rotor) => WakeHandler>>;
 

@@ -1,5 +1,5 @@
 import { EventEmitter } from "node:events";
-import type { ArmAction } from "../core/timers.js";
+import type { ArmAction } from "../core/deadlines.js";
 import type { WakeupKind } from "../core/ports.js";
 
 /**

@@ -1,4 +1,4 @@
-import { deletionDeadline } from "../core/timers.js";
+import { deletionDeadline } from "../core/deadlines.js";
 import type { Custody } from "../core/ports.js";
 import type { PullInResult } from "../core/transitions.js";
 import { ed25519PublicKey } from "../keys/signature.js";

@@ -6,7 +6,7 @@ import {
   WAKEUP_KINDS as TIMER_KINDS,
   type WakeupKind as TimerKind,
 } from "../core/ports.js";
-import type { ArmAction } from "../core/timers.js";
+import type { ArmAction } from "../core/deadlines.js";
 import { settleAll } from "../settle.js";
 import type { Rotor } from "./rotor.js";
 

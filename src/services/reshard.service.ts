@@ -1,4 +1,4 @@
-import type { RedisConnection } from "../queue/timers.js";
+import type { RedisConnection } from "../queue/wakeup-queues.js";
 import { type MisplacedReport, removeMisplaced } from "../queue/reshard.js";
 import { type ReconcileOptions, type ReconcileReport, reconcile } from "./reconcile.service.js";
 import type { LiveRotor } from "./rotor.js";

@@ -1,5 +1,5 @@
 import type { LockedIdentity, NewKeyPackage, PendingKeyPackage, StoreTx } from "../core/ports.js";
-import { afterRotation, decideRotation } from "../core/timers.js";
+import { afterRotation, decideRotation } from "../core/deadlines.js";
 import {
   reusablePending,
   rotationRearmAt,

@@ -6,12 +6,12 @@ import type {
   Store,
   Wakeups,
 } from "../core/ports.js";
-import type { Timing } from "../core/timers.js";
+import type { Timing } from "../core/deadlines.js";
 import type { Db } from "../db/client.js";
 import type { Keyring } from "../keys/encryption.js";
 import type { KeyPackageFactory } from "../keys/key-package.js";
 import type { Logger } from "../logger.js";
-import type { Timers } from "../queue/timers.js";
+import type { WakeupQueues } from "../queue/wakeup-queues.js";
 import type { RotorEvents } from "./events.js";
 
 export type { ActiveWakeup } from "../core/ports.js";
@@ -73,5 +73,5 @@ export interface DeviceSupport {
  */
 export interface LiveRotor extends Rotor {
   db: Db;
-  timers: Timers;
+  timers: WakeupQueues;
 }

@@ -1,5 +1,5 @@
 import type { ActiveWakeup } from "../core/ports.js";
-import { backoffMs, fireTimeFor } from "../core/timers.js";
+import { backoffMs, fireTimeFor } from "../core/deadlines.js";
 import { wakeTarget } from "../core/transitions.js";
 import { verifyPublished } from "./verify.service.js";
 import { formatSafeError, redactError } from "../safe-errors.js";

@@ -1,5 +1,5 @@
 import { WAKEUP_KINDS as TIMER_KINDS } from "../core/ports.js";
-import { backoffMs, censusMismatch, type CensusReading } from "../core/timers.js";
+import { backoffMs, censusMismatch, type CensusReading } from "../core/deadlines.js";
 import type { ShardedCensus } from "../db/store.js";
 import { armOverdue, armOverdueDeletions, reconcile } from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";

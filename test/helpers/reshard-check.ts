@@ -3,7 +3,7 @@ import { type Context, createContext } from "../../src/context.js";
 import { loadConfig } from "../../src/config.js";
 import { createLogger } from "../../src/logger.js";
 import { shardOf, shardPrefix } from "../../src/queue/layout.js";
-import { type RedisConnection, scanTargets } from "../../src/queue/timers.js";
+import { type RedisConnection, scanTargets } from "../../src/queue/wakeup-queues.js";
 import * as identities from "../../src/services/identities.service.js";
 import { reshard } from "../../src/services/reshard.service.js";
 import { runWatchdog } from "../../src/services/watchdog.service.js";

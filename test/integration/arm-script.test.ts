@@ -1,7 +1,7 @@
 import { type Job, Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
 import { afterEach, describe, expect, it } from "vitest";
-import { createTimers, jobIdFor, type Timers } from "../../src/queue/timers.js";
+import { createWakeupQueues, jobIdFor, type WakeupQueues } from "../../src/queue/wakeup-queues.js";
 import { deletePrefix, REDIS_URL, randomName } from "../helpers/env.js";
 
 /**
@@ -27,10 +27,10 @@ function connect(): Redis {
   return redis;
 }
 
-function setup(): { redis: Redis; prefix: string; timers: Timers; queue: Queue } {
+function setup(): { redis: Redis; prefix: string; timers: WakeupQueues; queue: Queue } {
   const redis = connect();
   const prefix = randomName("kpa");
-  const timers = createTimers(redis, prefix);
+  const timers = createWakeupQueues(redis, prefix);
   cleanups.push(() => deletePrefix(REDIS_URL, prefix));
   cleanups.push(() => timers.close());
   return { redis, prefix, timers, queue: timers.queues.rotation };

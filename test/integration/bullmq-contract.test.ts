@@ -7,8 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { nextArmFence } from "../../src/db/identities.repo.js";
 import { createLogger } from "../../src/logger.js";
 import { PreciseWorker } from "../../src/queue/bullmq/index.js";
-import { createTimers, jobIdFor, type Timers } from "../../src/queue/timers.js";
-import { startWorker } from "../../src/queue/workers.js";
+import { createWakeupQueues, jobIdFor, type WakeupQueues } from "../../src/queue/wakeup-queues.js";
+import { startWorker } from "../../src/queue/wake-worker.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
 /**
@@ -68,7 +68,7 @@ function connect(): Redis {
 interface Setup {
   redis: Redis;
   prefix: string;
-  timers: Timers;
+  timers: WakeupQueues;
   queue: Queue;
   fence(): Promise<number>;
 }
@@ -80,7 +80,7 @@ interface Setup {
 function setup(): Setup {
   const redis = connect();
   const prefix = `${env.config.queuePrefix}:contract${++prefixes}`;
-  const timers = createTimers(redis, prefix);
+  const timers = createWakeupQueues(redis, prefix);
   cleanups.push(() => timers.close());
   return {
     redis,

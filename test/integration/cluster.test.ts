@@ -1,6 +1,6 @@
 /**
  * The service on a Redis Cluster (issue 14): three primaries of Debian's redis-server started by
- * scripts/redis-cluster.sh on free ports for this file, QUEUE_SHARDS=3. Timers, welcomes,
+ * scripts/redis-cluster.sh on free ports for this file, QUEUE_SHARDS=3. WakeupQueues, welcomes,
  * reconcile, the per-shard census, a primary that loses its data, and QUEUE_SHARDS 1 -> 4.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -8,7 +8,7 @@ import { buildApp } from "../../src/api/app.js";
 import type { Context } from "../../src/context.js";
 import { createMetrics } from "../../src/metrics/metrics.js";
 import { shardOf, shardPrefix } from "../../src/queue/layout.js";
-import { jobIdFor, scanTargets } from "../../src/queue/timers.js";
+import { jobIdFor, scanTargets } from "../../src/queue/wakeup-queues.js";
 import * as identities from "../../src/services/identities.service.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
 import { runWatchdog } from "../../src/services/watchdog.service.js";

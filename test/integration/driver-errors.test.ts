@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDatabase } from "../../src/db/client.js";
 import { createPostgresStore } from "../../src/db/store.js";
 import { causes as causesOf, ErrorCodes, KpRotorError } from "../../src/errors.js";
-import { createRedis, createTimers } from "../../src/queue/timers.js";
+import { createRedis, createWakeupQueues } from "../../src/queue/wakeup-queues.js";
 import * as identities from "../../src/services/identities.service.js";
 import { createTestEnv, type TestEnv } from "../helpers/env.js";
 
@@ -93,7 +93,7 @@ describe("driver errors, classified at the adapters", () => {
   it("Redis gone is DEPENDENCY_UNAVAILABLE from the wake-up queues", async () => {
     const redis = createRedis(`redis://127.0.0.1:${await closedPort()}`);
     redis.on("error", () => {});
-    const timers = createTimers(redis, env.config.queuePrefix);
+    const timers = createWakeupQueues(redis, env.config.queuePrefix);
     try {
       const err = await timers.view("rotation", ["held"]).catch((e: unknown) => e);
       expect(err).toEqual(unavailable("Redis"));

@@ -3,7 +3,7 @@ import type { EventEmitter } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMetrics } from "../../src/metrics/metrics.js";
 import type { MetricsServer } from "../../src/metrics/server.js";
-import { createRedis, createTimers } from "../../src/queue/timers.js";
+import { createRedis, createWakeupQueues } from "../../src/queue/wakeup-queues.js";
 import { type RunningApi, startApi } from "../../src/runtime/api-process.js";
 import type { RotorEventMap } from "../../src/services/events.js";
 import { reconcile } from "../../src/services/reconcile.service.js";
@@ -256,7 +256,7 @@ describe("metrics", () => {
     // Queues on a Redis that is not there (nothing listens on a free port).
     const redis = createRedis(`redis://127.0.0.1:${await freePort()}`);
     redis.on("error", () => {});
-    const timers = createTimers(redis, "kp-metrics-down");
+    const timers = createWakeupQueues(redis, "kp-metrics-down");
     for (const queue of Object.values(timers.queues)) queue.on("error", () => {});
     const metrics = createMetrics(env.ctx.rotor, timers);
     try {

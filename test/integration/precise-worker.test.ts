@@ -5,8 +5,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.js";
 import type { ActiveWakeup } from "../../src/services/rotor.js";
 import { PreciseWorker } from "../../src/queue/bullmq/index.js";
-import { QUEUE_NAMES, type WakeData } from "../../src/queue/timers.js";
-import { type RunningWorker, startWorker } from "../../src/queue/workers.js";
+import { QUEUE_NAMES, type WakeData } from "../../src/queue/wakeup-queues.js";
+import { type RunningWorker, startWorker } from "../../src/queue/wake-worker.js";
 import { freePort, randomName } from "../helpers/env.js";
 
 /**

@@ -1,10 +1,10 @@
 import type { ActiveWakeup, ArmItem, Wakeups, WakeupKind } from "../../src/core/ports.js";
-import { type ArmAction, FINISH_PARK_MS, type JobView, planArm } from "../../src/core/timers.js";
+import { type ArmAction, FINISH_PARK_MS, type JobView, planArm } from "../../src/core/deadlines.js";
 import type { Job, Proc, World } from "./world.js";
 
 /**
  * The Wakeups port in memory, with BullMQ's job states (delayed, waiting, active, finished)
- * and what the production adapter (src/queue/timers.ts) does per Redis call: a view, the arm
+ * and what the production adapter (src/queue/wakeup-queues.ts) does per Redis call: a view, the arm
  * script (add if missing, move if delayed, move earlier only, delete if delayed; each checks the
  * state and the arm fence atomically and reports what it did not do), BullMQ's remove (refused
  * for an active job), the reconcile

@@ -1,5 +1,5 @@
 import type { Publisher, WakeupKind } from "../../src/core/ports.js";
-import type { Timing } from "../../src/core/timers.js";
+import type { Timing } from "../../src/core/deadlines.js";
 import type { Keyring } from "../../src/keys/encryption.js";
 import type { KeyPackageFactory } from "../../src/keys/key-package.js";
 import { createDirectoryPublisher, PublishError } from "../../src/keys/publisher.js";

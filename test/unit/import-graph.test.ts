@@ -36,7 +36,7 @@ describe("import graph (scripts/import-graph.mjs)", () => {
 
   it("would see an arrow back up and a loop", () => {
     const bad: Edge[] = [
-      ["src/core/timers.ts", "src/services/rotor.ts"],
+      ["src/core/deadlines.ts", "src/services/rotor.ts"],
       ["src/services/a.ts", "src/services/b.ts"],
       ["src/services/b.ts", "src/services/a.ts"],
       ["src/client/index.ts", "src/db/store.ts"],

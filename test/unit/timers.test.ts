@@ -13,7 +13,7 @@ import {
   pullIn,
   type RotationState,
   type Timing,
-} from "../../src/core/timers.js";
+} from "../../src/core/deadlines.js";
 
 const NOW = Date.UTC(2025, 0, 15, 12, 0, 0);
 const SEC = 1_000;

@@ -6,12 +6,12 @@ import { createBullBoard } from "@bull-board/api";
 import { BullMQAdapter } from "@bull-board/api/bullMQAdapter";
 import { FastifyAdapter } from "@bull-board/fastify";
 import type { FastifyInstance } from "fastify";
-import type { Timers } from "../../queue/timers.js";
+import type { WakeupQueues } from "../../queue/wakeup-queues.js";
 import { BOARD_PREFIX } from "./auth.js";
 
 export interface BoardOptions {
   /** Every shard's queues, by shard number. */
-  queues: Timers["shardQueues"];
+  queues: WakeupQueues["shardQueues"];
   /** Show the queues, offer no action (retry, remove, promote, clean, pause). */
   readOnly: boolean;
 }

@@ -2,10 +2,16 @@ import { DelayedError, type Job } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "../logger.js";
 import type { ActiveWakeup } from "../core/ports.js";
-import { FINISH_PARK_MS } from "../core/timers.js";
+import { FINISH_PARK_MS } from "../core/deadlines.js";
 import { withRedisErrors } from "./errors.js";
 import { PreciseWorker } from "./bullmq/index.js";
-import { identityIdOf, jobIdFor, QUEUE_NAMES, type TimerKind, type WakeData } from "./timers.js";
+import {
+  identityIdOf,
+  jobIdFor,
+  QUEUE_NAMES,
+  type TimerKind,
+  type WakeData,
+} from "./wakeup-queues.js";
 
 /** Lock and stall settings; DESIGN.md explains how they bound the delay after a crash. */
 export interface WorkerSettings {

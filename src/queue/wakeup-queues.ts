@@ -1,6 +1,6 @@
 import { Queue } from "bullmq";
 import type { ArmItem, Wakeups } from "../core/ports.js";
-import type { ArmAction } from "../core/timers.js";
+import type { ArmAction } from "../core/deadlines.js";
 import { type RedisConnection, scanTargets } from "./connection.js";
 import {
   identityIdOf,
@@ -32,7 +32,7 @@ export type { ArmItem };
  * what only operators and tests use: the queues themselves, a planned action applied as is, and
  * close. Every method taking identities routes each one to its shard's queue.
  */
-export interface Timers extends Wakeups {
+export interface WakeupQueues extends Wakeups {
   readonly prefix: string;
   readonly layout: KeyLayout;
   /** Shard 0's queues: with one shard (the default), all of them. */
@@ -70,11 +70,11 @@ export function openShardQueues(
  * Connection errors surface through `onError` (the caller logs them) instead of BullMQ's default
  * of printing them raw.
  */
-export function createTimers(
+export function createWakeupQueues(
   redis: RedisConnection,
   prefixOrLayout: string | KeyLayout,
   onError: (err: Error) => void = () => {},
-): Timers {
+): WakeupQueues {
   const layout: KeyLayout =
     typeof prefixOrLayout === "string"
       ? { prefix: prefixOrLayout, shards: 1, cluster: false }
