@@ -51,8 +51,14 @@ import {
 
 const DAY = 86_400_000;
 
+/** This benchmark's usage (--help), also listed by `kp-rotor bench --help`. */
+const USAGE = `kp-rotor bench idle-cost [--identities 100000] [--seconds 60] [--workers 1] [--compare]
+      [--compare-size 10000] [--settle 12]
+      What idle workers cost (Redis commands/s, Postgres statements) while N identities wait.`;
+
 const { values } = parseArgs({
   options: {
+    help: { type: "boolean", default: false },
     identities: { type: "string" },
     seconds: { type: "string" },
     workers: { type: "string" },
@@ -61,6 +67,11 @@ const { values } = parseArgs({
     settle: { type: "string" },
   },
 });
+if (values.help) {
+  // What `kp-rotor bench --help` prints for this benchmark.
+  console.log(`  ${USAGE}`);
+  process.exit(0);
+}
 const N = wholeNumber("identities", values.identities, 100_000);
 const SECONDS = wholeNumber("seconds", values.seconds, 60);
 const WORKERS = Math.max(1, wholeNumber("workers", values.workers, 1));

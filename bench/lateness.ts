@@ -68,8 +68,14 @@ import {
 const DAY = 86_400_000;
 const PAGE = 500;
 
+/** This benchmark's usage (--help), also listed by `kp-rotor bench --help`. */
+const USAGE = `kp-rotor bench lateness [--identities 2000] [--spread 20] [--pending 100000]
+      [--concurrency 16] [--lead ms] [--hz n] [--no-baseline]
+      How late rotations start after their deadline with many wake-ups pending, against raw BullMQ.`;
+
 const { values } = parseArgs({
   options: {
+    help: { type: "boolean", default: false },
     identities: { type: "string" },
     spread: { type: "string" },
     pending: { type: "string" },
@@ -79,6 +85,11 @@ const { values } = parseArgs({
     "no-baseline": { type: "boolean", default: false },
   },
 });
+if (values.help) {
+  // What `kp-rotor bench --help` prints for this benchmark.
+  console.log(`  ${USAGE}`);
+  process.exit(0);
+}
 const N = wholeNumber("identities", values.identities, 2000);
 const SPREAD_S = wholeNumber("spread", values.spread, 20);
 const PENDING = wholeNumber("pending", values.pending, 100_000);

@@ -1,5 +1,5 @@
-import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { constants } from "node:os";
 import { fileURLToPath } from "node:url";
 
@@ -14,26 +14,21 @@ export const benchmarkFile = (name: Benchmark) =>
   fileURLToPath(new URL(`../../bench/${name}.ts`, import.meta.url));
 
 /**
- * The usage lines from a benchmark's header comment (the lines that name its file, up to the
- * next blank comment line), so `kp-rotor bench --help` stays in step with the scripts.
+ * A benchmark's usage, as the script itself prints it (`bench/<name>.ts --help`), so
+ * `kp-rotor bench --help` says what the scripts accept and nothing is kept twice.
  */
 export function benchmarkUsage(name: Benchmark): string {
   const file = benchmarkFile(name);
   if (!existsSync(file)) return `  ${name}: not in this checkout (bench/${name}.ts)`;
-  const lines = readFileSync(file, "utf8").split("\n");
-  const start = lines.findIndex((l) => l.includes(`bench/${name}.ts`));
-  if (start < 0) return `  ${name}`;
-  const usage: string[] = [];
-  for (const line of lines.slice(start)) {
-    const text = line.replace(/^\s*\*\s?/, "");
-    if (text.trim() === "" || line.includes("*/")) break;
-    usage.push(
-      usage.length === 0
-        ? `  ${text.trim().replace(/^npx tsx bench\/[\w-]+\.ts/, `kp-rotor bench ${name}`)}`
-        : `      ${text.trim()}`,
-    );
-  }
-  return usage.join("\n");
+  const run = spawnSync(
+    process.execPath,
+    ["--import", import.meta.resolve("tsx"), file, "--help"],
+    {
+      encoding: "utf8",
+      timeout: 30_000,
+    },
+  );
+  return run.status === 0 ? run.stdout.trimEnd() : `  ${name}: bench/${name}.ts --help failed`;
 }
 
 /**

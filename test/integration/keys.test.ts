@@ -9,11 +9,11 @@ import { loadConfig } from "../../src/config.js";
 import { type Context, createContext } from "../../src/context.js";
 import {
   DEFAULT_CIPHERSUITE,
-  decodePrivateKeyPackage,
   inspectKeyPackage,
   KEY_PACKAGE_LIFETIME_MS,
   NOT_BEFORE_SKEW_MS,
 } from "../../src/keys/key-package.js";
+import { decodePrivateKeyPackage } from "../helpers/private-key-package.js";
 import {
   verifyKeyPackageWebhook,
   WEBHOOK_HEADERS,

@@ -11,9 +11,9 @@ import { describe, expect, it } from "vitest";
 import {
   createKeyPackageFactory,
   DEFAULT_CIPHERSUITE,
-  decodePrivateKeyPackage,
   inspectKeyPackage,
 } from "../../src/keys/key-package.js";
+import { decodePrivateKeyPackage } from "../helpers/private-key-package.js";
 
 /**
  * The factory signs with Node's Ed25519 (one key import per package) and makes the HPKE key pairs

@@ -10,11 +10,11 @@ import { KpRotorError } from "../../src/errors.js";
 import {
   createKeyPackageFactory,
   DEFAULT_CIPHERSUITE,
-  decodePrivateKeyPackage,
   inspectKeyPackage,
   KEY_PACKAGE_LIFETIME_MS,
   NOT_BEFORE_SKEW_MS,
 } from "../../src/keys/key-package.js";
+import { decodePrivateKeyPackage } from "../helpers/private-key-package.js";
 
 // A whole second, so the encoded lifetime (seconds) maps back to exact millisecond dates.
 const NOW = Date.UTC(2025, 0, 15, 12, 0, 0);
