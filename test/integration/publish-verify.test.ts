@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { nextArmFence } from "../../src/db/identities.repo.js";
-import { createKeyPackageFactory } from "../../src/keys/key-package.js";
+import { createKeyPackageFactory, KEY_PACKAGE_LIFETIME_MS } from "../../src/keys/key-package.js";
 import { metricsFor } from "../../src/metrics/metrics.js";
 import * as identities from "../../src/services/identities.service.js";
 import { safetyReport } from "../../src/services/safety.service.js";
@@ -88,9 +88,11 @@ describe("checks of the published key package", () => {
   });
 
   it("a package too short-lived for the interval rotates once, then is only recorded", async () => {
-    // 84-day packages cannot outlive an 80-day interval plus the 7-day margin.
+    // 84-day packages cannot outlive an 80-day interval plus the 7-day margin. (The service
+    // generates packages long enough for its interval; this factory keeps OpenMLS' 84 days.)
     const env = await setup({ ROTATION_INTERVAL: "80d" });
     const { rotor } = env.ctx;
+    rotor.keys = await createKeyPackageFactory(undefined, KEY_PACKAGE_LIFETIME_MS);
     const checks: Checked[] = [];
     rotor.events.on("published-checked", (e) => checks.push(e));
     const second = nextEvent<Checked>(
