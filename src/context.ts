@@ -119,10 +119,7 @@ export async function createContext(
       redis,
       async checkReady() {
         const [postgres, redisOk] = await Promise.all([
-          withTimeout(
-            database.sql`select 1`.then(() => true),
-            2_000,
-          ),
+          withTimeout(database.ping(), 2_000),
           withTimeout(
             redis.ping().then((r) => r === "PONG"),
             2_000,

@@ -12,6 +12,8 @@ export interface Database {
   db: Db;
   /** The raw driver, for health checks and the few statements drizzle cannot express. */
   sql: postgres.Sql;
+  /** One round trip (readiness). */
+  ping(): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -34,7 +36,12 @@ export function createDatabase(url: string, options: { max?: number } = {}): Dat
     },
   });
   const db = drizzle(sql, { schema });
-  return { db, sql, close: () => sql.end({ timeout: 5 }) };
+  return {
+    db,
+    sql,
+    ping: () => sql`select 1`.then(() => true),
+    close: () => sql.end({ timeout: 5 }),
+  };
 }
 
 /**
