@@ -4,7 +4,7 @@ import type { RotorEventMap } from "../services/events.js";
 import type { LiveRotor as Rotor } from "../services/rotor.js";
 import { lastSealedKeysReport } from "../services/rewrap.service.js";
 import { awaitingDevices } from "../db/device.repo.js";
-import { oldestCurrentKeyPackageAge } from "../services/safety.service.js";
+import { createSafetyRepo } from "../db/safety.repo.js";
 
 /**
  * Prometheus metrics of one process. Counters follow `rotor.events`, so they count what this
@@ -201,8 +201,8 @@ export function createMetrics(
   };
   const readOldestAge = async () => {
     try {
-      const age = await withTimeout(oldestCurrentKeyPackageAge(rotor));
-      oldestAge.set(age === null ? 0 : Math.max(0, age));
+      const at = await withTimeout(createSafetyRepo(rotor.db).oldestCurrentCreatedAt());
+      oldestAge.set(at === null ? 0 : Math.max(0, (rotor.clock() - at.getTime()) / 1000));
     } catch (err) {
       oldestAge.reset();
       collectErrors.labels("oldest_key_package").inc();

@@ -58,9 +58,3 @@ export async function safetyReport(rotor: Rotor, options: Partial<typeof SAFETY_
 }
 
 export type SafetyReport = Awaited<ReturnType<typeof safetyReport>>;
-
-/** Seconds since the oldest current key package was created (metrics). */
-export async function oldestCurrentKeyPackageAge(rotor: Rotor): Promise<number | null> {
-  const at = await createSafetyRepo(rotor.db).oldestCurrentCreatedAt();
-  return at ? (rotor.clock() - at.getTime()) / 1000 : null;
-}
