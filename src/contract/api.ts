@@ -197,7 +197,11 @@ export const uploadRefused = {
   409: error(
     "CUSTODY_MISMATCH: the identity's custody is not device; UPLOAD_SUPERSEDED: another upload became current first",
   ),
+  413: error("PAYLOAD_TOO_LARGE: more than 64 KiB"),
   415: error("UNSUPPORTED_MEDIA_TYPE: the body must be Content-Type: message/mls"),
+  502: error(
+    "PUBLISH_FAILED: the publisher refused it or did not answer; uploading the same bytes again publishes it again",
+  ),
 };
 
 export const custodyConflict = {

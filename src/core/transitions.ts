@@ -112,8 +112,17 @@ export type PublishedVerdict =
     };
 
 /**
+ * How far short of the margin a published package may fall before it counts as too short: an
+ * upload is checked against now + interval + margin when it arrives, and its deadline is set at
+ * the promote, after the publish, so a package uploaded with the least life allowed must still
+ * pass its read-back.
+ */
+export const PUBLISHED_LIFE_TOLERANCE_MS = 3_600_000;
+
+/**
  * Judges the published package: it must be the current one (same ref), verify, and stay valid
- * until the next rotation plus the margin (so a late rotation still finds it valid).
+ * until the next rotation plus the margin (so a late rotation still finds it valid), less
+ * PUBLISHED_LIFE_TOLERANCE_MS.
  */
 export function judgePublished(
   expectedRef: string,
@@ -138,7 +147,7 @@ export function judgePublished(
       detail: "the published package's signatures do not verify",
     };
   }
-  if (observed.notAfter < rotationDeadline + marginMs) {
+  if (observed.notAfter < rotationDeadline + marginMs - PUBLISHED_LIFE_TOLERANCE_MS) {
     return {
       ok: false,
       reason: "too-short",

@@ -260,6 +260,10 @@ export async function tombstone(tx: Tx, id: string, now: number): Promise<void> 
       welcomeDeadline: null,
       notifyUrl: null,
       awaitingDeviceSince: null,
+      // A later registration starts a new life: no read-back state carries over.
+      verifyAt: null,
+      lastVerifiedAt: null,
+      verifyError: null,
     })
     .where(eq(identities.id, id));
 }

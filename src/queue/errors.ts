@@ -7,8 +7,24 @@ const IOREDIS_MESSAGES = new Set([
   "Command timed out",
   "Stream isn't writeable and enableOfflineQueue options is false",
 ]);
+/**
+ * ioredis Cluster's errors when no node could take a command (no code either; the cause is only
+ * text in the message): matched by the start of the message.
+ */
+const CLUSTER_PREFIXES = [
+  "Too many Cluster redirections",
+  "None of startup nodes is available",
+  "Cluster isn't ready",
+];
 /** Redis' error replies (their first word is the code) that mean "not now". */
-const NOT_NOW_REPLIES = new Set(["LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"]);
+const NOT_NOW_REPLIES = new Set([
+  "LOADING",
+  "BUSY",
+  "MASTERDOWN",
+  "CLUSTERDOWN",
+  "TRYAGAIN",
+  "READONLY",
+]);
 
 /** A Redis failure as the service's own error (DEPENDENCY_UNAVAILABLE), or `err` unchanged. */
 export function classifyRedisError(err: unknown): unknown {
@@ -18,6 +34,7 @@ export function classifyRedisError(err: unknown): unknown {
     if (
       IOREDIS_NAMES.has(e.name) ||
       IOREDIS_MESSAGES.has(e.message) ||
+      CLUSTER_PREFIXES.some((prefix) => e.message.startsWith(prefix)) ||
       (e.name === "ReplyError" && NOT_NOW_REPLIES.has(e.message.split(" ", 1)[0] ?? "")) ||
       (typeof code === "string" && NETWORK_ERRNOS.has(code))
     ) {

@@ -69,8 +69,14 @@ export async function uploadKeyPackage(
       now,
     );
     if (!verdict.ok) {
-      if (verdict.code === "KP_INIT_KEY_REUSED" && (await isCurrent(rotor, id, bytes))) {
-        return { kind: "unchanged" as const, generation: identity.generation };
+      if (verdict.code === "KP_INIT_KEY_REUSED") {
+        // The same bytes again: a retry. Still pending (its publish failed): publish it again.
+        const pending = await tx.findPending(id);
+        if (pending !== undefined && sameBytes(pending.keyPackage, bytes)) {
+          return { kind: "publish" as const, pending };
+        }
+        // Already current, or a real reuse: decided after the commit, without the row lock.
+        return { kind: "reused" as const, generation: identity.generation, verdict };
       }
       throw new KpRotorError(verdict.code, verdict.message);
     }
@@ -102,7 +108,10 @@ export async function uploadKeyPackage(
     ]);
     return { kind: "publish" as const, pending: pending as PendingKeyPackage };
   });
-  if (prepared.kind === "unchanged") {
+  if (prepared.kind === "reused") {
+    if (!(await isCurrent(rotor, id, bytes))) {
+      throw new KpRotorError(prepared.verdict.code, prepared.verdict.message);
+    }
     const status = await rotor.store.getIdentity(id);
     const current = await rotor.store.getCurrent(id);
     return {
@@ -133,8 +142,10 @@ export async function uploadKeyPackage(
 
 async function isCurrent(rotor: Rotor, id: string, bytes: Uint8Array): Promise<boolean> {
   const current = await rotor.store.getCurrent(id);
-  return current !== undefined && Buffer.from(current.keyPackage).equals(Buffer.from(bytes));
+  return current !== undefined && sameBytes(current.keyPackage, bytes);
 }
+
+const sameBytes = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
 
 /** The `rotate` notification for a due device identity. */
 export function rotateNotification(

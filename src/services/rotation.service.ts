@@ -79,10 +79,14 @@ export async function prepareRotation(
   const direct = publishesByPromoting(rotor.publisher);
   const existing =
     options.pending === undefined ? await tx.findPending(identity.id) : options.pending;
-  // A device's upload may use any allowed suite: its pending package is its own choice.
+  // A device's upload may use any allowed suite: its pending package is its own choice, as long
+  // as it still outlives the interval it would start (a publish that failed long ago leaves one
+  // too short; then the device is asked again).
   const reuse =
     identity.custody === "device"
-      ? existing?.generation === generation
+      ? existing?.generation === generation &&
+        existing.notAfter.getTime() >=
+          now + rotor.timing.rotationIntervalMs + (rotor.devices?.marginMs ?? 0)
       : reusablePending(existing, generation, rotor.keys.ciphersuite);
   if (existing && !reuse) await tx.deletePending(existing.id);
   if (rotationSource(identity.custody, reuse) === "await-device") {

@@ -3,6 +3,7 @@ import type { LockedDeadline, PendingKeyPackage } from "../../src/core/ports.js"
 import {
   deviceNotificationId,
   judgePublished,
+  PUBLISHED_LIFE_TOLERANCE_MS,
   planPullIns,
   reusablePending,
   rotationRearmAt,
@@ -140,6 +141,17 @@ describe("device custody and published checks", () => {
     ["a broken signature", { ...good, signatureValid: false }, "bad-signature"],
     ["expiring before deadline + margin", { ...good, notAfter: NOW + 36 * DAY }, "too-short"],
     ["expiring exactly at deadline + margin", { ...good, notAfter: NOW + 37 * DAY }, "ok"],
+    // An upload checked against now + interval + margin, promoted a little later: still fine.
+    [
+      "short of deadline + margin by the tolerance",
+      { ...good, notAfter: NOW + 37 * DAY - PUBLISHED_LIFE_TOLERANCE_MS },
+      "ok",
+    ],
+    [
+      "short of deadline + margin by more",
+      { ...good, notAfter: NOW + 37 * DAY - PUBLISHED_LIFE_TOLERANCE_MS - 1 },
+      "too-short",
+    ],
   ] as const)("judgePublished: %s", (_name, observed, expected) => {
     const verdict = judgePublished("aa", observed, NOW + 30 * DAY, 7 * DAY);
     expect(verdict.ok ? "ok" : verdict.reason).toBe(expected);
