@@ -2,8 +2,9 @@ import type { Scenario } from "./scenarios.js";
 
 /**
  * Issue 10's defects A to E as model scenarios: the counterexamples the model test found (A, B,
- * D: shrunk by fast-check) or that were written from the issue's repro (C), each replayed under
- * many interleavings. Each fails when its fix is reverted in src (see the note on issue 10).
+ * D, E: shrunk by fast-check) or that were written from the issue's repro (C), each replayed
+ * under many interleavings; each fails when its fix is reverted in src (see the note on issue
+ * 10). F is a case the model's own invariant got wrong (World.applyCommit, deadline instances).
  */
 
 const webhooks = ["webhook", "webhook", "webhook"] as Scenario["publishers"];
@@ -87,6 +88,24 @@ export const REGRESSIONS: Record<string, Scenario> = {
       { at: 1, kind: "late", on: "moveToDelayed" },
       { at: 1, kind: "fail", on: "overdueIdentities" },
     ],
+  },
+  "F: a rotate-now acknowledged during a publish, at the same instant, gets its own rotation": {
+    // Found by the general mix (seed 100457500). The promote installs the recorded deadline,
+    // equal in value to the one just served (no time passed): a new request, not a second
+    // rotation for one deadline.
+    publishers: webhooks,
+    skews: noSkew,
+    commands: [
+      { c: "register", id: "a" },
+      { c: "advance", ms: 400_000 },
+      { c: "rotateNow", id: "a" },
+      { c: "loseJobs", kind: "rotation", ids: ["a"] },
+      { c: "welcome", ids: ["a"] },
+      { c: "run", steps: 11 },
+      { c: "rotateNow", id: "a" },
+      { c: "run", steps: 1 },
+    ],
+    faults: [],
   },
   "D: a welcome acknowledged while a rotation publishes leads to one more rotation": {
     publishers: webhooks,

@@ -74,6 +74,8 @@ export interface RotationRecord {
   id: string;
   /** The deadline it served (the committed one, read under the lock), null for a first publish. */
   deadline: number | null;
+  /** Which setting of the identity's deadline it served (see World.applyCommit). */
+  deadlineInstance: number;
   generation: number;
   at: number;
   /** When the promoted package was generated (World.seq). */
@@ -119,6 +121,9 @@ export class World {
   onFault: (kind: string) => void = () => {};
   onCrash: (proc: Proc) => void = () => {};
   private readonly deaths = new Map<string, number>();
+  /** How many times each identity's rotation deadline was set to a new one. */
+  private readonly deadlineInstances = new Map<string, number>();
+  private deadlineInstance = (id: string) => this.deadlineInstances.get(id) ?? 0;
   /** How many times the identity was deregistered (a welcome before that needs nothing). */
   lives = (id: string) => this.deaths.get(id) ?? 0;
 
@@ -262,20 +267,33 @@ export class World {
       if (!device && deadline !== null && deadline > at) {
         this.violations.push(`${id} rotated at ${at}, before its deadline ${deadline}`);
       }
+      const instance = this.deadlineInstance(id);
       if (
         !device &&
         deadline !== null &&
-        this.rotations.some((r) => r.id === id && r.deadline === deadline)
+        this.rotations.some((r) => r.id === id && r.deadlineInstance === instance)
       ) {
         this.violations.push(`${id} rotated twice for its deadline ${deadline}`);
       }
       this.rotations.push({
         id,
         deadline,
+        deadlineInstance: instance,
         generation: row.generation,
         at,
         createdSeq: current?.createdSeq ?? -1,
       });
+    }
+    // A deadline is a new one when its value changes, or when a promote installs the deadline a
+    // welcome (or rotate-now) acknowledged during its publish recorded: that one may equal the
+    // deadline just served in value (no time passed), yet it is a request of its own.
+    if (
+      row !== undefined &&
+      (old === undefined ||
+        row.rotationDeadline !== old.rotationDeadline ||
+        (row.generation > old.generation && old.welcomeDeadline !== null))
+    ) {
+      this.deadlineInstances.set(id, this.deadlineInstance(id) + 1);
     }
     if (row?.deregisteredAt === null) {
       for (const p of oldPackages) {
