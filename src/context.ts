@@ -13,7 +13,12 @@ import {
 } from "./keys/device-notifier.js";
 import type { Logger } from "./logger.js";
 import type { KeyLayout } from "./queue/layout.js";
-import { createRedis, createWakeupQueues, type RedisConnection } from "./queue/wakeup-queues.js";
+import {
+  createRedis,
+  createWakeupQueues,
+  type RedisConnection,
+  whenReady,
+} from "./queue/wakeup-queues.js";
 import { RotorEvents } from "./services/events.js";
 import type { LiveRotor } from "./services/rotor.js";
 
@@ -50,6 +55,8 @@ export async function createContext(
     const redis = createRedis(redisTarget(config));
     closers.push(async () => redis.quit());
     redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error"));
+    // A client Cluster refuses commands until ready (it fails fast in an outage, see createRedis).
+    await whenReady(redis);
     const timers = createWakeupQueues(redis, keyLayout(config), (err) =>
       log.warn({ err: err.message }, "queue error"),
     );

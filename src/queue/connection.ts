@@ -41,8 +41,31 @@ export function createRedis(
       // While a primary fails over, retry instead of failing at once.
       retryDelayOnClusterDown: 300,
       retryDelayOnFailover: 200,
+      // Request paths fail fast while no node is reachable: the Cluster's offline queue has no
+      // timeout (the nodes' commandTimeout starts only once a command is sent), so a request
+      // would wait for the cluster to come back. Workers keep the queue and never give up.
+      ...(mode === "client" ? { enableOfflineQueue: false } : {}),
     },
   );
+}
+
+/**
+ * Resolves once the connection can take commands (at once for a single Redis, whose offline
+ * queue holds the first commands; a client Cluster refuses commands until it is ready).
+ */
+export async function whenReady(redis: RedisConnection, timeoutMs = 10_000): Promise<void> {
+  if (!(redis instanceof Cluster) || redis.status === "ready") return;
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      redis.off("ready", onReady);
+      reject(new Error(`the Redis Cluster was not ready within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    redis.once("ready", onReady);
+  });
 }
 
 /** The primaries to run a keyspace SCAN on: every primary of a cluster, or the one server. */

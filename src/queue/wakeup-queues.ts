@@ -15,7 +15,13 @@ import { createShardArmer, perShard, type ShardArmer } from "./shard-armer.js";
 import { jobKeyPrefix } from "./bullmq/index.js";
 import { withRedisErrors } from "./errors.js";
 
-export { createRedis, type RedisConnection, type RedisTarget, scanTargets } from "./connection.js";
+export {
+  createRedis,
+  type RedisConnection,
+  type RedisTarget,
+  scanTargets,
+  whenReady,
+} from "./connection.js";
 export {
   identityIdOf,
   jobIdFor,

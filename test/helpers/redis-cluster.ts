@@ -21,6 +21,8 @@ export interface TestCluster {
   primaryOf(key: string): Promise<number>;
   /** Restarts one primary empty (no persistence): every key in its slots is gone. */
   wipe(port: number): Promise<void>;
+  /** SIGKILLs every node: the whole cluster is down (for the last test of a file). */
+  killAll(): void;
   stop(): Promise<void>;
 }
 
@@ -67,6 +69,7 @@ export async function startTestCluster(): Promise<TestCluster> {
     nodes: ports.map((p) => `127.0.0.1:${p}`).join(","),
     url: `redis://127.0.0.1:${ports[0]}`,
     ports,
+    killAll,
     async primaryOf(key) {
       const admin = new Redis(ports[0] as number, "127.0.0.1");
       try {

@@ -252,3 +252,35 @@ it("QUEUE_SHARDS 1 -> 4 on the cluster moves every wake-up once", async () => {
   const test = await setup({ QUEUE_SHARDS: "1", ROTATION_INTERVAL: "30d", DELETION_GRACE: "1d" });
   await checkReshardOneToFour(test, 24);
 });
+
+// It takes the whole cluster down, then brings it back empty.
+it("with every node down, an API request answers 503 DEPENDENCY_UNAVAILABLE instead of waiting", async () => {
+  const { ctx } = await setup({ ROTATION_INTERVAL: "30d" });
+  await identities.register(ctx.rotor, "outage-1");
+  const app = await buildApp({
+    rotor: ctx.rotor,
+    apiToken: undefined,
+    checkReady: () => ctx.checkReady(),
+  });
+  try {
+    expect((await app.inject({ method: "GET", url: "/v1/identities/outage-1" })).statusCode).toBe(
+      200,
+    );
+    cluster.killAll();
+    // Until the client notices the nodes are gone, a command may still be sent and time out
+    // (5 s); after that, the Cluster is not ready and refuses at once. Either way: 503.
+    for (const url of ["/v1/identities/outage-1", "/v1/identities/outage-1/welcome"]) {
+      const method = url.endsWith("welcome") ? "POST" : "GET";
+      const res = await app.inject({ method, url });
+      expect(res.statusCode, `${method} ${url}`).toBe(503);
+      expect(res.json().error).toBe("DEPENDENCY_UNAVAILABLE");
+    }
+    const ready = await app.inject({ method: "GET", url: "/readyz" });
+    expect(ready.statusCode).toBe(503);
+    expect(ready.json().redis).toBe(false);
+  } finally {
+    await app.close();
+    // Back up (empty), so that the file's cleanup can reach it.
+    await Promise.all(cluster.ports.map((port) => cluster.wipe(port)));
+  }
+}, 120_000);
