@@ -42,7 +42,7 @@ const uploadRefusals = Object.fromEntries(
 
 /**
  * Every error code the API answers with, its HTTP status and what it means. A handler or plugin
- * can only send a code listed here (apiError is typed by it), and the hostile-input fuzzer fails
+ * can only send a code listed here (errorBody is typed by it), and the hostile-input fuzzer fails
  * on any other code it sees.
  */
 export const API_ERRORS = {
