@@ -1,4 +1,4 @@
-import { and, count, eq, inArray, isNotNull, isNull, lte, min } from "drizzle-orm";
+import { and, count, eq, isNotNull, isNull, lte, min } from "drizzle-orm";
 import type { Db, Tx } from "./client.js";
 import { deviceInitKeys, identities, keyPackages } from "./schema.js";
 
@@ -48,27 +48,6 @@ export async function dueDeletionRefs(tx: Tx, identityId: string, now: number): 
       ),
     );
   return rows.map((r) => r.ref);
-}
-
-export async function deleteDueKeyPackagesIn(
-  tx: Tx,
-  identityId: string,
-  now: number,
-  refs: readonly string[],
-): Promise<number> {
-  if (refs.length === 0) return 0;
-  const deleted = await tx
-    .delete(keyPackages)
-    .where(
-      and(
-        eq(keyPackages.identityId, identityId),
-        isNotNull(keyPackages.deleteAt),
-        lte(keyPackages.deleteAt, new Date(now)),
-        inArray(keyPackages.ref, [...refs]),
-      ),
-    )
-    .returning({ id: keyPackages.id });
-  return deleted.length;
 }
 
 export async function currentRef(tx: Tx, identityId: string): Promise<string | null> {

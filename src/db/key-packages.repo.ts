@@ -1,4 +1,4 @@
-import { and, asc, eq, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, isNotNull, isNull, lte, min, sql } from "drizzle-orm";
 import type { NewKeyPackage, PendingKeyPackage, RotationWrite } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
 import { identities, keyPackages } from "./schema.js";
@@ -157,12 +157,17 @@ export async function promotePending(
   return { nextDeleteAt: superseded.nextDeleteAt };
 }
 
-/** Deletes the superseded key packages whose delete_at has passed; returns how many. */
+/**
+ * Deletes the superseded key packages whose delete_at has passed, or only those among `refs`
+ * (a device identity's, whose deletion was announced); returns how many.
+ */
 export async function deleteDueKeyPackages(
   tx: Tx,
   identityId: string,
   now: number,
+  refs?: readonly string[],
 ): Promise<number> {
+  if (refs !== undefined && refs.length === 0) return 0;
   const deleted = await tx
     .delete(keyPackages)
     .where(
@@ -170,6 +175,7 @@ export async function deleteDueKeyPackages(
         eq(keyPackages.identityId, identityId),
         isNotNull(keyPackages.deleteAt),
         lte(keyPackages.deleteAt, new Date(now)),
+        refs === undefined ? undefined : inArray(keyPackages.ref, [...refs]),
       ),
     )
     .returning({ id: keyPackages.id });

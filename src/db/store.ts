@@ -61,7 +61,7 @@ function bindTx(tx: Tx): StoreTx {
     recordInitKey: (id, digest, now) => device.recordInitKey(tx, id, digest, now),
     markAwaitingDevice: (id, now) => device.markAwaitingDevice(tx, id, now),
     dueDeletionRefs: (id, now) => device.dueDeletionRefs(tx, id, now),
-    deleteDueKeyPackagesIn: (id, now, refs) => device.deleteDueKeyPackagesIn(tx, id, now, refs),
+    deleteDueKeyPackagesIn: (id, now, refs) => kps.deleteDueKeyPackages(tx, id, now, refs),
     currentRef: (id) => device.currentRef(tx, id),
     clearVerifyAt: (id) => device.clearVerifyAt(tx, id),
     recordVerify: (id, now, error) => device.recordVerify(tx, id, now, error),
