@@ -53,56 +53,52 @@ export interface Scenario {
 const id = fc.constantFrom(...IDS);
 const ids = fc.uniqueArray(id, { minLength: 1, maxLength: 3 });
 
+/** Command arbitraries the mixes share; each mix gives its own weights. */
+const registerArb = fc.record({ c: fc.constant("register" as const), id });
+const welcomeArb = fc.record({ c: fc.constant("welcome" as const), ids });
+const advanceArb = (...ms: number[]) =>
+  fc.record({ c: fc.constant("advance" as const), ms: fc.constantFrom(...ms) });
+const ALL_ADVANCES = [1_000, 4_000, 30_000, 120_000, 400_000, 900_000];
+const runArb = fc.record({
+  c: fc.constant("run" as const),
+  steps: fc.integer({ min: 1, max: 30 }),
+});
+const flushAllArb = fc.constant({ c: "flushAll" as const });
+const loseJobsArb = fc.record({
+  c: fc.constant("loseJobs" as const),
+  kind: fc.constantFrom("rotation" as const, "deletion" as const),
+  ids,
+});
+const tailLossArb = fc.record({
+  c: fc.constant("tailLoss" as const),
+  back: fc.integer({ min: 1, max: 3 }),
+});
+const landArb = fc.constant({ c: "land" as const });
+const crashArb = fc.record({
+  c: fc.constant("crash" as const),
+  proc: fc.integer({ min: 0, max: 2 }),
+});
+const restartArb = fc.constant({ c: "restart" as const });
+
 export const commandArb: fc.Arbitrary<Command> = fc.oneof(
-  { arbitrary: fc.record({ c: fc.constant("register" as const), id }), weight: 4 },
-  { arbitrary: fc.record({ c: fc.constant("welcome" as const), ids }), weight: 4 },
+  { arbitrary: registerArb, weight: 4 },
+  { arbitrary: welcomeArb, weight: 4 },
   { arbitrary: fc.record({ c: fc.constant("rotateNow" as const), id }), weight: 1 },
   { arbitrary: fc.record({ c: fc.constant("deregister" as const), id }), weight: 1 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("advance" as const),
-      ms: fc.constantFrom(1_000, 4_000, 30_000, 120_000, 400_000, 900_000),
-    }),
-    weight: 5,
-  },
-  { arbitrary: fc.constant({ c: "flushAll" as const }), weight: 2 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("loseJobs" as const),
-      kind: fc.constantFrom("rotation" as const, "deletion" as const),
-      ids,
-    }),
-    weight: 1,
-  },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("tailLoss" as const),
-      back: fc.integer({ min: 1, max: 3 }),
-    }),
-    weight: 1,
-  },
-  { arbitrary: fc.constant({ c: "land" as const }), weight: 1 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("crash" as const),
-      proc: fc.integer({ min: 0, max: 2 }),
-    }),
-    weight: 1,
-  },
-  { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
+  { arbitrary: advanceArb(...ALL_ADVANCES), weight: 5 },
+  { arbitrary: flushAllArb, weight: 2 },
+  { arbitrary: loseJobsArb, weight: 1 },
+  { arbitrary: tailLossArb, weight: 1 },
+  { arbitrary: landArb, weight: 1 },
+  { arbitrary: crashArb, weight: 1 },
+  { arbitrary: restartArb, weight: 1 },
   {
     arbitrary: fc.record({ c: fc.constant("publishFails" as const), id, forever: fc.boolean() }),
     weight: 1,
   },
   { arbitrary: fc.record({ c: fc.constant("publishHeals" as const), id }), weight: 1 },
   { arbitrary: fc.constant({ c: "reconcile" as const }), weight: 1 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("run" as const),
-      steps: fc.integer({ min: 1, max: 30 }),
-    }),
-    weight: 4,
-  },
+  { arbitrary: runArb, weight: 4 },
   {
     // A fault on one of the next calls of a kind: a reconcile failing part-way, a lost commit...
     arbitrary: fc.record({
@@ -152,39 +148,14 @@ const faultArb: fc.Arbitrary<Fault> = fc.oneof(
  * retrying identities and near deadlines meet in one run more often.
  */
 export const healingCommandArb: fc.Arbitrary<Command> = fc.oneof(
-  { arbitrary: fc.record({ c: fc.constant("register" as const), id }), weight: 3 },
-  { arbitrary: fc.record({ c: fc.constant("welcome" as const), ids }), weight: 3 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("advance" as const),
-      ms: fc.constantFrom(4_000, 30_000, 120_000, 400_000),
-    }),
-    weight: 4,
-  },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("run" as const),
-      steps: fc.integer({ min: 1, max: 30 }),
-    }),
-    weight: 2,
-  },
-  { arbitrary: fc.constant({ c: "flushAll" as const }), weight: 2 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("loseJobs" as const),
-      kind: fc.constantFrom("rotation" as const, "deletion" as const),
-      ids,
-    }),
-    weight: 1,
-  },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("tailLoss" as const),
-      back: fc.integer({ min: 1, max: 3 }),
-    }),
-    weight: 1,
-  },
-  { arbitrary: fc.constant({ c: "land" as const }), weight: 1 },
+  { arbitrary: registerArb, weight: 3 },
+  { arbitrary: welcomeArb, weight: 3 },
+  { arbitrary: advanceArb(4_000, 30_000, 120_000, 400_000), weight: 4 },
+  { arbitrary: runArb, weight: 2 },
+  { arbitrary: flushAllArb, weight: 2 },
+  { arbitrary: loseJobsArb, weight: 1 },
+  { arbitrary: tailLossArb, weight: 1 },
+  { arbitrary: landArb, weight: 1 },
   {
     arbitrary: fc.record({
       c: fc.constant("faultNext" as const),
@@ -202,7 +173,7 @@ export const healingCommandArb: fc.Arbitrary<Command> = fc.oneof(
     }),
     weight: 2,
   },
-  { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
+  { arbitrary: restartArb, weight: 1 },
 );
 
 export type Mix = "general" | "healing" | "device";
@@ -217,7 +188,7 @@ const deviceId = fc.constantFrom(...DEVICE_IDS);
 export const deviceCommandArb: fc.Arbitrary<Command> = fc.oneof(
   { arbitrary: fc.record({ c: fc.constant("registerDevice" as const), id: deviceId }), weight: 2 },
   { arbitrary: fc.record({ c: fc.constant("upload" as const), id: deviceId }), weight: 4 },
-  { arbitrary: fc.record({ c: fc.constant("register" as const), id }), weight: 1 },
+  { arbitrary: registerArb, weight: 1 },
   {
     arbitrary: fc.record({
       c: fc.constant("welcome" as const),
@@ -226,30 +197,12 @@ export const deviceCommandArb: fc.Arbitrary<Command> = fc.oneof(
     weight: 4,
   },
   { arbitrary: fc.record({ c: fc.constant("deregister" as const), id: deviceId }), weight: 1 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("advance" as const),
-      ms: fc.constantFrom(1_000, 4_000, 30_000, 120_000, 400_000, 900_000),
-    }),
-    weight: 5,
-  },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("run" as const),
-      steps: fc.integer({ min: 1, max: 30 }),
-    }),
-    weight: 3,
-  },
-  { arbitrary: fc.constant({ c: "flushAll" as const }), weight: 1 },
-  { arbitrary: fc.constant({ c: "land" as const }), weight: 1 },
-  {
-    arbitrary: fc.record({
-      c: fc.constant("crash" as const),
-      proc: fc.integer({ min: 0, max: 2 }),
-    }),
-    weight: 1,
-  },
-  { arbitrary: fc.constant({ c: "restart" as const }), weight: 1 },
+  { arbitrary: advanceArb(...ALL_ADVANCES), weight: 5 },
+  { arbitrary: runArb, weight: 3 },
+  { arbitrary: flushAllArb, weight: 1 },
+  { arbitrary: landArb, weight: 1 },
+  { arbitrary: crashArb, weight: 1 },
+  { arbitrary: restartArb, weight: 1 },
   {
     arbitrary: fc.record({
       c: fc.constant("faultNext" as const),
