@@ -27,7 +27,7 @@ import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
-import { simulationSection } from "./sim/section.js";
+import { storedSections } from "./sections.js";
 import {
   adminSql,
   defer,
@@ -91,10 +91,7 @@ if (values["report-only"]) {
   const result = JSON.parse(readFileSync(join(dir, "latest.json"), "utf8")) as RunResult;
   const others = earlierRuns(dir).filter((o) => o.params.identities !== result.params.identities);
   const charts = await renderCharts(dir, others);
-  writeFileSync(
-    join(ROOT, "BENCHMARKS.md"),
-    markdown(result, others, charts) + simulationSection(),
-  );
+  writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts) + storedSections());
   console.log(systemsTable(result));
   console.log();
   console.log(goalsTable(result));
@@ -397,10 +394,7 @@ await runMain(async () => {
       log(`charts failed: ${(err as Error).message}`);
       return [] as string[];
     });
-    writeFileSync(
-      join(ROOT, "BENCHMARKS.md"),
-      markdown(result, others, charts) + simulationSection(),
-    );
+    writeFileSync(join(ROOT, "BENCHMARKS.md"), markdown(result, others, charts) + storedSections());
   }
 
   if (result.systems.length > 0) {

@@ -24,7 +24,7 @@ import { ROOT, round, table } from "./lib.js";
 import { drawPng } from "./sim/charts.js";
 import { Worker } from "node:worker_threads";
 import { type DayStats, type SimOptions, type SimResult } from "./sim/engine.js";
-import { writeSimulationSection } from "./sim/section.js";
+import { writeSection } from "./sections.js";
 import { DEFAULT_WELCOME_MODEL, type WelcomeModel } from "./sim/welcomes.js";
 
 const DAY_S = 86_400;
@@ -258,7 +258,7 @@ async function main() {
   );
   const charts = await drawCharts(runs, params);
   const section = `${markdown}\n${charts.map((c) => `![${c}](${c})`).join("\n\n")}\n`;
-  writeSimulationSection(section);
+  writeSection("simulation", section);
 }
 
 function report(

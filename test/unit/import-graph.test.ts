@@ -34,6 +34,20 @@ describe("import graph (scripts/import-graph.mjs)", () => {
     }
   });
 
+  it("pages every scan by key, never by OFFSET (a deep OFFSET reads every row it skips)", () => {
+    // Drizzle's .offset(n), and OFFSET in SQL text (a number, a parameter or an interpolation).
+    const offsetPaging = /\.offset\(|\boffset\s+(\d|\$|\?)/i;
+    expect(offsetPaging.test("db.select().from(t).offset(5000)")).toBe(true);
+    expect(offsetPaging.test("select id from identities order by id offset ${n} limit 500")).toBe(
+      true,
+    );
+    expect(offsetPaging.test("where id > ${after} order by id limit ${pageSize}")).toBe(false);
+    // Every statement the service sends is written in src/db (the Postgres adapter).
+    const db = files.filter((f) => f.startsWith("src/db/"));
+    expect(db.length).toBeGreaterThan(5);
+    expect(db.filter((f) => offsetPaging.test(readFileSync(f, "utf8")))).toEqual([]);
+  });
+
   it("would see an arrow back up and a loop", () => {
     const bad: Edge[] = [
       ["src/core/deadlines.ts", "src/services/rotor.ts"],
