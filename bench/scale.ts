@@ -428,10 +428,12 @@ async function main(): Promise<void> {
     log(`steady state: superseded packages kept on 1 identity in ${every}`);
     await sql.begin(async (tx) => {
       await tx`set local statement_timeout = 0`;
+      await tx`set local session_replication_role = replica`; // a bulk delete: lib.ts seedIdentities
       await tx`
         /* bench */ delete from key_packages k
         where k.delete_at is not null and k.identity_id <> 'tmpl-0'
           and right(k.identity_id, 8) ~ '^[0-9]+$' and right(k.identity_id, 8)::int % ${every}::int <> 0`;
+      await tx`select kp_rotor_census_rebuild()`;
     });
     await vacuumAnalyze(sql);
     const [kept] = await sql<{ n: string }[]>`

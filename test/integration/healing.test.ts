@@ -285,4 +285,47 @@ describe("the backstop cannot be saturated (B, C)", () => {
     await identities.register(rotor, "c3");
     expect(await census()).toEqual({ rotation: 3, deletion: 0 });
   });
+  it("kp_rotor_census_rebuild recounts a census that a bulk load with triggers off left wrong", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    const census = async () => {
+      const { rotation, deletion } = await watchdogProbe(rotor.db, 0);
+      return { rotation, deletion };
+    };
+    for (const id of ["b1", "b2"]) await identities.register(rotor, id);
+    await identities.deregister(rotor, "b2");
+    const sql = env.ctx.database.sql;
+    // A bulk load, as bench/lib.ts seedIdentities does it: triggers off, copies of b1.
+    await sql.begin(async (tx) => {
+      await tx`set local session_replication_role = replica`;
+      await tx`
+        insert into identities (id, generation, rotation_deadline, last_rotated_at,
+          credential_identity, signature_public_key, signature_private_key, created_at)
+        select 'bulk-' || g, generation, rotation_deadline, last_rotated_at, credential_identity,
+          signature_public_key, signature_private_key, created_at
+        from identities, generate_series(1, 5) g where id = 'b1'`;
+      // Two of them with a superseded key package each.
+      await tx`
+        insert into key_packages (identity_id, generation, ref, ciphersuite, key_package,
+          private_key, not_before, not_after, created_at, is_current, delete_at)
+        select 'bulk-' || g, generation - 1, ref || g, ciphersuite, key_package, private_key,
+          not_before, not_after, created_at, false, now() + interval '1 day'
+        from key_packages, generate_series(1, 2) g where identity_id = 'b1'`;
+    });
+    // The triggers did not run: the census and superseded_packages know nothing of the copies.
+    expect(await census()).toEqual({ rotation: 1, deletion: 0 });
+    await sql`select kp_rotor_census_rebuild()`;
+    expect(await census()).toEqual({ rotation: 6, deletion: 2 });
+    const superseded = await sql<{ id: string; n: number }[]>`
+      select id, superseded_packages as n from identities where superseded_packages > 0 order by id`;
+    expect(superseded).toEqual([
+      { id: "bulk-1", n: 1 },
+      { id: "bulk-2", n: 1 },
+    ]);
+    // A second rebuild changes nothing, and the triggers keep counting from there.
+    await sql`select kp_rotor_census_rebuild()`;
+    expect(await census()).toEqual({ rotation: 6, deletion: 2 });
+    await identities.deregister(rotor, "bulk-1");
+    expect(await census()).toEqual({ rotation: 5, deletion: 1 });
+  });
 });
