@@ -297,14 +297,15 @@ export interface Wakeups {
   ): Promise<ArmAction[]>;
   /**
    * Starts a reconcile run: records `runId` among the runs in progress; only completeReconcile
-   * writes the mark.
+   * writes the mark. With `shards`, only those queue shards' records (a run scoped to them).
    */
-  beginReconcile(runId: string): Promise<void>;
+  beginReconcile(runId: string, shards?: readonly number[]): Promise<void>;
   /**
    * Removes the run's record and writes the reconcile mark if the record was still there,
    * atomically; false (no mark) when Redis lost its data during the run, which took the record.
+   * With `shards`, only those shards' records and marks.
    */
-  completeReconcile(runId: string): Promise<boolean>;
+  completeReconcile(runId: string, shards?: readonly number[]): Promise<boolean>;
   /** Whether Redis holds the mark of a completed reconcile (it vanishes if Redis loses data). */
   isReconciled(): Promise<boolean>;
   /** Wake-up jobs in a state that will fire (delayed, waiting, active): O(1) in the jobs. */
@@ -312,8 +313,16 @@ export interface Wakeups {
   /** Takes (or renews) a lease so that one process at a time reconciles. */
   tryLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
   releaseLease(name: string, owner: string): Promise<void>;
-  /** The identity ids of all wake-up jobs of both queues, in pages, in one SCAN pass. */
-  scanAllIdentityIds(pageSize: number): AsyncGenerator<Record<WakeupKind, string[]>>;
+  /**
+   * The identity ids of all wake-up jobs of both queues (of `shards` only, when given), in pages,
+   * in one SCAN pass.
+   */
+  scanAllIdentityIds(
+    pageSize: number,
+    shards?: readonly number[],
+  ): AsyncGenerator<Record<WakeupKind, string[]>>;
+  /** The queue shard an identity's wake-ups live in (0 with one shard). */
+  shardOf?(identityId: string): number;
 }
 
 /**

@@ -121,9 +121,12 @@ export function createWakeupQueues(
    */
   async function* scanAllIdentityIds(
     pageSize: number,
+    shards: readonly number[] = shardNumbers,
   ): AsyncGenerator<Record<TimerKind, string[]>> {
-    const bases = shardQueues.flatMap((q) =>
-      TIMER_KINDS.map((kind) => [kind, jobKeyPrefix(q[kind])] as const),
+    const bases = shards.flatMap((i) =>
+      TIMER_KINDS.map(
+        (kind) => [kind, jobKeyPrefix((shardQueues[i] as ShardQueues)[kind])] as const,
+      ),
     );
     const pattern =
       layout.shards > 1 || layout.cluster ? `{${prefix}:*}:*:id-*` : `${prefix}:*:id-*`;
@@ -197,12 +200,12 @@ export function createWakeupQueues(
         (item) => shardOfId(item.identityId),
         (shard, group) => (armers[shard] as ShardArmer).armEarlier(kind, group, now, fence),
       ),
-    async beginReconcile(runId) {
+    async beginReconcile(runId, shards = shardNumbers) {
       // A sorted set of the runs in progress, so that runs side by side (an operator's beside a
       // worker's) each complete; records of runs whose process died are dropped after a day.
       const now = Date.now();
       await Promise.all(
-        shardNumbers.map((i) =>
+        shards.map((i) =>
           redis
             .multi()
             .zadd(runKey(i), now, runId)
@@ -211,11 +214,11 @@ export function createWakeupQueues(
         ),
       );
     },
-    async completeReconcile(runId) {
+    async completeReconcile(runId, shards = shardNumbers) {
       const at = new Date().toISOString();
       // Per shard: a shard whose data was lost during the run lost the record and gets no mark.
       const done = await Promise.all(
-        shardNumbers.map((i) =>
+        shards.map((i) =>
           redis.eval(
             "if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0",
             2,

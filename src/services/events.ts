@@ -42,6 +42,8 @@ export interface ReconcileReport {
   repairs: RepairCounts;
   orphansRemoved: number;
   durationMs: number;
+  /** The queue shards it was scoped to (ReconcileOptions.shards); absent: every shard. */
+  shards?: number[];
 }
 
 export class RotorEvents extends EventEmitter<RotorEventMap> {}

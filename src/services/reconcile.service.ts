@@ -34,6 +34,12 @@ export interface ReconcileOptions {
   onProgress?: (done: number, total: number) => void;
   /** Stops the run between pages (shutdown): it then throws and writes no mark. */
   signal?: AbortSignal;
+  /**
+   * Only these queue shards (the ones whose mark or census says they lost wake-ups): every live
+   * identity is still read and locked, but only those of these shards are armed, only these
+   * shards' orphans removed and only their marks written. Every shard when omitted.
+   */
+  shards?: readonly number[];
 }
 
 /** A reconcile that did not complete; the mark was not written, so it will run again. */
@@ -59,7 +65,13 @@ export async function reconcile(
   // The mark is written only after a complete walk, and only if this run's record survived it:
   // a failure, a shutdown or a loss of Redis data during the run leaves no mark behind.
   const runId = randomUUID();
-  await rotor.timers.beginReconcile(runId);
+  const shards = options.shards;
+  const shardOf = rotor.timers.shardOf?.bind(rotor.timers);
+  const inScope =
+    shards === undefined || shardOf === undefined
+      ? () => true
+      : (id: string) => shards.includes(shardOf(id));
+  await rotor.timers.beginReconcile(runId, shards);
   const total = await rotor.store.countLive();
   const repairs = emptyCounts();
   const count = (kind: TimerKind, actions: readonly ArmAction[]) => {
@@ -74,9 +86,10 @@ export async function reconcile(
   /** One page under its row locks; hands the next page its cursor once the rows are locked. */
   const runPage = (after: string | null, handOff: (next: string | undefined) => void) =>
     rotor.store.transaction(async (tx) => {
-      const locked = await tx.lockLiveDeadlines(after, pageSize);
-      handOff(locked.length === pageSize ? locked[locked.length - 1]?.id : undefined);
-      if (locked.length === 0) return 0;
+      const page = await tx.lockLiveDeadlines(after, pageSize);
+      handOff(page.length === pageSize ? page[page.length - 1]?.id : undefined);
+      const locked = page.filter((i) => inScope(i.id));
+      if (locked.length === 0) return page.length;
       const ids = locked.map((i) => i.id);
       const now = locked[0]?.now ?? rotor.clock();
       const fence = locked[0]?.fence ?? 0;
@@ -100,7 +113,7 @@ export async function reconcile(
       ]);
       count("rotation", rotation);
       count("deletion", deletion);
-      return locked.length;
+      return page.length;
     });
 
   let done = 0;
@@ -133,8 +146,8 @@ export async function reconcile(
   }
   await Promise.all(running);
   if (failure !== undefined) throw failure;
-  const orphansRemoved = await removeOrphans(rotor, pageSize);
-  if (!(await rotor.timers.completeReconcile(runId))) {
+  const orphansRemoved = await removeOrphans(rotor, pageSize, shards);
+  if (!(await rotor.timers.completeReconcile(runId, shards))) {
     throw new ReconcileIncomplete(
       "Redis lost data while reconcile ran (its run record vanished); it must run again",
     );
@@ -145,6 +158,7 @@ export async function reconcile(
     repairs,
     orphansRemoved,
     durationMs: Date.now() - started,
+    ...(shards === undefined ? {} : { shards: [...shards] }),
   };
   rotor.log.info({ component: "reconcile", ...report }, "reconcile finished");
   rotor.events.emit("reconcile", report);
@@ -252,9 +266,13 @@ async function repairPages<Row>(
  * Removes wake-ups whose identity is not live, each under that identity's lock. One SCAN pass
  * covers both queues; the next page is fetched from Redis while Postgres checks this one.
  */
-async function removeOrphans(rotor: Rotor, pageSize: number): Promise<number> {
+async function removeOrphans(
+  rotor: Rotor,
+  pageSize: number,
+  shards: readonly number[] | undefined,
+): Promise<number> {
   let removed = 0;
-  const pages = rotor.timers.scanAllIdentityIds(pageSize);
+  const pages = rotor.timers.scanAllIdentityIds(pageSize, shards);
   let pending = pages.next();
   for (;;) {
     const result = await pending;

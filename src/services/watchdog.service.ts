@@ -46,21 +46,24 @@ export interface WatchdogReport {
  * a heal that did not happen must never look done.
  */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
-  let reason: string | undefined;
-  reason = await missingMark(rotor);
+  let need = await missingMark(rotor);
   const before = rotor.clock() - options.overdueGraceMs;
   let probe = await readCensus(rotor, before);
-  if (reason === undefined && censusMismatch(readings(probe))) {
+  if (need === undefined && censusMismatch(readings(probe))) {
     // In-flight arms differ for a moment; a loss (or lasting orphans) is still there later.
     await sleep(options.censusRecheckMs ?? 2_000, options.signal);
     probe = await readCensus(rotor, before);
     if (censusMismatch(readings(probe))) {
-      reason = `wakeup census differs: ${describe(probe.census, probe.shards)}`;
+      need = {
+        reason: `wakeup census differs: ${describe(probe.census, probe.shards)}`,
+        shards: differingShards(probe.shards),
+      };
     }
   }
+  const reason = need?.reason;
   let reconciled = false;
-  if (reason !== undefined) {
-    const ran = await reconcileOnce(rotor, options.owner, reason, options.signal);
+  if (need !== undefined) {
+    const ran = await reconcileOnce(rotor, options.owner, need.reason, options.signal, need.shards);
     if (!ran) throw new ReconcileBusy();
     reconciled = true;
     probe = await readCensus(rotor, before);
@@ -84,12 +87,18 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
   };
 }
 
+/** Why a reconcile is needed, and the queue shards it must cover (every shard: undefined). */
+interface HealNeed {
+  reason: string;
+  shards?: number[] | undefined;
+}
+
 /**
- * Why a reconcile is needed when the reconcile mark is missing, or undefined when it is there.
+ * What needs a reconcile when the reconcile mark is missing, or undefined when it is there.
  * With several queue shards it names the shards whose mark is gone (on a cluster: the shards of
- * the primary that lost its data).
+ * the primary that lost its data), and the reconcile covers only those.
  */
-async function missingMark(rotor: Rotor): Promise<string | undefined> {
+async function missingMark(rotor: Rotor): Promise<HealNeed | undefined> {
   const timers = rotor.timers as Partial<{
     layout: { shards: number };
     unreconciledShards(): Promise<number[]>;
@@ -98,9 +107,23 @@ async function missingMark(rotor: Rotor): Promise<string | undefined> {
   if (shards > 1 && typeof timers.unreconciledShards === "function") {
     const missing = await timers.unreconciledShards();
     if (missing.length === 0) return undefined;
-    return `Redis has no reconcile mark (shards ${missing.join(", ")} of ${shards})`;
+    return {
+      reason: `Redis has no reconcile mark (shards ${missing.join(", ")} of ${shards})`,
+      shards: missing.length < shards ? missing : undefined,
+    };
   }
-  return (await rotor.timers.isReconciled()) ? undefined : "Redis has no reconcile mark";
+  return (await rotor.timers.isReconciled())
+    ? undefined
+    : { reason: "Redis has no reconcile mark" };
+}
+
+/** The shards whose census differs, when only some do (undefined: every shard, or unsharded). */
+function differingShards(shards: WatchdogReport["shards"] | undefined): number[] | undefined {
+  if (shards === undefined) return undefined;
+  const differ = shards.rotation
+    .map((_, i) => i)
+    .filter((i) => TIMER_KINDS.some((k) => shards[k][i]?.counted !== shards[k][i]?.expected));
+  return differ.length > 0 && differ.length < shards.rotation.length ? differ : undefined;
 }
 
 /** Another process holds the reconcile lease; this process's heal did not run. */
@@ -223,6 +246,7 @@ export async function reconcileOnce(
   owner: string,
   reason: string,
   signal?: AbortSignal,
+  shards?: readonly number[],
 ): Promise<boolean> {
   const lease = "reconcile";
   if (!(await rotor.timers.tryLease(lease, owner, LEASE_TTL_MS))) return false;
@@ -230,8 +254,8 @@ export async function reconcileOnce(
     rotor.timers.tryLease(lease, owner, LEASE_TTL_MS).catch(() => {});
   }, LEASE_TTL_MS / 3);
   try {
-    rotor.log.info({ component: "reconcile", reason }, "reconcile starting");
-    await reconcile(rotor, { signal });
+    rotor.log.info({ component: "reconcile", reason, shards }, "reconcile starting");
+    await reconcile(rotor, { signal, ...(shards === undefined ? {} : { shards }) });
     return true;
   } catch (err) {
     const error = err instanceof Error ? err.message : String(err);
@@ -276,11 +300,11 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
   let retryPending = false;
   let failures = 0;
 
-  const heal = (reason: string): Promise<void> => {
+  const heal = (reason: string, shards?: readonly number[]): Promise<void> => {
     if (signal.aborted) return Promise.resolve();
     healing ??= (async () => {
       try {
-        const ran = await reconcileOnce(rotor, options.owner, reason, signal);
+        const ran = await reconcileOnce(rotor, options.owner, reason, signal, shards);
         failures = 0;
         if (!ran) log.info({ reason }, "another process holds the reconcile lease");
       } catch {
@@ -292,7 +316,7 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
         retryPending = true;
         retry = setTimeout(() => {
           retryPending = false;
-          void heal(reason);
+          void heal(reason, shards);
         }, delay);
       } finally {
         healing = undefined;
@@ -304,7 +328,7 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
   const checkMark = () => {
     if (signal.aborted || healing !== undefined || retryPending) return;
     missingMark(rotor)
-      .then((missing) => (missing === undefined ? undefined : heal(missing)))
+      .then((missing) => (missing === undefined ? undefined : heal(missing.reason, missing.shards)))
       .catch((err) => log.warn({ err }, "reconcile mark check failed"));
   };
 

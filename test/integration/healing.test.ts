@@ -328,4 +328,43 @@ describe("the backstop cannot be saturated (B, C)", () => {
     await identities.deregister(rotor, "bulk-1");
     expect(await census()).toEqual({ rotation: 5, deletion: 1 });
   });
+  it("a shard that lost its data is rebuilt alone: the reconcile is scoped to the shards that need it", async () => {
+    const env = await setup({ QUEUE_SHARDS: "3" });
+    const { rotor } = env.ctx;
+    const timers = env.ctx.rotor.timers as typeof env.ctx.rotor.timers & {
+      shardOf(id: string): number;
+    };
+    const ids = Array.from({ length: 24 }, (_, i) => `s${i}`);
+    for (const id of ids) await identities.register(rotor, id);
+    await reconcile(rotor);
+    const inShard = (shard: number) => ids.filter((id) => timers.shardOf(id) === shard);
+    expect(inShard(1).length).toBeGreaterThan(0);
+    expect(inShard(2).length).toBeGreaterThan(0);
+    // Shard 1 loses everything (its mark too); shard 2 loses one wake-up, its mark intact.
+    const prefix = env.ctx.config.queuePrefix;
+    const lost = await env.admin.keys(`{${prefix}:1}*`);
+    expect(lost.length).toBeGreaterThan(0);
+    await env.admin.del(...lost);
+    const victim = inShard(2)[0] as string;
+    expect(
+      await rotor.timers.arm("rotation", victim, null, Date.now(), await nextArmFence(rotor.db)),
+    ).toEqual(expect.objectContaining({ kind: "remove" }));
+    const reports: { shards?: number[] }[] = [];
+    rotor.events.on("reconcile", (r) => reports.push(r));
+    const options = { owner: "test", overdueGraceMs: 180_000, censusRecheckMs: 10 };
+
+    const first = await runWatchdog(rotor, options);
+    expect(first.reason).toBe("Redis has no reconcile mark (shards 1 of 3)");
+    expect(reports.map((r) => r.shards)).toEqual([[1]]);
+    expect(await rotationViews(env.ctx, inShard(1))).toEqual(inShard(1).map(() => "delayed"));
+    // The scoped run left shard 2 alone: its lost wake-up is still lost.
+    expect(await rotationViews(env.ctx, [victim])).toEqual(["missing"]);
+
+    // The census finds shard 2's loss, and that reconcile covers shard 2 alone.
+    const second = await runWatchdog(rotor, options);
+    expect(second.reason).toMatch(/census differs: .*rotation shard 2 \d+ in Redis/);
+    expect(reports.map((r) => r.shards)).toEqual([[1], [2]]);
+    expect(await rotationViews(env.ctx, ids)).toEqual(ids.map(() => "delayed"));
+    expect(await rotor.timers.isReconciled()).toBe(true);
+  });
 });
