@@ -18,7 +18,16 @@ import {
 } from "./common.js";
 
 const QUEUE = "rotation";
-export const PGBOSS_WORK = { batchSize: 16, burstWhenBatchFull: true } as const;
+/**
+ * pg-boss's nearest equivalent of a concurrency: localConcurrency, that many workers for the
+ * queue in this process, each polling and processing on its own (batchSize 1, the default, so
+ * each worker has one job at a time). batchSize instead hands one handler call an array of
+ * jobs and still polls once per interval, which is not jobs running at once.
+ */
+export const pgbossWork = (concurrency: number) => ({
+  localConcurrency: concurrency,
+  batchSize: 1,
+});
 
 export async function pgBoss(infra: Infra): Promise<Peer> {
   const database = await infra.newDatabase();
@@ -37,12 +46,14 @@ export async function pgBoss(infra: Infra): Promise<Peer> {
       constructor: "{ connectionString } only: supervise, maintenance, monitor at their defaults",
       queue: "createQueue('rotation', { policy: 'stately' })",
       job: "insert()/send() with singletonKey = identity id, startAfter = deadline",
-      work: "work('rotation', { batchSize: 16, burstWhenBatchFull: true }); pollingIntervalSeconds default 2",
+      work: "work('rotation', { localConcurrency: concurrency, batchSize: 1 }), concurrency as the run sets it (the idle windows and the lateness test say which); pollingIntervalSeconds default 2; localConcurrency (default 1) is the nearest equivalent of a worker concurrency: that many workers, each polling on its own (batchSize would instead hand one handler call an array and still poll once per interval)",
       processor: "no-op (records start time)",
       reschedule:
         "update('rotation', undefined, { singletonKey, startAfter: now + 5 s }), 64 concurrent (no bulk update by key)",
     },
     database,
+    concurrencyKnob:
+      "work({ localConcurrency, batchSize: 1 }): that many workers, each polling on its own",
     async schedule(p: Params) {
       const times = farTimes(p.identities, Date.now());
       const started = performance.now();
@@ -58,14 +69,16 @@ export async function pgBoss(infra: Infra): Promise<Peer> {
       }
       const ms = performance.now() - started;
       return {
-        what: "boss.insert() of jobs with singletonKey + startAfter, pages of 1,000",
+        what: "boss.insert() of jobs with singletonKey + startAfter, pages of 1,000: one committed job row per identity (pgboss.job and its indexes), which is both the record and the timer; nothing else to arm",
         count: p.identities,
         ms: Math.round(ms),
         perS: Math.round((p.identities / ms) * 1000),
+        rowsPerIdentity: 1,
+        rows: "one pgboss.job row per identity",
       };
     },
-    async startWorkers() {
-      workId = await boss.work<{ due: number }>(QUEUE, PGBOSS_WORK, async (jobs) => {
+    async startWorkers(concurrency: number) {
+      workId = await boss.work<{ due: number }>(QUEUE, pgbossWork(concurrency), async (jobs) => {
         for (const job of jobs) onJob?.(job.data, job.name);
       });
     },
