@@ -91,16 +91,19 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
   // One bar group per system and idle window, labelled with the window's concurrency.
   const idle: Row[] = [];
   for (const s of r.systems) {
-    for (const w of s.idleWindows ?? (s.idle ? [s.idle] : [])) {
+    const windows = s.idleWindows ?? (s.idle ? [s.idle] : []);
+    windows.forEach((w, i) => {
+      // The window's concurrency (the poll loop has none: named by the window's).
+      const c = r.idleConcurrency?.[i];
       const system =
-        w.concurrency === undefined
+        w.concurrency === undefined || c === undefined
           ? s.name
-          : `${s.name}, concurrency ${w.concurrency === null ? "n/a" : w.concurrency}`;
+          : `${s.name} @${c}${w.concurrency === null ? " (no setting)" : ""}`;
       if (w.pgXactCommitPerS != null)
         idle.push({ system, what: "Postgres transactions/s", value: w.pgXactCommitPerS });
       if (w.redisCommandsPerS != null)
         idle.push({ system, what: "Redis commands/s", value: w.redisCommandsPerS });
-    }
+    });
   }
   const concs = r.idleConcurrency ?? [];
   await chart(
@@ -109,7 +112,7 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
       text: `Idle cost with ${N.toLocaleString("en-US")} identities, nothing due`,
       subtitle: [
         concs.length > 0
-          ? `Every system at concurrency ${concs.join(" and at ")} (one window each; the poll loop has no concurrency)`
+          ? `@C: the system at concurrency C (${concs.join(" and ")}), one idle window each; the poll loop has no concurrency setting`
           : `Each system at the concurrency of its settings (${concurrencyLabel(r.systems[0]?.idle)}); one concurrency for all not measured in this run`,
       ],
     },
@@ -117,7 +120,7 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
     {
       mark: { type: "bar", tooltip: true },
       encoding: {
-        y: { field: "system", type: "nominal", title: null },
+        y: { field: "system", type: "nominal", title: null, axis: { labelLimit: 300 } },
         x: { field: "value", type: "quantitative", title: "per second (lower is better)" },
         color: {
           field: "what",
@@ -343,8 +346,8 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
   const thr: Row[] = [];
   const kpWrite = r.systems.find((s) => s.name === "kp-rotor")?.schedule?.writeMs !== undefined;
   const schedLabel = kpWrite
-    ? "schedule N identities/s (kp-rotor: durable write + arm)"
-    : "schedule N identities/s (kp-rotor: arm only, its write not measured in this run)";
+    ? "schedule/s (kp-rotor: write + arm)"
+    : "schedule/s (kp-rotor: arm only)";
   for (const s of r.systems) {
     if (s.schedule)
       thr.push({
@@ -356,7 +359,14 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
   }
   await chart(
     `throughput-N${N}.png`,
-    "Schedule and reschedule throughput (higher is better)",
+    {
+      text: "Schedule and reschedule throughput (higher is better)",
+      subtitle: [
+        kpWrite
+          ? "schedule: N identities from the durable write on; kp-rotor: its rows written by SQL + armed by reconcile, summed"
+          : "schedule: N identities; kp-rotor: the arm (reconcile) only, its durable write not measured in this run",
+      ],
+    },
     thr,
     {
       mark: { type: "bar", tooltip: true },

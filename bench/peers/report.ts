@@ -782,7 +782,7 @@ export function markdown(r: RunResult, others: RunResult[] = [], charts: string[
       .map(([k, v]) => `${k}=${v}`)
       .join(
         ", ",
-      )}. Every system gets its own private database on the shared Postgres (created and dropped by the run) and, if it uses Redis, its own private redis-server on a free port; the idle window runs for all of them at once (each counter belongs to one system), the other tests one system at a time.`,
+      )}, idle concurrency=${(r.idleConcurrency ?? []).join(",") || NOT_MEASURED}. Every system gets its own private database on the shared Postgres (created and dropped by the run) and, if it uses Redis, its own private redis-server on a free port; each idle window runs for all of them at once (each counter belongs to one system), the other tests one system at a time.`,
   );
   out.push("");
   out.push("```");
