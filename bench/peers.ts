@@ -13,7 +13,7 @@
  *
  * Idle cost: one idle window per concurrency of --idle-concurrency (default 1 and --concurrency,
  * i.e. 1 and 16), every system's workers started at that concurrency (each system's nearest
- * equivalent: kp-rotor WORKER_CONCURRENCY, BullMQ Worker concurrency, pg-boss localConcurrency,
+ * equivalent: kp-rotor WORKER_CONCURRENCY, BullMQ Worker concurrency, pg-boss batchSize,
  * graphile-worker concurrency; the poll loop has none) and idling at once within the window.
  * The lateness test then runs with every system at --concurrency.
  *

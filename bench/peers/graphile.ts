@@ -45,7 +45,7 @@ export async function graphileWorker(infra: Infra): Promise<Peer> {
       runner:
         "run({ connectionString, concurrency, taskList, noHandleSignals: true }), concurrency as the run sets it (default 1; the idle windows and the lateness test say which); pollInterval default 2000 ms, useNodeTime false",
       processor: "no-op (records start time)",
-      note: "with localQueue off (default) each of the `concurrency` workers polls on its own every 2 s, so the idle query rate grows with concurrency (about concurrency x 0.5/s); hence the idle cost is measured at concurrency 1 and at 16",
+      note: "with localQueue off (default) each of the `concurrency` workers polls on its own every 2 s, so the idle query rate grows with concurrency (about concurrency x 0.5/s); hence the idle cost is measured at concurrency 1 and at 16; localQueue (off by default: one pool-wide fetch of a batch for the workers) is not used",
       reschedule: "addJobs() again with the same jobKey and runAt = now + 5 s, pages of 1,000",
     },
     database,

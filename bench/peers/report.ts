@@ -722,7 +722,7 @@ export function markdown(r: RunResult, others: RunResult[] = [], charts: string[
     );
   } else {
     out.push(
-      `One idle window per concurrency (${concs.join(", ")}), every system's workers started at that concurrency and idling at once, N=${fmt(Number(r.params.identities))}. The goals are judged at ${r.params.concurrency}, kp-rotor's WORKER_CONCURRENCY default.`,
+      `One idle window per concurrency (${concs.join(", ")}), every system's workers started at that concurrency and idling at once, N=${fmt(Number(r.params.identities))}. The goals are judged at ${r.params.concurrency}${r.params.concurrency === 16 ? ", kp-rotor's WORKER_CONCURRENCY default" : ""}. Defaults: raw BullMQ's Worker concurrency, pg-boss's batchSize and graphile-worker's concurrency are 1, kp-rotor's WORKER_CONCURRENCY 16${concs.includes(1) && concs.includes(16) ? "; so every system appears at its own default and at 16" : ""}.`,
     );
     out.push("");
     out.push(
@@ -797,7 +797,7 @@ export function markdown(r: RunResult, others: RunResult[] = [], charts: string[
   out.push("How each figure is taken:");
   out.push("");
   out.push(
-    "- **idle**: N identities scheduled 1 to 30 days out, workers (or the poll loop) running, a settle time, then a window (one per concurrency, see above; the concurrency is each system's nearest equivalent: kp-rotor WORKER_CONCURRENCY, raw BullMQ Worker concurrency, pg-boss localConcurrency with batchSize 1 (that many workers, each polling on its own; batchSize would hand one handler an array and still poll once per interval), graphile-worker concurrency; the poll loop has none): Postgres `xact_commit` delta of the system's own database from `pg_stat_database` (read from the admin database; every autocommit statement is one transaction; a backend flushes its statistics up to 10 s late, hence the settle time), Redis `total_commands_processed` delta of the system's own redis-server (INFO; Lua scripts' inner calls count too), divided by the window.",
+    "- **idle**: N identities scheduled 1 to 30 days out, workers (or the poll loop) running, a settle time, then a window (one per concurrency, see above; the concurrency is each system's nearest equivalent: kp-rotor WORKER_CONCURRENCY, raw BullMQ Worker concurrency, pg-boss batchSize (up to that many jobs per fetch, one poll loop, burstWhenBatchFull; at 1 its defaults; localConcurrency would instead run that many workers, each waiting the 2 s polling interval after every fetch), graphile-worker concurrency; the poll loop has none): Postgres `xact_commit` delta of the system's own database from `pg_stat_database` (read from the admin database; every autocommit statement is one transaction; a backend flushes its statistics up to 10 s late, hence the settle time), Redis `total_commands_processed` delta of the system's own redis-server (INFO; Lua scripts' inner calls count too), divided by the window.",
   );
   out.push(
     `- **lateness**: M timers due uniformly over S seconds, added after the N pending ones; peers run a no-op handler and report handler start minus due time. kp-rotor runs the real rotation (ts-mls key generation, sealing, Postgres writes): its figure is the rotation's start (before the row lock) minus the deadline, and \`BullMQ pickup\` is the worker's \`active\` event minus the deadline, the part comparable with the no-op peers. ${
