@@ -9,7 +9,13 @@
  *                          [--reschedule-seconds T] [--concurrency C] [--report-only]
  *                          [--ingest-seconds T] [--ingest-connections C] [--api-log-level L]
  *                          [--scale-n N1,N2 | none] [--scale-systems kp-rotor,poll]
- *                          [--scale-only] [--scale-steady]
+ *                          [--scale-only] [--scale-steady] [--idle-concurrency C1,C2]
+ *
+ * Idle cost: one idle window per concurrency of --idle-concurrency (default 1 and --concurrency,
+ * i.e. 1 and 16), every system's workers started at that concurrency (each system's nearest
+ * equivalent: kp-rotor WORKER_CONCURRENCY, BullMQ Worker concurrency, pg-boss batchSize,
+ * graphile-worker concurrency; the poll loop has none) and idling at once within the window.
+ * The lateness test then runs with every system at --concurrency.
  *
  * The scale steps (--scale-n; full profile: 10,000 and 1,000,000) run after the side-by-side:
  * for each N, fresh private servers, N identities seeded by SQL (generate_series), kp-rotor's
@@ -81,6 +87,7 @@ const { values } = parseArgs({
     "scale-systems": { type: "string" },
     "scale-only": { type: "boolean", default: false },
     "scale-steady": { type: "boolean", default: false },
+    "idle-concurrency": { type: "string" },
   },
 });
 
@@ -109,6 +116,17 @@ const CONCURRENCY = wholeNumber("concurrency", values.concurrency, 16);
 const ONLY = (values.only ?? "kp-rotor,poll,bullmq,pgboss,graphile")
   .split(",")
   .map((s) => s.trim());
+// The idle windows, one per concurrency; the last is --concurrency, at which lateness runs.
+const IDLE_CONCURRENCY = [
+  ...new Set(
+    (values["idle-concurrency"] ?? `1,${CONCURRENCY}`)
+      .split(",")
+      .map((x) => wholeNumber("idle-concurrency", x.trim(), 1))
+      .filter((c) => c !== CONCURRENCY),
+  ),
+  CONCURRENCY,
+];
+if (IDLE_CONCURRENCY.some((c) => c < 1)) throw new Error("--idle-concurrency: values >= 1");
 if (N < 2 || M < 1 || S < 1) throw new Error("--identities >= 2, --due >= 1, --spread >= 1");
 
 const log = (msg: string) =>
@@ -170,10 +188,13 @@ async function step<T>(
 
 /**
  * The idle window: settle, then Redis INFO and pg_stat_database of each system's own servers
- * before and after; every system's workers run at once (each counter belongs to one system).
+ * before and after; every system's workers run at once (each counter belongs to one system), all
+ * started at `concurrency`. Sets each system's `idle` when `concurrency` is --concurrency, and
+ * adds the window to its `idleWindows`.
  */
 async function idleWindow(
   live: { peer: Peer; res: SystemResult }[],
+  concurrency: number,
   admin: ReturnType<typeof adminSql> = adminConn(),
 ): Promise<void> {
   const measures = new Map<Peer, Redis>();
@@ -185,7 +206,7 @@ async function idleWindow(
       measures.set(peer, r);
     }
   }
-  log(`idle: settling ${SETTLE_S} s, then measuring ${IDLE_S} s`);
+  log(`idle (concurrency ${concurrency}): settling ${SETTLE_S} s, then measuring ${IDLE_S} s`);
   await sleep(SETTLE_S * 1000);
   const snap = async () =>
     Promise.all(
@@ -200,7 +221,7 @@ async function idleWindow(
   await sleep(IDLE_S * 1000);
   const b = await snap();
   const seconds = (performance.now() - windowStart) / 1000;
-  live.forEach(({ res }, i) => {
+  live.forEach(({ peer, res }, i) => {
     const x = a[i];
     const y = b[i];
     if (!x || !y) return;
@@ -217,10 +238,30 @@ async function idleWindow(
       redisCommandsPerS: r ? round(r.commands / seconds, 2) : null,
       redisByCommand: r ? r.byCommand : null,
       workers: 1,
+      concurrency: peer.concurrencyKnob === undefined ? null : concurrency,
+      ...(peer.concurrencyKnob === undefined ? {} : { concurrencyKnob: peer.concurrencyKnob }),
     };
-    res.idle = idle;
+    if (concurrency === CONCURRENCY) res.idle = idle;
+    res.idleWindows = [...(res.idleWindows ?? []), idle];
   });
   for (const close of closers) await close();
+}
+
+/** pg_database_size of each system's own database around its schedule: bytes per identity. */
+async function scheduleMeasured(peer: Peer, p: Params) {
+  const admin = adminConn();
+  const size = async () => {
+    if (!peer.database) return undefined;
+    const [row] = await admin<{ b: string }[]>`
+      select pg_database_size(${peer.database.name}) as b`;
+    return Number(row?.b ?? 0);
+  };
+  const before = await size();
+  const result = await peer.schedule(p);
+  const after = await size();
+  if (before !== undefined && after !== undefined)
+    result.dbBytesPerIdentity = Math.round((after - before) / p.identities);
+  return result;
 }
 
 let adminSingleton: ReturnType<typeof adminSql> | undefined;
@@ -261,16 +302,22 @@ await runMain(async () => {
     }
     res.name = peer.name;
     res.settings = peer.settings;
-    res.schedule = await step(res, `schedule ${N}`, () => peer.schedule(params));
+    res.schedule = await step(res, `schedule ${N}`, () => scheduleMeasured(peer, params));
     peers.push({ peer, res });
   }
   const live = peers.filter((p) => p.peer !== undefined);
 
-  // Idle: every system's workers at once; each counter belongs to one system.
-  for (const { peer, res } of live) await step(res, "start workers", () => peer.startWorkers());
+  // Idle: one window per concurrency, every system's workers at once (each counter belongs to
+  // one system); the workers of the last window (--concurrency) stay up for the lateness test.
   if (live.length > 0) {
-    await idleWindow(live);
-    log("idle window done");
+    for (const [i, c] of IDLE_CONCURRENCY.entries()) {
+      for (const { peer, res } of live)
+        await step(res, `start workers (concurrency ${c})`, () => peer.startWorkers(c));
+      await idleWindow(live, c);
+      log(`idle window at concurrency ${c} done`);
+      if (i < IDLE_CONCURRENCY.length - 1)
+        for (const { peer, res } of live) await step(res, "stop workers", () => peer.stopWorkers());
+    }
   }
 
   // Lateness, one system at a time.
@@ -317,16 +364,16 @@ await runMain(async () => {
       }
       res.name = peer.name;
       res.settings = peer.settings;
-      res.schedule = await step(res, `N=${n} schedule`, () => peer.schedule(scaleParams));
+      res.schedule = await step(res, `N=${n} schedule`, () => scheduleMeasured(peer, scaleParams));
       sp.push({ peer, res });
     }
     const scaleLive = sp.filter((p) => p.peer !== undefined);
     for (const { peer, res } of scaleLive) {
       const t = Date.now();
-      await step(res, `N=${n} start workers`, () => peer.startWorkers());
+      await step(res, `N=${n} start workers`, () => peer.startWorkers(CONCURRENCY));
       res.startWorkersMs = Date.now() - t;
     }
-    await idleWindow(scaleLive);
+    await idleWindow(scaleLive, CONCURRENCY);
     for (const { peer, res } of scaleLive) await step(res, `N=${n} stop`, () => peer.stopWorkers());
     for (const { peer, res } of scaleLive) await step(res, `N=${n} close`, () => peer.close());
     scale.push({
@@ -337,16 +384,27 @@ await runMain(async () => {
     log(`scale N=${n} done in ${Math.round((Date.now() - started) / 1000)} s`);
   }
 
-  const redisHz = await (async () => {
+  // Redis hz and persistence of the private servers (a probe started as they are), and what a
+  // Postgres commit means here: what "durable" covers in the schedule figures.
+  const { redisHz, redisPersistence } = await (async () => {
     const probe = await infra.newRedis();
     const m = new Redis(probe.url);
     try {
-      return ((await m.config("GET", "hz")) as string[])[1] ?? "?";
+      const get = async (k: string) => ((await m.config("GET", k)) as string[])[1] ?? "?";
+      const save = await get("save");
+      const aof = await get("appendonly");
+      return {
+        redisHz: await get("hz"),
+        redisPersistence: `save "${save}", appendonly ${aof}${save === "" && aof === "no" ? " (no persistence: Redis writes stay in memory)" : ""}`,
+      };
     } finally {
       await m.quit();
       await probe.stop();
     }
   })();
+  const [pgDurability] = await admin<{ fsync: string; synchronous_commit: string }[]>`
+    select current_setting('fsync') as fsync,
+           current_setting('synchronous_commit') as synchronous_commit`;
   const finishedAt = new Date();
   const argv = process.argv.slice(2).join(" ");
   const result: RunResult = {
@@ -375,6 +433,13 @@ await runMain(async () => {
     loadavgEnd: loadavg().map((x) => round(x, 2)),
     limits,
     redisHz,
+    idleConcurrency: IDLE_CONCURRENCY,
+    durability: {
+      redis: redisPersistence,
+      postgres: pgDurability
+        ? `fsync ${pgDurability.fsync}, synchronous_commit ${pgDurability.synchronous_commit}`
+        : "?",
+    },
     systems: peers.map((p) => p.res),
     scale,
   };

@@ -1,6 +1,7 @@
 /**
- * Raw BullMQ: one delayed job per identity with a fixed jobId, defaults untouched (Worker
- * concurrency 1, lockDuration 30 s, stalledInterval 30 s). Reschedule = getJob + changeDelay.
+ * Raw BullMQ: one delayed job per identity with a fixed jobId, defaults untouched (lockDuration
+ * 30 s, stalledInterval 30 s) except the Worker's concurrency, which the run sets (its default
+ * is 1). Reschedule = getJob + changeDelay.
  */
 import { type Job, Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
@@ -36,11 +37,13 @@ export async function rawBullmq(infra: Infra): Promise<Peer> {
     settings: {
       BullMQ: "6.7.0",
       job: "one delayed job per identity, jobId = identity id, add/addBulk defaults (no removeOnComplete)",
-      Worker: "defaults: concurrency 1, lockDuration 30 s, stalledInterval 30 s, drainDelay 5 s",
+      Worker:
+        "concurrency as the run sets it (default 1; the idle windows and the lateness test say which), otherwise defaults: lockDuration 30 s, stalledInterval 30 s, drainDelay 5 s",
       processor: "no-op (records start time)",
       reschedule: "queue.getJob(id) then job.changeDelay(5 s), 64 concurrent",
     },
     redis,
+    concurrencyKnob: "Worker concurrency (jobs processed at once by the one Worker)",
     async schedule(p: Params) {
       const before = await usedMemory(measure);
       const now = Date.now();
@@ -60,7 +63,7 @@ export async function rawBullmq(infra: Infra): Promise<Peer> {
       const bytes = (await usedMemory(measure)) - before;
       const streams = await eventStreamBytes(measure);
       return {
-        what: "queue.addBulk of delayed jobs, pages of 1,000",
+        what: "queue.addBulk of delayed jobs, pages of 1,000: one job per identity (job hash + delayed-set entry + event) written to Redis only, which is both the record and the timer (whether that reaches disk is the redis-server's persistence: see durability under Machine)",
         count: p.identities,
         ms: Math.round(ms),
         perS: Math.round((p.identities / ms) * 1000),
@@ -73,7 +76,7 @@ export async function rawBullmq(infra: Infra): Promise<Peer> {
         },
       };
     },
-    async startWorkers() {
+    async startWorkers(concurrency: number) {
       const wconn = new Redis(redis.url, { maxRetriesPerRequest: null });
       defer("bullmq worker connection", () => wconn.quit());
       worker = new Worker(
@@ -81,7 +84,7 @@ export async function rawBullmq(infra: Infra): Promise<Peer> {
         async (job: Job) => {
           onJob?.(job);
         },
-        { connection: wconn },
+        { connection: wconn, concurrency },
       );
       defer("bullmq worker", () => worker?.close());
       await worker.waitUntilReady();

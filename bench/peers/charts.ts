@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../lib.js";
-import { idleAgainstN, type RunResult } from "./report.js";
+import { concurrencyLabel, idleAgainstN, type RunResult } from "./report.js";
 
 type Row = Record<string, string | number>;
 
@@ -88,25 +88,39 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
     written.push(path);
   }
 
+  // One bar group per system and idle window, labelled with the window's concurrency.
   const idle: Row[] = [];
   for (const s of r.systems) {
-    if (s.idle?.pgXactCommitPerS != null)
-      idle.push({
-        system: s.name,
-        what: "Postgres transactions/s",
-        value: s.idle.pgXactCommitPerS,
-      });
-    if (s.idle?.redisCommandsPerS != null)
-      idle.push({ system: s.name, what: "Redis commands/s", value: s.idle.redisCommandsPerS });
+    const windows = s.idleWindows ?? (s.idle ? [s.idle] : []);
+    windows.forEach((w, i) => {
+      // The window's concurrency (the poll loop has none: named by the window's).
+      const c = r.idleConcurrency?.[i];
+      const system =
+        w.concurrency === undefined || c === undefined
+          ? s.name
+          : `${s.name} @${c}${w.concurrency === null ? " (no setting)" : ""}`;
+      if (w.pgXactCommitPerS != null)
+        idle.push({ system, what: "Postgres transactions/s", value: w.pgXactCommitPerS });
+      if (w.redisCommandsPerS != null)
+        idle.push({ system, what: "Redis commands/s", value: w.redisCommandsPerS });
+    });
   }
+  const concs = r.idleConcurrency ?? [];
   await chart(
     `idle-N${N}.png`,
-    `Idle cost with ${N.toLocaleString("en-US")} identities, nothing due`,
+    {
+      text: `Idle cost with ${N.toLocaleString("en-US")} identities, nothing due`,
+      subtitle: [
+        concs.length > 0
+          ? `@C: the system at concurrency C (${concs.join(" and ")}), one idle window each; the poll loop has no concurrency setting`
+          : `Each system at the concurrency of its settings (${concurrencyLabel(r.systems[0]?.idle)}); one concurrency for all not measured in this run`,
+      ],
+    },
     idle,
     {
       mark: { type: "bar", tooltip: true },
       encoding: {
-        y: { field: "system", type: "nominal", title: null },
+        y: { field: "system", type: "nominal", title: null, axis: { labelLimit: 300 } },
         x: { field: "value", type: "quantitative", title: "per second (lower is better)" },
         color: {
           field: "what",
@@ -222,7 +236,7 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
     {
       text: "Idle cost against the number of identities (nothing due)",
       subtitle: [
-        `Each point: one idle window of ${[...windows].join(" / ")} s after an ${r.params.settleSeconds} s settle, N timers 1 to 30 days out, one worker process per system.`,
+        `Each point: one idle window of ${[...windows].join(" / ")} s after an ${r.params.settleSeconds} s settle, N timers 1 to 30 days out, one worker process per system${concs.length > 0 ? ` at concurrency ${r.params.concurrency} (this run)` : ""}.`,
         "Postgres: transactions of the system's own database, scaled to 10 min (a window < 10 min leaves out kp-rotor's watchdog scan, 1 per 10 min).",
         `N = ${ns.map((n) => n.toLocaleString("en-US")).join(", ")}; peers other than the poll baseline only where that run measured them.`,
       ],
@@ -330,14 +344,29 @@ export async function renderCharts(dir: string, others: RunResult[] = []): Promi
   );
 
   const thr: Row[] = [];
+  const kpWrite = r.systems.find((s) => s.name === "kp-rotor")?.schedule?.writeMs !== undefined;
+  const schedLabel = kpWrite
+    ? "schedule/s (kp-rotor: write + arm)"
+    : "schedule/s (kp-rotor: arm only)";
   for (const s of r.systems) {
     if (s.schedule)
-      thr.push({ system: s.name, what: "schedule N timers/s", value: s.schedule.perS });
+      thr.push({
+        system: s.name,
+        what: schedLabel,
+        value: s.schedule.perS,
+      });
     if (s.reschedule) thr.push({ system: s.name, what: "reschedule/s", value: s.reschedule.perS });
   }
   await chart(
     `throughput-N${N}.png`,
-    "Schedule and reschedule throughput (higher is better)",
+    {
+      text: "Schedule and reschedule throughput (higher is better)",
+      subtitle: [
+        kpWrite
+          ? "schedule: N identities from the durable write on; kp-rotor: its rows written by SQL + armed by reconcile, summed"
+          : "schedule: N identities; kp-rotor: the arm (reconcile) only, its durable write not measured in this run",
+      ],
+    },
     thr,
     {
       mark: { type: "bar", tooltip: true },

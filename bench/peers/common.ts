@@ -43,11 +43,25 @@ export interface Params {
 }
 
 export interface ScheduleResult {
-  /** What was measured, in words (kp-rotor: reconcile of pre-seeded identities). */
+  /** What was measured, in words. */
   what: string;
   count: number;
+  /** The whole scheduling cost: for kp-rotor writeMs + armMs, for the peers their one call loop. */
   ms: number;
+  /** count / ms, per second. */
   perS: number;
+  /**
+   * kp-rotor only (absent in runs before the write was counted): the durable write of the
+   * identity rows (the SQL seed, as a bulk import writes them) and the arm (reconcile into an
+   * empty Redis), timed in the same run; ms = writeMs + armMs.
+   */
+  writeMs?: number;
+  armMs?: number;
+  /** Durable rows written per identity (Postgres systems), and what they are. */
+  rowsPerIdentity?: number;
+  rows?: string;
+  /** pg_database_size of the system's own database after minus before the schedule, over count. */
+  dbBytesPerIdentity?: number;
   /** Redis used_memory delta per identity (Redis-based systems only). */
   redisBytesPerIdentity?: number;
   redisBytesPerTimer?: number;
@@ -121,8 +135,13 @@ export interface Peer {
   redis?: PrivateRedis;
   /** Schedules `identities` far-future timers (1 to 30 days), measured. */
   schedule(p: Params): Promise<ScheduleResult>;
-  /** Starts the workers (or the poll loop) used by the idle and lateness tests. */
-  startWorkers(): Promise<void>;
+  /**
+   * Starts the workers (or the poll loop) used by the idle and lateness tests, at `concurrency`
+   * (each system's nearest equivalent; see `concurrencyKnob`).
+   */
+  startWorkers(concurrency: number): Promise<void>;
+  /** What `concurrency` sets in this system, in words; undefined: it has no such setting. */
+  concurrencyKnob?: string;
   /** Polled by the orchestrator until it says the workers are quiet. */
   ready?(): Promise<boolean>;
   lateness(p: Params): Promise<LatenessResult>;
@@ -143,6 +162,13 @@ export interface IdleResult {
   redisCommandsPerS: number | null;
   redisByCommand: Record<string, number> | null;
   workers: number;
+  /**
+   * The concurrency the workers ran at in this window (null: the system has no such setting,
+   * e.g. the poll loop); absent in runs before it was recorded.
+   */
+  concurrency?: number | null;
+  /** What that concurrency sets in this system, in words. */
+  concurrencyKnob?: string;
 }
 
 /** Shared infrastructure handed to the adapters. */

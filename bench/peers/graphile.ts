@@ -43,12 +43,13 @@ export async function graphileWorker(infra: Infra): Promise<Peer> {
       "graphile-worker": "0.18.0 (declares Node >= 22; runs on Node 20)",
       job: "addJobs() with jobKey = identity id, runAt = deadline (job_key replace semantics)",
       runner:
-        "run({ connectionString, concurrency: 16, taskList, noHandleSignals: true }); pollInterval default 2000 ms, useNodeTime false",
+        "run({ connectionString, concurrency, taskList, noHandleSignals: true }), concurrency as the run sets it (default 1; the idle windows and the lateness test say which); pollInterval default 2000 ms, useNodeTime false",
       processor: "no-op (records start time)",
-      note: "concurrency 16 matches kp-rotor's WORKER_CONCURRENCY; graphile-worker's default is 1, and with localQueue off (default) each of the 16 workers polls on its own every 2 s, so the idle query rate is about 16 x 0.5/s (about 0.5/s at concurrency 1)",
+      note: "with localQueue off (default) each of the `concurrency` workers polls on its own every 2 s, so the idle query rate grows with concurrency (about concurrency x 0.5/s); hence the idle cost is measured at concurrency 1 and at 16; localQueue (off by default: one pool-wide fetch of a batch for the workers) is not used",
       reschedule: "addJobs() again with the same jobKey and runAt = now + 5 s, pages of 1,000",
     },
     database,
+    concurrencyKnob: "run({ concurrency }): that many workers, each polling on its own",
     async schedule(p: Params) {
       const times = farTimes(p.identities, Date.now());
       const started = performance.now();
@@ -57,16 +58,18 @@ export async function graphileWorker(infra: Infra): Promise<Peer> {
       }
       const ms = performance.now() - started;
       return {
-        what: "utils.addJobs() with jobKey + runAt, pages of 1,000",
+        what: "utils.addJobs() with jobKey + runAt, pages of 1,000: one committed job row per identity (graphile_worker jobs table and its indexes), which is both the record and the timer; nothing else to arm",
         count: p.identities,
         ms: Math.round(ms),
         perS: Math.round((p.identities / ms) * 1000),
+        rowsPerIdentity: 1,
+        rows: "one graphile_worker job row per identity",
       };
     },
-    async startWorkers() {
+    async startWorkers(concurrency: number) {
       runner = await run({
         connectionString: database.url,
-        concurrency: 16,
+        concurrency,
         noHandleSignals: true,
         taskList: {
           rotate: async (payload) => {

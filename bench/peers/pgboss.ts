@@ -18,7 +18,18 @@ import {
 } from "./common.js";
 
 const QUEUE = "rotation";
-export const PGBOSS_WORK = { batchSize: 16, burstWhenBatchFull: true } as const;
+/**
+ * pg-boss's nearest equivalent of a worker concurrency C: batchSize C on one worker (up to C jobs
+ * per fetch, handed to one handler call), with burstWhenBatchFull so a full batch is followed by
+ * the next fetch at once; at C = 1 that is pg-boss's default (batchSize 1, one worker). Not
+ * localConcurrency C: pg-boss 12 runs that many workers, each waiting the polling interval (2 s)
+ * after every fetch, jobs or not (burst is off at batchSize 1), so C of them deliver at most C
+ * jobs per 2 s and poll C times as often when idle.
+ */
+export const pgbossWork = (concurrency: number) =>
+  concurrency > 1
+    ? { batchSize: concurrency, burstWhenBatchFull: true, localConcurrency: 1 }
+    : { batchSize: 1, localConcurrency: 1 };
 
 export async function pgBoss(infra: Infra): Promise<Peer> {
   const database = await infra.newDatabase();
@@ -37,12 +48,14 @@ export async function pgBoss(infra: Infra): Promise<Peer> {
       constructor: "{ connectionString } only: supervise, maintenance, monitor at their defaults",
       queue: "createQueue('rotation', { policy: 'stately' })",
       job: "insert()/send() with singletonKey = identity id, startAfter = deadline",
-      work: "work('rotation', { batchSize: 16, burstWhenBatchFull: true }); pollingIntervalSeconds default 2",
+      work: "work('rotation', { batchSize: C, burstWhenBatchFull: true, localConcurrency: 1 }) for concurrency C > 1, pg-boss's defaults (batchSize 1, localConcurrency 1) for C = 1; C as the run sets it (the idle windows and the lateness test say which); pollingIntervalSeconds default 2. batchSize is the nearest equivalent of a worker concurrency here (up to C jobs per fetch, one poll loop, like a BullMQ Worker's concurrency); localConcurrency C would run C workers, each waiting the 2 s polling interval after every fetch even when it got a job (burst is off at batchSize 1), so at most C jobs per 2 s and C times the idle polls",
       processor: "no-op (records start time)",
       reschedule:
         "update('rotation', undefined, { singletonKey, startAfter: now + 5 s }), 64 concurrent (no bulk update by key)",
     },
     database,
+    concurrencyKnob:
+      "work({ batchSize: C, burstWhenBatchFull: true }): up to C jobs per fetch, one poll loop (C = 1: the defaults)",
     async schedule(p: Params) {
       const times = farTimes(p.identities, Date.now());
       const started = performance.now();
@@ -58,14 +71,16 @@ export async function pgBoss(infra: Infra): Promise<Peer> {
       }
       const ms = performance.now() - started;
       return {
-        what: "boss.insert() of jobs with singletonKey + startAfter, pages of 1,000",
+        what: "boss.insert() of jobs with singletonKey + startAfter, pages of 1,000: one committed job row per identity (pgboss.job and its indexes), which is both the record and the timer; nothing else to arm",
         count: p.identities,
         ms: Math.round(ms),
         perS: Math.round((p.identities / ms) * 1000),
+        rowsPerIdentity: 1,
+        rows: "one pgboss.job row per identity",
       };
     },
-    async startWorkers() {
-      workId = await boss.work<{ due: number }>(QUEUE, PGBOSS_WORK, async (jobs) => {
+    async startWorkers(concurrency: number) {
+      workId = await boss.work<{ due: number }>(QUEUE, pgbossWork(concurrency), async (jobs) => {
         for (const job of jobs) onJob?.(job.data, job.name);
       });
     },
