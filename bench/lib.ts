@@ -216,12 +216,7 @@ export async function seedIdentities(sql: postgres.Sql, o: SeedOptions): Promise
   const quote = (c: string) => `"${c.replaceAll('"', '""')}"`;
   const identityColumns = await columns("identities", ["id", "rotation_deadline"]);
   const packageColumns = await columns("key_packages", ["id", "identity_id"]);
-  await sql.begin(async (tx) => {
-    // The service's connections cap statements at 15 s; seeding a million rows takes longer.
-    await tx`set local statement_timeout = 0`;
-    // A bulk load: the census triggers (once per row, on the same few rows) are off, and the
-    // census is recounted before commit (drizzle/0008_census_rebuild.sql).
-    await tx`set local session_replication_role = replica`;
+  await bulkWrite(sql, async (tx) => {
     await tx`select setseed(${o.seed ?? 0.5}::float8)`;
     await tx.unsafe(
       `insert into identities (id, rotation_deadline, ${identityColumns.map(quote).join(", ")})
@@ -240,9 +235,26 @@ export async function seedIdentities(sql: postgres.Sql, o: SeedOptions): Promise
          and (k.delete_at is null or right(i.id, 8)::int % $3::int = 0)`,
       [o.templateId, o.prefix, o.supersededEvery ?? 1],
     );
-    await tx`select kp_rotor_census_rebuild()`;
   });
   return Date.now() - started;
+}
+
+/**
+ * Runs `write` as a bulk load (README, "Bulk imports"), in one transaction: no statement timeout
+ * (the service's connections cap statements at 15 s), the census triggers off (they run once per
+ * row, on the same few rows), and the census recounted before commit
+ * (drizzle/0008_census_rebuild.sql).
+ */
+export async function bulkWrite(
+  sql: postgres.Sql,
+  write: (tx: postgres.TransactionSql) => Promise<unknown>,
+): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`set local statement_timeout = 0`;
+    await tx`set local session_replication_role = replica`;
+    await write(tx);
+    await tx`select kp_rotor_census_rebuild()`;
+  });
 }
 
 /** VACUUM ANALYZE both tables, so autovacuum does not wake up inside a measurement window. */

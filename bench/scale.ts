@@ -51,6 +51,7 @@ import { randomName } from "../test/helpers/env.js";
 import { startTestCluster } from "../test/helpers/redis-cluster.js";
 import {
   adminSql,
+  bulkWrite,
   commandCalls,
   createPrivateDatabase,
   defer,
@@ -292,8 +293,25 @@ interface SizeRow {
   identities: number;
   reconcile: { ms: number; perS: number; timers: number; load: number };
   worstBytesPerIdentity: number;
+  /** Where one rotation wake-up's bytes go (MEMORY USAGE), on the single target. */
+  perJob?: { jobHash: number; delayedSetPerJob: number; key: string };
   idle: Idle;
   lateness: Lateness;
+}
+
+/** MEMORY USAGE of one rotation job's hash, and the delayed set's bytes per member. */
+async function perJobBytes(t: Target, identityId: string): Promise<SizeRow["perJob"]> {
+  if (t.name !== "single") return undefined;
+  const node = t.nodes[0] as Redis;
+  const key = `${t.env.QUEUE_PREFIX}:rotation:id-${identityId}`;
+  const delayed = `${t.env.QUEUE_PREFIX}:rotation:delayed`;
+  const usage = async (k: string) => Number(await node.call("memory", "usage", k, "samples", "0"));
+  const members = await node.zcard(delayed);
+  return {
+    key,
+    jobHash: await usage(key),
+    delayedSetPerJob: members > 0 ? Math.round((await usage(delayed)) / members) : 0,
+  };
 }
 
 /** Postgres bytes per identity: each table (heap, TOAST) and each index. */
@@ -381,6 +399,7 @@ async function main(): Promise<void> {
         report.repairs.rotation.reschedule +
         report.repairs.deletion.reschedule;
       log(`${t.name} N=${size}: reconcile of ${report.identities} in ${report.durationMs} ms`);
+      const perJob = await perJobBytes(t, "id-00000001");
       let runtime: WorkerRuntime | undefined = startWorkerRuntime(t.ctx, ALL_HANDLERS);
       const close = defer(`${t.name} runtime`, () => runtime?.close());
       await runtime.startupReconcile;
@@ -404,6 +423,7 @@ async function main(): Promise<void> {
           load: round(load, 1),
         },
         worstBytesPerIdentity: Math.round((memory1 - memory0) / report.identities),
+        perJob,
         idle,
         lateness: late,
       });
@@ -426,15 +446,13 @@ async function main(): Promise<void> {
       first.ctx.rotor.timing.rotationIntervalMs / first.ctx.rotor.timing.deletionGraceMs,
     );
     log(`steady state: superseded packages kept on 1 identity in ${every}`);
-    await sql.begin(async (tx) => {
-      await tx`set local statement_timeout = 0`;
-      await tx`set local session_replication_role = replica`; // a bulk delete: lib.ts seedIdentities
-      await tx`
+    await bulkWrite(
+      sql,
+      (tx) => tx`
         /* bench */ delete from key_packages k
         where k.delete_at is not null and k.identity_id <> 'tmpl-0'
-          and right(k.identity_id, 8) ~ '^[0-9]+$' and right(k.identity_id, 8)::int % ${every}::int <> 0`;
-      await tx`select kp_rotor_census_rebuild()`;
-    });
+          and right(k.identity_id, 8) ~ '^[0-9]+$' and right(k.identity_id, 8)::int % ${every}::int <> 0`,
+    );
     await vacuumAnalyze(sql);
     const [kept] = await sql<{ n: string }[]>`
       /* bench */ select count(distinct identity_id) as n from key_packages where delete_at is not null`;
@@ -702,61 +720,75 @@ function goalsTable(r: Result): string {
   return table(["goal", "target", ...names, "met"], rows);
 }
 
+/** A fixed-width table, as a code block of the Markdown file. */
+const block = (text: string) => `\`\`\`\n${text}\n\`\`\``;
+
 function renderMarkdown(r: Result): string {
   const n = (x: number) => x.toLocaleString("en-US");
   const fullN = Math.max(...r.rows.map((x) => x.identities));
   const out: string[] = ["## Ten million identities: one Redis and a Redis Cluster", ""];
-  out.push(goalsTable(r), "");
+  out.push(block(goalsTable(r)), "");
   out.push(
     `\`${r.command}\` on ${r.machine.nproc} cores (${r.machine.cpuModel}), ${r.machine.memoryGiB} GiB, Node ${r.machine.node}, ${r.startedAt}. Targets: ${r.targets.map((t) => `**${t.name}**: ${t.describe}`).join("; ")}. Seeded by SQL: ${r.seeds.map((s) => `${n(s.identities)} in ${n(s.ms)} ms`).join(", then ")}. Load average at the end ${r.machine.loadavgEnd.join(" / ")}.`,
     "",
   );
   out.push(
-    table(
-      [
-        "target",
-        "N",
-        "reconcile after FLUSHALL",
-        "identities/s",
-        "load (1 min)",
-        "Redis B/identity (worst: both wake-ups)",
-        "idle Redis cmds/s",
-        "idle PG xact/s",
-        "lateness p50 / p99 / max (ms)",
-        "fired / expected",
-      ],
-      r.rows.map((x) => [
-        x.target,
-        n(x.identities),
-        `${round(x.reconcile.ms / 1000, 1)} s`,
-        n(x.reconcile.perS),
-        x.reconcile.load,
-        x.worstBytesPerIdentity,
-        x.idle.redisCommandsPerS,
-        x.idle.pgTransactionsPerS,
-        `${x.lateness.lateness.p50} / ${x.lateness.lateness.p99} / ${x.lateness.lateness.max}`,
-        `${x.lateness.fired} / ${x.lateness.expected}`,
-      ]),
-    ),
-    "",
-  );
-  if (r.steady.length > 0) {
-    out.push(
+    block(
       table(
         [
           "target",
           "N",
-          "steady state Redis B/identity",
-          "deletion wake-ups per identity",
-          "reconcile (steady population) after FLUSHALL",
+          "reconcile after FLUSHALL",
+          "identities/s",
+          "load (1 min)",
+          "Redis B/identity (worst: both wake-ups)",
+          "idle Redis cmds/s",
+          "idle PG xact/s",
+          "lateness p50 / p99 / max (ms)",
+          "fired / expected",
         ],
-        r.steady.map((s) => [
-          s.target,
-          n(fullN),
-          s.bytesPerIdentity,
-          s.deletionTimersPerIdentity,
-          `${round(s.reconcileMs / 1000, 1)} s`,
+        r.rows.map((x) => [
+          x.target,
+          n(x.identities),
+          `${round(x.reconcile.ms / 1000, 1)} s`,
+          n(x.reconcile.perS),
+          x.reconcile.load,
+          x.worstBytesPerIdentity,
+          x.idle.redisCommandsPerS,
+          x.idle.pgTransactionsPerS,
+          `${x.lateness.lateness.p50} / ${x.lateness.lateness.p99} / ${x.lateness.lateness.max}`,
+          `${x.lateness.fired} / ${x.lateness.expected}`,
         ]),
+      ),
+    ),
+    "",
+  );
+  for (const x of r.rows) {
+    if (x.perJob === undefined) continue;
+    out.push(
+      `Where a wake-up's bytes go (${x.target}, N=${n(x.identities)}): the job hash \`${x.perJob.key}\` takes ${x.perJob.jobHash} B (MEMORY USAGE: key, hash and its fields), its member of the delayed sorted set about ${x.perJob.delayedSetPerJob} B; the rest of the ${x.worstBytesPerIdentity} B per identity is the second wake-up and Redis' keyspace tables.`,
+      "",
+    );
+  }
+  if (r.steady.length > 0) {
+    out.push(
+      block(
+        table(
+          [
+            "target",
+            "N",
+            "steady state Redis B/identity",
+            "deletion wake-ups per identity",
+            "reconcile (steady population) after FLUSHALL",
+          ],
+          r.steady.map((s) => [
+            s.target,
+            n(fullN),
+            s.bytesPerIdentity,
+            s.deletionTimersPerIdentity,
+            `${round(s.reconcileMs / 1000, 1)} s`,
+          ]),
+        ),
       ),
       "",
     );
@@ -775,9 +807,11 @@ function renderMarkdown(r: Result): string {
     "",
   );
   out.push(
-    table(
-      ["relation", "kind", "bytes", "bytes per identity"],
-      r.postgres.sizes.map((s) => [s.relation, s.kind, n(s.bytes), s.bytesPerIdentity]),
+    block(
+      table(
+        ["relation", "kind", "bytes", "bytes per identity"],
+        r.postgres.sizes.map((s) => [s.relation, s.kind, n(s.bytes), s.bytesPerIdentity]),
+      ),
     ),
     "",
   );
@@ -787,17 +821,19 @@ function renderMarkdown(r: Result): string {
       "",
     );
     out.push(
-      table(
-        ["step", "statement", "ms", "rows", "shared hit", "read", "dirtied"],
-        r.postgres.plans.map((p) => [
-          p.step,
-          `\`${p.query.replace(/\s+/g, " ").slice(0, 110)}${p.query.length > 110 ? "…" : ""}\``,
-          p.durationMs,
-          p.rows ?? "",
-          p.buffers.hit,
-          p.buffers.read,
-          p.buffers.dirtied,
-        ]),
+      block(
+        table(
+          ["step", "statement", "ms", "rows", "shared hit", "read", "dirtied"],
+          r.postgres.plans.map((p) => [
+            p.step,
+            `${p.query.replace(/\s+/g, " ").slice(0, 110)}${p.query.length > 110 ? "…" : ""}`,
+            p.durationMs,
+            p.rows ?? "",
+            p.buffers.hit,
+            p.buffers.read,
+            p.buffers.dirtied,
+          ]),
+        ),
       ),
       "",
       "<details><summary>Plans</summary>",

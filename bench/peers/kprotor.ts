@@ -24,6 +24,7 @@ import { startWorkerRuntime, type WorkerRuntime } from "../../src/runtime/worker
 import { randomName } from "../../test/helpers/env.js";
 import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import {
+  bulkWrite,
   defer,
   jobIdentityId,
   mapLimit,
@@ -197,10 +198,13 @@ export async function kpRotor(infra: Infra, options: KpRotorOptions): Promise<Pe
           1,
           Math.round(rotor.timing.rotationIntervalMs / rotor.timing.deletionGraceMs),
         );
-        await ctx.database.sql`
-          delete from key_packages k using identities i
-          where k.identity_id = i.id and starts_with(i.id, 'id-') and k.delete_at is not null
-            and right(i.id, 8)::int % ${every}::int <> 0`;
+        await bulkWrite(
+          ctx.database.sql,
+          (tx) => tx`
+            delete from key_packages k using identities i
+            where k.identity_id = i.id and starts_with(i.id, 'id-') and k.delete_at is not null
+              and right(i.id, 8)::int % ${every}::int <> 0`,
+        );
         const second = await reconcile(rotor);
         const steadyBytes = (await usedMemory(measure)) - before;
         // Identities that keep a deletion deadline (from Postgres, the truth).
