@@ -72,7 +72,7 @@ export interface MetricsOptions {
  */
 export function createMetrics(
   rotor: Rotor,
-  timers: Pick<WakeupQueues, "shardQueues">,
+  timers: Pick<WakeupQueues, "shardQueues"> & Partial<Pick<WakeupQueues, "shardOf">>,
   options: MetricsOptions = {},
 ): Metrics {
   const gaugeMaxAgeMs = options.gaugeMaxAgeMs ?? GAUGE_MAX_AGE_MS;
@@ -82,24 +82,26 @@ export function createMetrics(
 
   const rotations = new Counter({
     name: "kp_rotor_rotations_total",
-    help: "Rotation wake-ups handled, by outcome (rotated, not-due, gone, fenced)",
-    labelNames: ["outcome"],
+    help: "Rotation wake-ups handled, by outcome (rotated, not-due, gone, fenced) and queue shard",
+    labelNames: ["outcome", "shard"],
     registers,
   });
   const staleWakeups = new Counter({
     name: "kp_rotor_stale_wakeups_total",
-    help: "Rotation wake-ups that found the deadline not due (woke early, re-armed)",
+    help: "Rotation wake-ups that found the deadline not due (woke early, re-armed), by queue shard",
+    labelNames: ["shard"],
     registers,
   });
   const deletions = new Counter({
     name: "kp_rotor_deletions_total",
-    help: "Superseded key packages deleted",
+    help: "Superseded key packages deleted, by queue shard",
+    labelNames: ["shard"],
     registers,
   });
   const wakeFailures = new Counter({
     name: "kp_rotor_wake_failures_total",
-    help: "Wake-ups whose work failed and that were re-armed after a backoff, by kind",
-    labelNames: ["kind"],
+    help: "Wake-ups whose work failed and that were re-armed after a backoff, by kind and queue shard",
+    labelNames: ["kind", "shard"],
     registers,
   });
   const welcomes = new Counter({
@@ -116,7 +118,8 @@ export function createMetrics(
   for (const principal of WELCOME_PRINCIPALS) welcomeRotations.labels(principal).inc(0);
   const lateness = new Histogram({
     name: "kp_rotor_wakeup_lateness_seconds",
-    help: "How long after its deadline a rotation started its work (rotated wake-ups only)",
+    help: "How long after its deadline a rotation started its work (rotated wake-ups only), by queue shard",
+    labelNames: ["shard"],
     buckets: LATENESS_BUCKETS,
     registers,
   });
@@ -148,13 +151,20 @@ export function createMetrics(
     labelNames: ["collector"],
     registers,
   });
-  for (const outcome of ROTATION_OUTCOMES) rotations.labels(outcome).inc(0);
+  // Every shard's series exist from the start (at 0), so rates and alerts see them at once.
+  const shardQueues = timers.shardQueues as readonly CountableQueues[];
+  const shards = shardQueues.map((_, i) => String(i));
+  const shardLabel = (identityId: string) => String(timers.shardOf?.(identityId) ?? 0);
+  for (const shard of shards) {
+    for (const outcome of ROTATION_OUTCOMES) rotations.labels(outcome, shard).inc(0);
+    for (const kind of TIMER_KINDS) wakeFailures.labels(kind, shard).inc(0);
+    staleWakeups.labels(shard).inc(0);
+    deletions.labels(shard).inc(0);
+  }
   for (const kind of TIMER_KINDS) {
-    wakeFailures.labels(kind).inc(0);
     for (const action of REPAIR_ACTIONS) repairs.labels(kind, action).inc(0);
   }
 
-  const shardQueues = timers.shardQueues as readonly CountableQueues[];
   const queueJobs = new Gauge({
     name: "kp_rotor_queue_jobs",
     help: "Jobs in each wake-up queue, by queue shard and state (read from Redis, cached up to METRICS_GAUGE_MAX_AGE)",
@@ -277,21 +287,23 @@ export function createMetrics(
   };
 
   const onRotation = (event: RotationEvent) => {
-    rotations.labels(event.outcome).inc();
-    if (event.outcome === "not-due") staleWakeups.inc();
+    const shard = shardLabel(event.identityId);
+    rotations.labels(event.outcome, shard).inc();
+    if (event.outcome === "not-due") staleWakeups.labels(shard).inc();
     if (event.outcome !== "rotated") return;
     const started = event.startedAt ?? event.at;
     if (event.deadline !== undefined) {
-      lateness.observe(Math.max(0, started - event.deadline) / 1000);
+      lateness.labels(shard).observe(Math.max(0, started - event.deadline) / 1000);
     }
     if (event.startedAt !== undefined) {
       // Listeners run synchronously inside emit, which comes right after the rotation's re-arm.
       duration.observe(Math.max(0, rotor.clock() - event.startedAt) / 1000);
     }
   };
-  const onDeletion = (event: RotorEventMap["deletion"][0]) => deletions.inc(event.deleted);
+  const onDeletion = (event: RotorEventMap["deletion"][0]) =>
+    deletions.labels(shardLabel(event.identityId)).inc(event.deleted);
   const onWakeFailed = (event: RotorEventMap["wake-failed"][0]) =>
-    wakeFailures.labels(event.kind).inc();
+    wakeFailures.labels(event.kind, shardLabel(event.identityId)).inc();
   const onReconcile = (report: ReconcileSummary) => {
     for (const [kind, actions] of Object.entries(report.repairs)) {
       for (const [action, n] of Object.entries(actions)) {

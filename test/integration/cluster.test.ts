@@ -146,6 +146,21 @@ describe("on a Redis Cluster with QUEUE_SHARDS=3", () => {
           `kp_rotor_queue_jobs{queue="deletion",shard="${shard}",state="delayed"} 0`,
         );
       }
+      // The counters follow the events, labelled with the identity's shard.
+      const inShard2 = ids.find((id) => shardOf(id, 3) === 2) as string;
+      const at = Date.now();
+      ctx.rotor.events.emit("rotation", {
+        identityId: inShard2,
+        outcome: "rotated",
+        at,
+        startedAt: at,
+        deadline: at - 20,
+      });
+      const after = (await metrics.scrape()).body;
+      expect(after).toContain('kp_rotor_rotations_total{outcome="rotated",shard="2"} 1');
+      expect(after).toContain('kp_rotor_rotations_total{outcome="rotated",shard="0"} 0');
+      expect(after).toContain('kp_rotor_wakeup_lateness_seconds_count{shard="2"} 1');
+      expect(after).toContain('kp_rotor_wakeup_lateness_seconds_bucket{le="0.025",shard="2"} 1');
     } finally {
       metrics.close();
     }

@@ -130,26 +130,28 @@ describe("metrics", () => {
 
     expect(m.get("kp_rotor_welcomes_total")).toBe(2);
     for (const outcome of ["rotated", "not-due", "gone", "fenced"]) {
-      expect(m.get(`kp_rotor_rotations_total{outcome="${outcome}"}`)).toBe(
+      expect(m.get(`kp_rotor_rotations_total{outcome="${outcome}",shard="0"}`)).toBe(
         count(rotations, outcome),
       );
     }
     expect(count(rotations, "rotated")).toBeGreaterThanOrEqual(2);
-    expect(m.get("kp_rotor_stale_wakeups_total")).toBe(count(rotations, "not-due"));
-    expect(m.get("kp_rotor_deletions_total")).toBe(deletions.reduce((n, e) => n + e.deleted, 0));
+    expect(m.get('kp_rotor_stale_wakeups_total{shard="0"}')).toBe(count(rotations, "not-due"));
+    expect(m.get('kp_rotor_deletions_total{shard="0"}')).toBe(
+      deletions.reduce((n, e) => n + e.deleted, 0),
+    );
 
     const late = rotations.filter((e) => e.outcome === "rotated" && e.deadline !== undefined);
-    expect(m.get("kp_rotor_wakeup_lateness_seconds_count")).toBe(late.length);
+    expect(m.get('kp_rotor_wakeup_lateness_seconds_count{shard="0"}')).toBe(late.length);
     // A wake-up may start a little before its deadline by this process's clock and still find
     // it due by Postgres' (the lock wait in between); the histogram counts that as 0 s late.
     const lateSum = late.reduce(
       (s, e) => s + Math.max(0, (e.startedAt ?? e.at) - (e.deadline ?? 0)),
       0,
     );
-    expect(m.get("kp_rotor_wakeup_lateness_seconds_sum")).toBeCloseTo(lateSum / 1000, 6);
-    expect(m.get('kp_rotor_wakeup_lateness_seconds_bucket{le="+Inf"}')).toBe(late.length);
-    expect(m.get('kp_rotor_wakeup_lateness_seconds_bucket{le="0.001"}')).toBeDefined();
-    expect(m.get('kp_rotor_wakeup_lateness_seconds_bucket{le="600"}')).toBe(late.length);
+    expect(m.get('kp_rotor_wakeup_lateness_seconds_sum{shard="0"}')).toBeCloseTo(lateSum / 1000, 6);
+    expect(m.get('kp_rotor_wakeup_lateness_seconds_bucket{le="+Inf",shard="0"}')).toBe(late.length);
+    expect(m.get('kp_rotor_wakeup_lateness_seconds_bucket{le="0.001",shard="0"}')).toBeDefined();
+    expect(m.get('kp_rotor_wakeup_lateness_seconds_bucket{le="600",shard="0"}')).toBe(late.length);
     expect(m.get("kp_rotor_rotation_duration_seconds_count")).toBe(
       rotations.filter((e) => e.outcome === "rotated" && e.startedAt !== undefined).length,
     );
@@ -205,14 +207,16 @@ describe("metrics", () => {
     await recovered;
 
     const m = await scrapeWorker();
-    expect(m.get("kp_rotor_stale_wakeups_total")).toBe(count(rotations, "not-due"));
+    expect(m.get('kp_rotor_stale_wakeups_total{shard="0"}')).toBe(count(rotations, "not-due"));
     expect(count(rotations, "not-due")).toBeGreaterThanOrEqual(1);
     for (const kind of ["rotation", "deletion"]) {
-      expect(m.get(`kp_rotor_wake_failures_total{kind="${kind}"}`)).toBe(
+      expect(m.get(`kp_rotor_wake_failures_total{kind="${kind}",shard="0"}`)).toBe(
         failures.filter((e) => e.kind === kind).length,
       );
     }
-    expect(m.get('kp_rotor_wake_failures_total{kind="rotation"}')).toBeGreaterThanOrEqual(1);
+    expect(m.get('kp_rotor_wake_failures_total{kind="rotation",shard="0"}')).toBeGreaterThanOrEqual(
+      1,
+    );
   });
 
   it("counts reconcile repairs by kind and action", async () => {
