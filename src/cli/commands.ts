@@ -4,6 +4,8 @@ import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
 import { createLogger, type Logger } from "../logger.js";
 import { startApi } from "../runtime/api-process.js";
+import { isClusterChild, joinClusterMetrics, runApiPrimary } from "../runtime/api-cluster.js";
+import { metricsFor } from "../metrics/metrics.js";
 import * as identities from "../services/identities.service.js";
 import { MAX_SHARDS } from "../queue/layout.js";
 import { reconcile } from "../services/reconcile.service.js";
@@ -71,6 +73,10 @@ export async function serve(
   // Before anything starts: an API process without a token refuses at once, in one line.
   if (command !== "worker") assertApiProtected(config);
   const log = options.log ?? createLogger(config.logLevel);
+  // API_PROCESSES > 1: this process only forks and watches the API processes (it opens no
+  // connection, so nothing at start runs N times but in the children, which migrate nothing).
+  const cluster = command === "api" && config.apiProcesses > 1;
+  if (cluster && !isClusterChild()) return runApiPrimary(config, log);
   const ctx = await createContext(config, log, { migrate: command !== "api" });
   const stops: (() => Promise<void>)[] = [];
   if (options.stopLast) stops.push(options.stopLast);
@@ -82,15 +88,28 @@ export async function serve(
       "could not check sealed keys",
     ),
   );
-  // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes).
-  const metrics = await startWorkerMetrics(ctx).catch(async (err) => {
-    await ctx.close();
-    throw err;
-  });
+  // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes); in a cluster
+  // the primary serves it, aggregated, and asks each child over IPC.
+  const metrics = cluster
+    ? undefined
+    : await startWorkerMetrics(ctx).catch(async (err) => {
+        await ctx.close();
+        throw err;
+      });
   if (metrics) stops.push(() => metrics.close());
   if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
   if (command !== "worker") {
-    const api = await startApi(ctx, { openBoard: options.openBoard });
+    const api = await startApi(ctx, {
+      openBoard: options.openBoard,
+      ...(cluster
+        ? {
+            processes: config.apiProcesses,
+            metrics: joinClusterMetrics(
+              metricsFor(ctx.rotor, { gaugeMaxAgeMs: config.metricsGaugeMaxAgeMs }),
+            ),
+          }
+        : {}),
+    });
     stops.push(api.close);
     log.info({ address: api.address }, "api listening");
     options.onListening?.({ address: api.address, metricsPort: metrics?.port });
