@@ -70,7 +70,7 @@ export async function runApiPrimary(
   const registry = new Registry();
   const liveGauge = new Gauge({
     name: "kp_rotor_api_processes",
-    help: "API processes running under this cluster primary (API_PROCESSES)",
+    help: "API processes listening under this cluster primary (API_PROCESSES)",
     registers: [registry],
   });
   const restarts = new Counter({
@@ -123,7 +123,7 @@ export async function runApiPrimary(
     const children = [...listening];
     if (children.length === 0) throw new Error("no api process is listening yet");
     const snapshots = await Promise.all(children.map(snapshotOf));
-    liveGauge.set(running());
+    liveGauge.set(listening.size);
     const merged = Registry.merge([AggregatorRegistry.aggregate(snapshots), registry]);
     return { contentType: merged.contentType, body: await merged.metrics() };
   };
@@ -187,7 +187,6 @@ export async function runApiPrimary(
     slots.push(slot);
     fork(slot);
   }
-  liveGauge.set(running());
   plog.info({ processes: config.apiProcesses, port: config.port }, "api cluster started");
 
   const signal = await signalled;
