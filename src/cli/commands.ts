@@ -77,6 +77,9 @@ export async function serve(
   // connection, so nothing at start runs N times but in the children, which migrate nothing).
   const cluster = command === "api" && config.apiProcesses > 1;
   if (cluster && !isClusterChild()) return runApiPrimary(config, log);
+  if (command === "start" && config.apiProcesses > 1) {
+    log.warn("API_PROCESSES applies to kp-rotor api only: start serves the API in this process");
+  }
   const ctx = await createContext(config, log, { migrate: command !== "api" });
   const stops: (() => Promise<void>)[] = [];
   if (options.stopLast) stops.push(options.stopLast);
