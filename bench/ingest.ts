@@ -214,6 +214,8 @@ async function main() {
       const own = process.cpuUsage(own0);
       const wallMs = run.seconds * 1000;
       const perS = Math.round(run.ok / run.seconds);
+      // Every identity of the slice welcomed before --seconds were up (autocannon's `amount`).
+      const ranOut = run.requests >= pool.length && run.seconds < SECONDS - 0.5;
       rows.push({
         processes,
         welcomesPerS: perS,
@@ -222,7 +224,7 @@ async function main() {
         non2xx: run.non2xx,
         errors: run.errors,
         pulledIn: run.pulledIn,
-        poolExhausted: run.requests >= pool.length,
+        poolExhausted: ranOut,
         seconds: round(run.seconds, 2),
         latencyMs: {
           p50: run.latency.p50,
@@ -236,7 +238,7 @@ async function main() {
         loadavgEnd: load(),
       });
       log(
-        `API_PROCESSES=${processes}: ${perS} welcomes/s (${run.ok} ok, ${run.non2xx} non-2xx)${run.requests >= pool.length ? "; the identities ran out early, raise --identities" : ""}`,
+        `API_PROCESSES=${processes}: ${perS} welcomes/s (${run.ok} ok, ${run.non2xx} non-2xx)${ranOut ? "; the identities ran out early, raise --identities" : ""}`,
       );
     } finally {
       await api.stop();

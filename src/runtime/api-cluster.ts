@@ -63,9 +63,11 @@ export async function runApiPrimary(
 ): Promise<number> {
   const plog = log.child({ component: "api-primary" });
   // Taken at once: a signal during start-up still drains what has been forked.
+  // A second signal changes nothing (without a listener it would kill the primary, and the
+  // children, losing their IPC channel, would exit at once instead of draining).
   const signalled = new Promise<NodeJS.Signals>((resolve) => {
-    process.once("SIGTERM", () => resolve("SIGTERM"));
-    process.once("SIGINT", () => resolve("SIGINT"));
+    process.on("SIGTERM", () => resolve("SIGTERM"));
+    process.on("SIGINT", () => resolve("SIGINT"));
   });
   const registry = new Registry();
   const liveGauge = new Gauge({
@@ -145,6 +147,10 @@ export async function runApiPrimary(
         );
       }
     });
+    // A send to a child that has just died fails here; its exit is handled below.
+    worker.on("error", (err) =>
+      plog.warn({ pid: worker.process.pid, err }, "api process ipc error"),
+    );
     worker.on("listening", () => {
       listening.add(worker);
       plog.info({ pid: worker.process.pid }, "api process listening");
