@@ -27,6 +27,8 @@ import { freePort, randomName } from "../test/helpers/env.js";
 import {
   adminSql,
   defer,
+  pgDelta,
+  pgStats,
   ROOT,
   round,
   runMain,
@@ -101,6 +103,11 @@ interface Row {
   non2xx: number;
   errors: number;
   pulledIn: number;
+  /**
+   * Transactions committed in the measured database per acknowledged welcome: below 1 when the
+   * group commit (src/services/pull-in-batcher.ts) put several welcomes in one transaction.
+   */
+  commitsPerWelcome: number;
   /** The slice of identities ran out before `--seconds` (raise --identities): a shorter run. */
   poolExhausted: boolean;
   seconds: number;
@@ -206,12 +213,16 @@ async function main() {
       const rowStart = load();
       const cpu0 = tree.reduce((sum, pid) => sum + cpuMs(pid), 0);
       const own0 = process.cpuUsage();
+      const pg0 = await pgStats(admin, database.name);
       const run = await Promise.race([
         welcomeLoad({ ...common, ids: pool, maxSeconds: SECONDS }),
         api.crashed,
       ]);
       const cpu1 = tree.reduce((sum, pid) => sum + cpuMs(pid), 0);
       const own = process.cpuUsage(own0);
+      // Postgres publishes a backend's counters within a second of its last transaction.
+      await sleep(1_500);
+      const commits = pgDelta(pg0, await pgStats(admin, database.name)).xact_commit;
       const wallMs = run.seconds * 1000;
       const perS = Math.round(run.ok / run.seconds);
       // Every identity of the slice welcomed before --seconds were up (autocannon's `amount`).
@@ -224,6 +235,7 @@ async function main() {
         non2xx: run.non2xx,
         errors: run.errors,
         pulledIn: run.pulledIn,
+        commitsPerWelcome: run.ok === 0 ? 0 : round(commits / run.ok, 3),
         poolExhausted: ranOut,
         seconds: round(run.seconds, 2),
         latencyMs: {
@@ -261,13 +273,13 @@ async function main() {
     `\nSingle-welcome ingest vs pgbench (${tps ?? "?"} tps, single-row UPDATE, same run); load average ${loadavgStart.join(" ")} at start, ${loadavgEnd.join(" ")} at end\n`,
   );
   console.log(
-    "| API_PROCESSES | welcomes/s | of pgbench | p50 ms | p99 ms | API CPU % | load gen CPU % | non-2xx | errors | load avg (1 min) start → end |",
+    "| API_PROCESSES | welcomes/s | of pgbench | p50 ms | p99 ms | API CPU % | load gen CPU % | Postgres commits per welcome | non-2xx | errors | load avg (1 min) start → end |",
   );
-  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
   for (const r of rows) {
     const ratio = r.ratioToPgbench === null ? "?" : `${Math.round(r.ratioToPgbench * 100)} %`;
     console.log(
-      `| ${r.processes} | ${r.welcomesPerS} | ${ratio} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.apiCpuPercent} | ${r.loadGeneratorCpuPercent} | ${r.non2xx} | ${r.errors} | ${r.loadavgStart[0]} → ${r.loadavgEnd[0]} |`,
+      `| ${r.processes} | ${r.welcomesPerS} | ${ratio} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.apiCpuPercent} | ${r.loadGeneratorCpuPercent} | ${r.commitsPerWelcome} | ${r.non2xx} | ${r.errors} | ${r.loadavgStart[0]} → ${r.loadavgEnd[0]} |`,
     );
   }
   console.log("\nwritten: bench/results/ingest.json");
