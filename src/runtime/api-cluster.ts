@@ -22,7 +22,8 @@ type Message =
   | { kind: "kp-rotor:snapshot"; id: number }
   | { kind: "kp-rotor:snapshot-reply"; id: number; metrics?: Snapshot; error?: string }
   | { kind: "kp-rotor:scrape"; id: number }
-  | { kind: "kp-rotor:scrape-reply"; id: number; body?: string; error?: string };
+  | { kind: "kp-rotor:scrape-reply"; id: number; body?: string; error?: string }
+  | { kind: "kp-rotor:drain" };
 
 const isMessage = (value: unknown): value is Message =>
   typeof value === "object" &&
@@ -149,17 +150,17 @@ export async function runApiPrimary(
     });
     // A send to a child that has just died fails here; its exit is handled below.
     worker.on("error", (err) =>
-      plog.warn({ pid: worker.process.pid, err }, "api process ipc error"),
+      plog.warn({ apiPid: worker.process.pid, err }, "api process ipc error"),
     );
     worker.on("listening", () => {
       listening.add(worker);
-      plog.info({ pid: worker.process.pid }, "api process listening");
+      plog.info({ apiPid: worker.process.pid }, "api process listening");
     });
     worker.on("exit", (code, signal) => {
       listening.delete(worker);
       slot.worker = undefined;
       if (stopping) {
-        plog.info({ pid: worker.process.pid, code, signal }, "api process exited");
+        plog.info({ apiPid: worker.process.pid, code, signal }, "api process exited");
         if (running() === 0) allExited();
         return;
       }
@@ -169,7 +170,7 @@ export async function runApiPrimary(
       const delayMs = restartDelayMs(quick);
       restarts.inc();
       plog.error(
-        { pid: worker.process.pid, code, signal, restartInMs: delayMs },
+        { apiPid: worker.process.pid, code, signal, restartInMs: delayMs },
         "api process died unexpectedly; replacing it",
       );
       slot.timer = setTimeout(() => fork(slot), delayMs);
@@ -201,9 +202,17 @@ export async function runApiPrimary(
   await metricsServer?.close();
   for (const slot of slots) {
     clearTimeout(slot.timer);
-    // Each child drains as a single API process does (readiness off, then close); SIGTERM
-    // straight to the process, not worker.kill(), which disconnects the IPC channel first.
-    slot.worker?.process.kill("SIGTERM");
+    // Each child drains as a single API process does (readiness off, then close). Asked over
+    // IPC, not by a signal: after Ctrl-C in a terminal the children have their own SIGINT, and a
+    // second signal would make them exit at once (close-with-grace). Not worker.kill(), which
+    // disconnects the IPC channel first (a child then exits without draining).
+    const worker = slot.worker;
+    if (worker === undefined) continue;
+    try {
+      worker.send({ kind: "kp-rotor:drain" } satisfies Message);
+    } catch {
+      worker.process.kill("SIGTERM");
+    }
   }
   if (running() === 0) allExited();
   const stopTimeoutMs = options.stopTimeoutMs ?? CLUSTER_STOP_TIMEOUT_MS;
@@ -223,6 +232,13 @@ export async function runApiPrimary(
   for (const slot of slots) slot.worker?.process.kill("SIGKILL");
   await exited;
   return 1;
+}
+
+/** In a cluster child: runs `drain` (the graceful shutdown) when the primary asks for it. */
+export function onClusterDrain(drain: () => void): void {
+  process.on("message", (message: unknown) => {
+    if (isMessage(message) && message.kind === "kp-rotor:drain") drain();
+  });
 }
 
 /**
@@ -270,6 +286,14 @@ export function joinClusterMetrics(metrics: Metrics): Metrics {
     snapshot: () => metrics.snapshot(),
     close: () => metrics.close(),
   };
+}
+
+/**
+ * In a cluster child that could not start: closes the IPC channel (which would keep it alive)
+ * as a deliberate disconnect, so the process ends with its own exit status.
+ */
+export function leaveCluster(): void {
+  cluster.worker?.disconnect();
 }
 
 /** Whether this process is an API process forked by a cluster primary. */

@@ -157,7 +157,9 @@ it("serves from both API processes and aggregates their metrics on METRICS_PORT"
 it("replaces an API process killed with SIGKILL while the other keeps serving", async () => {
   const [victim, survivor] = [...listeningPids()] as [number, number];
   process.kill(victim, "SIGKILL");
-  await logged((l) => l.msg === "api process died unexpectedly; replacing it" && l.pid === victim);
+  await logged(
+    (l) => l.msg === "api process died unexpectedly; replacing it" && l.apiPid === victim,
+  );
   for (let i = 0; i < 4; i++) expect((await welcome("cluster-1")).status).toBe(202);
   await logged(() => listeningPids().size >= 3);
   const replacement = [...listeningPids()].find((pid) => pid !== victim && pid !== survivor);
