@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { formatDuration, parseDuration } from "./core/duration.js";
 import { MAX_ROTATION_JITTER } from "./core/jitter.js";
 import { ErrorCodes, KpRotorError } from "./errors.js";
@@ -19,6 +20,11 @@ export interface Config {
   workerShards: number[];
   port: number;
   host: string;
+  /**
+   * API_PROCESSES: how many processes `kp-rotor api` serves the port with (node:cluster); 1: the
+   * API runs in the process itself. `auto` is os.availableParallelism().
+   */
+  apiProcesses: number;
   apiToken: string | undefined;
   /** Serve the API with no API_TOKEN (ALLOW_UNAUTHENTICATED=true; `npm run dev` sets it). */
   allowUnauthenticated: boolean;
@@ -89,6 +95,7 @@ const DEFAULTS = {
   REDIS_URL: "redis://127.0.0.1:6379",
   PORT: "3000",
   HOST: "0.0.0.0",
+  API_PROCESSES: "1",
   ROTATION_INTERVAL: "30d",
   ROTATION_JITTER: "0%",
   WELCOME_ROTATION_DELAY: "5s",
@@ -117,6 +124,8 @@ const DEFAULTS = {
 } as const;
 
 const MAX_TIMER_MS = 24 * 86_400_000;
+/** API_PROCESSES above this is a typo, not a host (each process holds its own pools). */
+const MAX_API_PROCESSES = 256;
 const QUEUE_PREFIX = /^[A-Za-z0-9._-]{1,64}$/;
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
@@ -141,12 +150,17 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
     return ms;
   };
-  const integer = (name: keyof typeof DEFAULTS, min: number, max: number): number => {
+  const integer = (
+    name: keyof typeof DEFAULTS,
+    min: number,
+    max: number,
+    alternative = "",
+  ): number => {
     const raw = read(name);
     const value = Number(raw);
     if (!/^\d+$/.test(raw) || value < min || value > max) {
       problems.push(
-        `${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`,
+        `${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}${alternative}`,
       );
       return min;
     }
@@ -200,6 +214,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
     port: integer("PORT", 0, 65535),
     host: read("HOST"),
+    apiProcesses:
+      read("API_PROCESSES") === "auto"
+        ? Math.min(availableParallelism(), MAX_API_PROCESSES)
+        : integer("API_PROCESSES", 1, MAX_API_PROCESSES, ", or auto (one per CPU)"),
     apiToken: env.API_TOKEN === "" ? undefined : env.API_TOKEN,
     allowUnauthenticated: flag("ALLOW_UNAUTHENTICATED"),
     ingestToken: env.INGEST_TOKEN === "" ? undefined : env.INGEST_TOKEN,

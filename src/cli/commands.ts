@@ -3,7 +3,15 @@ import { assertApiProtected, type Config, loadConfig } from "../config.js";
 import { type Context, createContext } from "../context.js";
 import { createDatabase, runMigrations } from "../db/client.js";
 import { createLogger, type Logger } from "../logger.js";
-import { startApi } from "../runtime/api-process.js";
+import { type RunningApi, startApi } from "../runtime/api-process.js";
+import {
+  isClusterChild,
+  joinClusterMetrics,
+  leaveCluster,
+  onClusterDrain,
+  runApiPrimary,
+} from "../runtime/api-cluster.js";
+import { metricsFor } from "../metrics/metrics.js";
 import * as identities from "../services/identities.service.js";
 import { MAX_SHARDS } from "../queue/layout.js";
 import { reconcile } from "../services/reconcile.service.js";
@@ -71,6 +79,13 @@ export async function serve(
   // Before anything starts: an API process without a token refuses at once, in one line.
   if (command !== "worker") assertApiProtected(config);
   const log = options.log ?? createLogger(config.logLevel);
+  // API_PROCESSES > 1: this process only forks and watches the API processes (it opens no
+  // connection, so nothing at start runs N times but in the children, which migrate nothing).
+  const cluster = command === "api" && config.apiProcesses > 1;
+  if (cluster && !isClusterChild()) return runApiPrimary(config, log);
+  if (command === "start" && config.apiProcesses > 1) {
+    log.warn("API_PROCESSES applies to kp-rotor api only: start serves the API in this process");
+  }
   const ctx = await createContext(config, log, { migrate: command !== "api" });
   const stops: (() => Promise<void>)[] = [];
   if (options.stopLast) stops.push(options.stopLast);
@@ -82,15 +97,37 @@ export async function serve(
       "could not check sealed keys",
     ),
   );
-  // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes).
-  const metrics = await startWorkerMetrics(ctx).catch(async (err) => {
-    await ctx.close();
-    throw err;
-  });
+  // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes); in a cluster
+  // the primary serves it, aggregated, and asks each child over IPC.
+  const metrics = cluster
+    ? undefined
+    : await startWorkerMetrics(ctx).catch(async (err) => {
+        await ctx.close();
+        throw err;
+      });
   if (metrics) stops.push(() => metrics.close());
   if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
   if (command !== "worker") {
-    const api = await startApi(ctx, { openBoard: options.openBoard });
+    let api: RunningApi;
+    try {
+      api = await startApi(ctx, {
+        openBoard: options.openBoard,
+        ...(cluster
+          ? {
+              processes: config.apiProcesses,
+              metrics: joinClusterMetrics(
+                metricsFor(ctx.rotor, { gaugeMaxAgeMs: config.metricsGaugeMaxAgeMs }),
+              ),
+            }
+          : {}),
+      });
+    } catch (err) {
+      // Not listening (a port in use): close what was opened, so that the process exits (1)
+      // instead of lingering half-started; a cluster child leaves and the primary replaces it.
+      for (const stop of stops.reverse()) await stop();
+      if (cluster) leaveCluster();
+      throw err;
+    }
     stops.push(api.close);
     log.info({ address: api.address }, "api listening");
     options.onListening?.({ address: api.address, metricsPort: metrics?.port });
@@ -98,11 +135,32 @@ export async function serve(
   // Workers wait up to WORKER_LOCK_DURATION for active wake-ups; 10 s more for the rest. The
   // Kubernetes worker pods' terminationGracePeriodSeconds (deploy/k8s) is above this.
   const delay = command === "api" ? 20_000 : config.workerLockDurationMs + 10_000;
-  closeWithGrace({ delay }, async ({ signal, err }) => {
-    if (err) log.error({ err }, "fatal error");
-    log.info({ signal }, "shutting down");
-    for (const stop of stops.reverse()) await stop();
-  });
+  let closing = false;
+  /** Why a cluster child drains: its own signal, or the primary asked. */
+  let drainReason: string | undefined;
+  const grace = closeWithGrace(
+    { delay, ...(cluster ? { skip: ["SIGINT", "SIGTERM"] as ("SIGINT" | "SIGTERM")[] } : {}) },
+    async ({ signal, err }) => {
+      closing = true;
+      if (err) log.error({ err }, "fatal error");
+      log.info({ signal: signal ?? drainReason }, "shutting down");
+      for (const stop of stops.reverse()) await stop();
+    },
+  );
+  if (cluster) {
+    // A cluster child drains once, on its own SIGINT/SIGTERM (Ctrl-C signals the whole group) or
+    // when the primary asks; a repeat changes nothing (close-with-grace would exit at once on a
+    // second signal, dropping the requests in flight). The primary bounds the wait.
+    const drain = (reason: string) => {
+      if (closing) return;
+      closing = true;
+      drainReason = reason;
+      void grace.close();
+    };
+    process.on("SIGINT", () => drain("SIGINT"));
+    process.on("SIGTERM", () => drain("SIGTERM"));
+    onClusterDrain(() => drain("drain from the cluster primary"));
+  }
   return new Promise<number>(() => {});
 }
 

@@ -20,7 +20,8 @@ const COMMANDS: Record<string, CommandSpec> = {
   api: {
     usage: "api",
     summary: "run the HTTP API",
-    details: "Listens on HOST:PORT; metrics on METRICS_PORT (GET /metrics).",
+    details:
+      "Listens on HOST:PORT; metrics on METRICS_PORT (GET /metrics). With API_PROCESSES above 1\nit forks that many API processes sharing the port and serves their metrics, summed.",
   },
   worker: {
     usage: "worker",

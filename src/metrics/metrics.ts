@@ -1,4 +1,12 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import {
+  Counter,
+  collectDefaultMetrics,
+  Gauge,
+  Histogram,
+  type MetricObjectWithValues,
+  type MetricValue,
+  Registry,
+} from "prom-client";
 import type { WakeupQueues } from "../queue/wakeup-queues.js";
 import type { RotorEventMap } from "../services/events.js";
 import type { LiveRotor as Rotor } from "../services/rotor.js";
@@ -21,6 +29,11 @@ export interface Metrics {
   welcomesAccepted(count: number, by?: { pulledIn: number; principal: string | undefined }): void;
   /** The text exposition format, for GET /metrics. */
   scrape(): Promise<{ contentType: string; body: string }>;
+  /**
+   * The same as `scrape` as prom-client's JSON, for a cluster primary to aggregate
+   * (`AggregatorRegistry.aggregate`): counters sum, the Redis and Postgres gauges take the max.
+   */
+  snapshot(): Promise<MetricObjectWithValues<MetricValue<string>>[]>;
   /** Stops following the rotor's events. */
   close(): void;
 }
@@ -167,17 +180,23 @@ export function createMetrics(
 
   const queueJobs = new Gauge({
     name: "kp_rotor_queue_jobs",
+    // The same from every process: a cluster primary takes the max, not the sum.
+    aggregator: "max",
     help: "Jobs in each wake-up queue, by queue shard and state (read from Redis, cached up to METRICS_GAUGE_MAX_AGE)",
     labelNames: ["queue", "shard", "state"],
     registers,
   });
   const oldestAge = new Gauge({
     name: "kp_rotor_oldest_current_key_package_age_seconds",
+    // The same from every process: a cluster primary takes the max, not the sum.
+    aggregator: "max",
     help: "Age of the oldest current key package (0 when there is none; read from Postgres, cached up to METRICS_GAUGE_MAX_AGE)",
     registers,
   });
   new Gauge({
     name: "kp_rotor_sealed_keys_unreadable",
+    // The same from every process: a cluster primary takes the max, not the sum.
+    aggregator: "max",
     help: "Sealed private keys naming a KEY_ENCRYPTION_KEY this process does not have (checked at start; run kp-rotor rewrap)",
     registers,
     collect() {
@@ -221,11 +240,15 @@ export function createMetrics(
   };
   const devicesOverdue = new Gauge({
     name: "kp_rotor_devices_overdue",
+    // The same from every process: a cluster primary takes the max, not the sum.
+    aggregator: "max",
     help: "Device identities whose rotation is due and whose upload has not come (read from Postgres, cached up to METRICS_GAUGE_MAX_AGE)",
     registers,
   });
   const devicesOverdueAge = new Gauge({
     name: "kp_rotor_device_longest_wait_seconds",
+    // The same from every process: a cluster primary takes the max, not the sum.
+    aggregator: "max",
     help: "How long the longest-waiting device identity has awaited its upload (0: none waiting)",
     registers,
   });
@@ -286,6 +309,12 @@ export function createMetrics(
     return reading;
   };
 
+  /** The first scrape waits for the gauges; a later one refreshes stale ones in the background. */
+  const freshEnough = async () => {
+    if (readAt === undefined) await refreshGauges();
+    else if (Date.now() - readAt >= gaugeMaxAgeMs) void refreshGauges();
+  };
+
   const onRotation = (event: RotationEvent) => {
     const shard = shardLabel(event.identityId);
     rotations.labels(event.outcome, shard).inc();
@@ -328,9 +357,12 @@ export function createMetrics(
       }
     },
     async scrape() {
-      if (readAt === undefined) await refreshGauges();
-      else if (Date.now() - readAt >= gaugeMaxAgeMs) void refreshGauges();
+      await freshEnough();
       return { contentType: registry.contentType, body: await registry.metrics() };
+    },
+    async snapshot() {
+      await freshEnough();
+      return registry.getMetricsAsJSON();
     },
     close() {
       rotor.events.off("rotation", onRotation);

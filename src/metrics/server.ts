@@ -10,11 +10,11 @@ export interface MetricsServer {
 }
 
 /**
- * A worker process's Prometheus endpoint: GET /metrics on its own small HTTP server (workers
- * have no API). Anything else is a 404. Close is idempotent and drops idle keep-alive sockets.
+ * A process's Prometheus endpoint: GET /metrics on its own small HTTP server (workers have no
+ * API; an API cluster's primary serves its children's aggregate). Anything else is a 404. Close is idempotent and drops idle keep-alive sockets.
  */
 export async function startMetricsServer(
-  metrics: Metrics,
+  metrics: Pick<Metrics, "scrape">,
   options: { port: number; host: string; log: Logger },
 ): Promise<MetricsServer> {
   const log = options.log.child({ component: "metrics-server" });

@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { describe, expect, it } from "vitest";
 import { type Config, loadConfig } from "../../src/config.js";
 import { KpRotorError } from "../../src/errors.js";
@@ -36,6 +37,7 @@ describe("loadConfig defaults", () => {
     workerShards: [0],
     port: 3000,
     host: "0.0.0.0",
+    apiProcesses: 1,
     apiToken: undefined,
     allowUnauthenticated: false,
     ingestToken: undefined,
@@ -102,6 +104,9 @@ describe("loadConfig overrides", () => {
     [{ DELETION_GRACE: "2h" }, { deletionGraceMs: 7_200_000 }],
     [{ QUEUE_PREFIX: "kp.test_1-a" }, { queuePrefix: "kp.test_1-a" }],
     [{ WORKER_CONCURRENCY: "1000" }, { workerConcurrency: 1000 }],
+    [{ API_PROCESSES: "1" }, { apiProcesses: 1 }],
+    [{ API_PROCESSES: "4" }, { apiProcesses: 4 }],
+    [{ API_PROCESSES: "auto" }, { apiProcesses: Math.min(availableParallelism(), 256) }],
     [{ WORKER_LOCK_DURATION: "500ms" }, { workerLockDurationMs: 500 }],
     [{ WORKER_STALLED_INTERVAL: "24d" }, { workerStalledIntervalMs: 24 * DAY }],
     [{ WORKER_MAX_BLOCK: "1s" }, { workerMaxBlockMs: 1_000 }],
@@ -191,6 +196,14 @@ describe("loadConfig rejects", () => {
     ],
     ["negative PORT", { PORT: "-1" }, 'PORT="-1": expected a whole number from 0 to 65535'],
     ["PORT with exponent", { PORT: "3e3" }, 'PORT="3e3": expected a whole number from 0 to 65535'],
+    [
+      "zero API_PROCESSES",
+      { API_PROCESSES: "0" },
+      'API_PROCESSES="0": expected a whole number from 1 to 256, or auto (one per CPU)',
+    ],
+    ["fractional API_PROCESSES", { API_PROCESSES: "1.5" }, 'API_PROCESSES="1.5": expected'],
+    ["API_PROCESSES above range", { API_PROCESSES: "257" }, 'API_PROCESSES="257": expected'],
+    ["API_PROCESSES of another word", { API_PROCESSES: "max" }, 'API_PROCESSES="max": expected'],
     [
       "zero concurrency",
       { WORKER_CONCURRENCY: "0" },
