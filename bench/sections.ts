@@ -2,6 +2,7 @@
  * The sections of BENCHMARKS.md that their own benchmarks write, each between two markers and
  * stored in bench/results/<name>.md, and kept when `npm run bench` rewrites the rest of the file
  * (bench/peers.ts appends every stored section, in the order below):
+ * - ingest: `npx tsx bench/ingest.ts` (single-welcome ingest against pgbench, API_PROCESSES);
  * - scale: `npx tsx bench/scale.ts` (ten million identities, one Redis and a cluster);
  * - simulation: `npm run simulate` (a year of a fleet).
  */
@@ -10,6 +11,7 @@ import { join } from "node:path";
 import { ROOT } from "./lib.js";
 
 const SECTIONS = {
+  ingest: "npx tsx bench/ingest.ts",
   scale: "npx tsx bench/scale.ts",
   simulation: "npm run simulate",
 } as const;
