@@ -241,9 +241,10 @@ export async function seedIdentities(sql: postgres.Sql, o: SeedOptions): Promise
 
 /**
  * Runs `write` as a bulk load (README, "Bulk imports"), in one transaction: no statement timeout
- * (the service's connections cap statements at 15 s), the census triggers off (they run once per
- * row, on the same few rows), and the census recounted before commit
- * (drizzle/0008_census_rebuild.sql).
+ * (the service's connections cap statements at 15 s), identities locked against writers first
+ * (loads one at a time), triggers off (the census triggers run once per row, on the same few
+ * rows; foreign-key checks are triggers too, so `write` must keep the rows consistent itself),
+ * and the census recounted before commit (drizzle/0008_census_rebuild.sql).
  */
 export async function bulkWrite(
   sql: postgres.Sql,
@@ -251,6 +252,7 @@ export async function bulkWrite(
 ): Promise<void> {
   await sql.begin(async (tx) => {
     await tx`set local statement_timeout = 0`;
+    await tx`lock table identities in exclusive mode`;
     await tx`set local session_replication_role = replica`;
     await write(tx);
     await tx`select kp_rotor_census_rebuild()`;

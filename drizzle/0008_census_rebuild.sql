@@ -2,13 +2,16 @@
 -- superseded_packages, and the wakeup census from the identities. The triggers run once per row,
 -- and every row of one transaction updates the same few census rows, so a statement that
 -- writes millions of rows in one transaction (a bulk import) is slow with them on. Such a load
--- runs with triggers off (SET LOCAL session_replication_role = replica) and calls this before it
--- commits. Locks taken: both tables in SHARE mode, which waits for every writer in flight and
--- holds new ones until the caller's transaction ends.
+-- runs with triggers off and calls this before it commits (README, "Bulk imports").
+-- Locks, in the order every service write takes them (an identity's row, then its key
+-- packages): identities in EXCLUSIVE mode (plain reads go on; it waits for every writer in
+-- flight, each of which locked an identity first, and holds new ones until the caller's
+-- transaction ends), then key_packages in SHARE mode. A bulk load takes the same EXCLUSIVE lock
+-- before it writes, so two loads run one after the other instead of deadlocking.
 CREATE FUNCTION kp_rotor_census_rebuild() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-  LOCK TABLE identities IN SHARE ROW EXCLUSIVE MODE;
+  LOCK TABLE identities IN EXCLUSIVE MODE;
   LOCK TABLE key_packages IN SHARE MODE;
   UPDATE identities i SET superseded_packages = coalesce(s.n, 0)
   FROM identities j

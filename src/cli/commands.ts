@@ -86,31 +86,50 @@ export async function serve(
   if (command === "start" && config.apiProcesses > 1) {
     log.warn("API_PROCESSES applies to kp-rotor api only: start serves the API in this process");
   }
-  const ctx = await createContext(config, log, { migrate: command !== "api" });
+  // A cluster child drains once, on its own SIGINT/SIGTERM (Ctrl-C signals the whole group) or
+  // when the primary asks. Those are taken from the very start: a drain asked for while the
+  // child is still starting is kept and carried out as soon as it listens.
+  let drainNow: ((reason: string) => void) | undefined;
+  let drainAsked: string | undefined;
+  if (cluster) {
+    const ask = (reason: string) => {
+      if (drainNow) drainNow(reason);
+      else drainAsked ??= reason;
+    };
+    process.on("SIGINT", () => ask("SIGINT"));
+    process.on("SIGTERM", () => ask("SIGTERM"));
+    onClusterDrain(() => ask("drain from the cluster primary"));
+  }
   const stops: (() => Promise<void>)[] = [];
-  if (options.stopLast) stops.push(options.stopLast);
-  stops.push(() => ctx.close());
-  // Keys sealed under a KEK this process does not have: logged, in the safety view and metrics.
-  checkSealedKeys(ctx.rotor).catch((err) =>
-    log.warn(
-      { err: err instanceof Error ? err.message : String(err) },
-      "could not check sealed keys",
-    ),
-  );
-  // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes); in a cluster
-  // the primary serves it, aggregated, and asks each child over IPC.
-  const metrics = cluster
-    ? undefined
-    : await startWorkerMetrics(ctx).catch(async (err) => {
-        await ctx.close();
-        throw err;
-      });
-  if (metrics) stops.push(() => metrics.close());
-  if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
-  if (command !== "worker") {
-    let api: RunningApi;
-    try {
-      api = await startApi(ctx, {
+  try {
+    await startServing();
+  } catch (err) {
+    // Not serving (Postgres or Redis not ready, a port in use): close what was opened, so that
+    // the process exits (1) instead of lingering half-started; a cluster child leaves and the
+    // primary replaces it.
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    if (cluster) leaveCluster();
+    throw err;
+  }
+
+  async function startServing(): Promise<void> {
+    const ctx = await createContext(config, log, { migrate: command !== "api" });
+    if (options.stopLast) stops.push(options.stopLast);
+    stops.push(() => ctx.close());
+    // Keys sealed under a KEK this process does not have: logged, in the safety view and metrics.
+    checkSealedKeys(ctx.rotor).catch((err) =>
+      log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        "could not check sealed keys",
+      ),
+    );
+    // GET /metrics on METRICS_PORT, in API processes too (their counters: welcomes); in a cluster
+    // the primary serves it, aggregated, and asks each child over IPC.
+    const metrics = cluster ? undefined : await startWorkerMetrics(ctx);
+    if (metrics) stops.push(() => metrics.close());
+    if (command !== "api") stops.push(startWorkerRuntime(ctx, ALL_HANDLERS).close);
+    if (command !== "worker") {
+      const api: RunningApi = await startApi(ctx, {
         openBoard: options.openBoard,
         ...(cluster
           ? {
@@ -121,16 +140,10 @@ export async function serve(
             }
           : {}),
       });
-    } catch (err) {
-      // Not listening (a port in use): close what was opened, so that the process exits (1)
-      // instead of lingering half-started; a cluster child leaves and the primary replaces it.
-      for (const stop of stops.reverse()) await stop();
-      if (cluster) leaveCluster();
-      throw err;
+      stops.push(api.close);
+      log.info({ address: api.address }, "api listening");
+      options.onListening?.({ address: api.address, metricsPort: metrics?.port });
     }
-    stops.push(api.close);
-    log.info({ address: api.address }, "api listening");
-    options.onListening?.({ address: api.address, metricsPort: metrics?.port });
   }
   // Workers wait up to WORKER_LOCK_DURATION for active wake-ups; 10 s more for the rest. The
   // Kubernetes worker pods' terminationGracePeriodSeconds (deploy/k8s) is above this.
@@ -148,18 +161,15 @@ export async function serve(
     },
   );
   if (cluster) {
-    // A cluster child drains once, on its own SIGINT/SIGTERM (Ctrl-C signals the whole group) or
-    // when the primary asks; a repeat changes nothing (close-with-grace would exit at once on a
-    // second signal, dropping the requests in flight). The primary bounds the wait.
-    const drain = (reason: string) => {
+    // A repeat changes nothing (close-with-grace would exit at once on a second signal, dropping
+    // the requests in flight). The primary bounds the wait.
+    drainNow = (reason: string) => {
       if (closing) return;
       closing = true;
       drainReason = reason;
       void grace.close();
     };
-    process.on("SIGINT", () => drain("SIGINT"));
-    process.on("SIGTERM", () => drain("SIGTERM"));
-    onClusterDrain(() => drain("drain from the cluster primary"));
+    if (drainAsked !== undefined) drainNow(drainAsked);
   }
   return new Promise<number>(() => {});
 }

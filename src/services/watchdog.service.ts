@@ -60,6 +60,17 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
       };
     }
   }
+  if (need?.shards !== undefined && censusMismatch(readings(probe))) {
+    // Marks gone in some shards, and counts off: the reconcile covers the shards of both.
+    const differ = differingShards(probe.shards);
+    need = {
+      reason: `${need.reason}; wakeup census differs: ${describe(probe.census, probe.shards)}`,
+      shards:
+        differ === undefined
+          ? undefined
+          : [...new Set([...need.shards, ...differ])].sort((a, b) => a - b),
+    };
+  }
   const reason = need?.reason;
   let reconciled = false;
   if (need !== undefined) {
@@ -299,6 +310,8 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
   let retry: NodeJS.Timeout | undefined;
   let retryPending = false;
   let failures = 0;
+  /** A mark check that found a heal in progress, or a scoped heal that just ended: look again. */
+  let lookAgain = false;
 
   const heal = (reason: string, shards?: readonly number[]): Promise<void> => {
     if (signal.aborted) return Promise.resolve();
@@ -307,6 +320,8 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
         const ran = await reconcileOnce(rotor, options.owner, reason, signal, shards);
         failures = 0;
         if (!ran) log.info({ reason }, "another process holds the reconcile lease");
+        // A shard outside the scope that lost its data meanwhile left no trace in this run.
+        if (shards !== undefined) lookAgain = true;
       } catch {
         if (signal.aborted) return;
         failures++;
@@ -314,19 +329,28 @@ export function startHealer(rotor: Rotor, options: HealerOptions): Healer {
         log.warn({ reason, failures, retryInMs: delay }, "next reconcile attempt after backoff");
         clearTimeout(retry);
         retryPending = true;
+        // The retry covers every shard: whatever else was lost during the backoff is in it.
         retry = setTimeout(() => {
           retryPending = false;
-          void heal(reason, shards);
+          void heal(reason);
         }, delay);
       } finally {
         healing = undefined;
+        if (lookAgain && !retryPending) {
+          lookAgain = false;
+          checkMark();
+        }
       }
     })();
     return healing;
   };
 
   const checkMark = () => {
-    if (signal.aborted || healing !== undefined || retryPending) return;
+    if (signal.aborted) return;
+    if (healing !== undefined || retryPending) {
+      lookAgain = true;
+      return;
+    }
     missingMark(rotor)
       .then((missing) => (missing === undefined ? undefined : heal(missing.reason, missing.shards)))
       .catch((err) => log.warn({ err }, "reconcile mark check failed"));

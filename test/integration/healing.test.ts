@@ -19,7 +19,7 @@ import {
   reconcile,
   ReconcileIncomplete,
 } from "../../src/services/reconcile.service.js";
-import { runWatchdog } from "../../src/services/watchdog.service.js";
+import { runWatchdog, startHealer } from "../../src/services/watchdog.service.js";
 import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
 import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
@@ -328,7 +328,48 @@ describe("the backstop cannot be saturated (B, C)", () => {
     await identities.deregister(rotor, "bulk-1");
     expect(await census()).toEqual({ rotation: 5, deletion: 1 });
   });
-  it("a shard that lost its data is rebuilt alone: the reconcile is scoped to the shards that need it", async () => {
+  it("two bulk loads side by side run one after the other, and a live welcome waits for them", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    await identities.register(rotor, "t0");
+    const url = env.config.databaseUrl;
+    const a = postgres(url, { max: 1, onnotice: () => {} });
+    const b = postgres(url, { max: 1, onnotice: () => {} });
+    cleanups.push(
+      () => a.end(),
+      () => b.end(),
+    );
+    // As README "Bulk imports" says: lock first, triggers off, insert, recount, commit.
+    const load = (sql: postgres.Sql, prefix: string, hold: Promise<void>) =>
+      sql.begin(async (tx) => {
+        await tx`lock table identities in exclusive mode`;
+        await tx`set local session_replication_role = replica`;
+        await tx`
+          insert into identities (id, generation, rotation_deadline, last_rotated_at,
+            credential_identity, signature_public_key, signature_private_key, created_at)
+          select ${prefix} || g, generation, rotation_deadline, last_rotated_at,
+            credential_identity, signature_public_key, signature_private_key, created_at
+          from identities, generate_series(1, 3) g where id = 't0'`;
+        await hold;
+        await tx`select kp_rotor_census_rebuild()`;
+      });
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    const first = load(a, "la-", held);
+    await new Promise((r) => setTimeout(r, 200));
+    const second = load(b, "lb-", Promise.resolve());
+    // A live write (a welcome's pull-in locks the identity row) meanwhile.
+    const live = identities.welcome(rotor, "t0");
+    await new Promise((r) => setTimeout(r, 200));
+    release();
+    await Promise.all([first, second, live]);
+    const { rotation } = await watchdogProbe(rotor.db, 0);
+    expect(rotation).toBe(7);
+  });
+
+  it("a reconcile after losses in some shards covers those shards alone", async () => {
     const env = await setup({ QUEUE_SHARDS: "3" });
     const { rotor } = env.ctx;
     const timers = env.ctx.rotor.timers as typeof env.ctx.rotor.timers & {
@@ -338,33 +379,83 @@ describe("the backstop cannot be saturated (B, C)", () => {
     for (const id of ids) await identities.register(rotor, id);
     await reconcile(rotor);
     const inShard = (shard: number) => ids.filter((id) => timers.shardOf(id) === shard);
-    expect(inShard(1).length).toBeGreaterThan(0);
-    expect(inShard(2).length).toBeGreaterThan(0);
-    // Shard 1 loses everything (its mark too); shard 2 loses one wake-up, its mark intact.
+    for (const shard of [0, 1, 2]) expect(inShard(shard).length).toBeGreaterThan(0);
+    // Shard 1 loses everything (its mark too); shard 2 loses one wake-up, its mark intact; in
+    // shard 0 one wake-up is moved a year late, which no count sees (only a walk of shard 0).
     const prefix = env.ctx.config.queuePrefix;
     const lost = await env.admin.keys(`{${prefix}:1}*`);
     expect(lost.length).toBeGreaterThan(0);
     await env.admin.del(...lost);
     const victim = inShard(2)[0] as string;
+    const late = inShard(0)[0] as string;
+    const now = Date.now();
     expect(
-      await rotor.timers.arm("rotation", victim, null, Date.now(), await nextArmFence(rotor.db)),
+      await rotor.timers.arm("rotation", victim, null, now, await nextArmFence(rotor.db)),
     ).toEqual(expect.objectContaining({ kind: "remove" }));
+    const yearLate = now + 400 * 86_400_000;
+    await rotor.timers.arm("rotation", late, yearLate, now, await nextArmFence(rotor.db));
     const reports: { shards?: number[] }[] = [];
     rotor.events.on("reconcile", (r) => reports.push(r));
-    const options = { owner: "test", overdueGraceMs: 180_000, censusRecheckMs: 10 };
 
-    const first = await runWatchdog(rotor, options);
-    expect(first.reason).toBe("Redis has no reconcile mark (shards 1 of 3)");
-    expect(reports.map((r) => r.shards)).toEqual([[1]]);
-    expect(await rotationViews(env.ctx, inShard(1))).toEqual(inShard(1).map(() => "delayed"));
-    // The scoped run left shard 2 alone: its lost wake-up is still lost.
-    expect(await rotationViews(env.ctx, [victim])).toEqual(["missing"]);
+    const report = await runWatchdog(rotor, {
+      owner: "test",
+      overdueGraceMs: 180_000,
+      censusRecheckMs: 10,
+    });
+    expect(report.reason).toMatch(/^Redis has no reconcile mark \(shards 1 of 3\); wakeup census/);
+    expect(report.reason).toMatch(/rotation shard 2 \d+ in Redis/);
+    expect(reports.map((r) => r.shards)).toEqual([[1, 2]]);
+    const healed = [...inShard(1), ...inShard(2)];
+    expect(await rotationViews(env.ctx, healed)).toEqual(healed.map(() => "delayed"));
+    expect(await rotor.timers.isReconciled()).toBe(true);
+    // Shard 0 was not walked: its late wake-up is still a year out. A full reconcile fixes it.
+    const [before] = await rotor.timers.view("rotation", [late]);
+    expect(before).toEqual({ state: "delayed", fireAt: yearLate });
+    const full = await reconcile(rotor);
+    expect(full.shards).toBeUndefined();
+    expect(full.repairs.rotation.reschedule).toBe(1);
+  });
 
-    // The census finds shard 2's loss, and that reconcile covers shard 2 alone.
-    const second = await runWatchdog(rotor, options);
-    expect(second.reason).toMatch(/census differs: .*rotation shard 2 \d+ in Redis/);
+  it("a shard lost during a scoped heal is healed right after it, with no periodic check", async () => {
+    const env = await setup({ QUEUE_SHARDS: "3" });
+    const { rotor } = env.ctx;
+    const timers = env.ctx.rotor.timers as typeof env.ctx.rotor.timers & {
+      shardOf(id: string): number;
+      unreconciledShards(): Promise<number[]>;
+    };
+    const ids = Array.from({ length: 24 }, (_, i) => `h${i}`);
+    for (const id of ids) await identities.register(rotor, id);
+    const healer = startHealer(rotor, {
+      owner: "test",
+      overdueGraceMs: 180_000,
+      markCheckIntervalMs: 0,
+      watchdogIntervalMs: 0,
+    });
+    cleanups.push(() => healer.close());
+    await healer.started;
+    expect(await timers.unreconciledShards()).toEqual([]);
+    const reports: { shards?: number[] }[] = [];
+    rotor.events.on("reconcile", (r) => reports.push(r));
+    const prefix = env.ctx.config.queuePrefix;
+    const wipe = async (shard: number) => {
+      const keys = await env.admin.keys(`{${prefix}:${shard}}*`);
+      if (keys.length > 0) await env.admin.del(...keys);
+    };
+    // Shard 1 is lost; its heal waits on a row held by another connection.
+    const lock = await holdRowLock(env.config.databaseUrl, ids[0] as string);
+    await wipe(1);
+    healer.checkMark();
+    await new Promise((r) => setTimeout(r, 300));
+    // Meanwhile shard 2 is lost too; the reconnect's check finds a heal in progress.
+    await wipe(2);
+    healer.checkMark();
+    await lock.release();
+    const until = Date.now() + 20_000;
+    while ((await timers.unreconciledShards()).length > 0 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(await timers.unreconciledShards()).toEqual([]);
     expect(reports.map((r) => r.shards)).toEqual([[1], [2]]);
     expect(await rotationViews(env.ctx, ids)).toEqual(ids.map(() => "delayed"));
-    expect(await rotor.timers.isReconciled()).toBe(true);
   });
 });
