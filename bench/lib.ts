@@ -261,8 +261,16 @@ export async function bulkWrite(
 
 /** VACUUM ANALYZE both tables, so autovacuum does not wake up inside a measurement window. */
 export async function vacuumAnalyze(sql: postgres.Sql): Promise<void> {
-  await sql`vacuum analyze identities`;
-  await sql`vacuum analyze key_packages`;
+  // The service's connections cap statements at 15 s; at ten million rows a VACUUM takes longer.
+  const conn = await sql.reserve();
+  try {
+    await conn`set statement_timeout = 0`;
+    await conn`vacuum analyze identities`;
+    await conn`vacuum analyze key_packages`;
+  } finally {
+    await conn`reset statement_timeout`.catch(() => {});
+    conn.release();
+  }
 }
 
 /**

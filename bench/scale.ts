@@ -34,6 +34,7 @@
  * bench/sections.ts); --report-only renders that section again from scale.json.
  */
 import { randomBytes } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { cpus, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
@@ -369,6 +370,38 @@ async function main(): Promise<void> {
 
   const rows: SizeRow[] = [];
   const seeds: { identities: number; ms: number }[] = [];
+  const steady: Result["steady"] = [];
+  const postgresFigures: Result["postgres"] = { sizes: [], plans: [] };
+  const current = async (): Promise<Result> => ({
+    command: `npx tsx bench/scale.ts ${process.argv.slice(2).join(" ")}`.trim(),
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    machine: {
+      nproc: cpus().length,
+      cpuModel: cpus()[0]?.model,
+      memoryGiB: round(totalmem() / 2 ** 30, 1),
+      node: process.version,
+      loadavgEnd: loadavg().map((x) => round(x, 2)),
+    },
+    targets: targets.map((t) => ({ name: t.name, describe: t.describe })),
+    params: {
+      sizes: SIZES,
+      shards: SHARDS,
+      idleSeconds: IDLE_S,
+      due: DUE,
+      spreadSeconds: SPREAD_S,
+    },
+    seeds,
+    rows,
+    steady,
+    postgres: postgresFigures,
+  });
+  /** Written after every phase, so a run that fails later keeps what it measured. */
+  const save = async (final: boolean) => {
+    const result = { ...(await current()), complete: final };
+    await writeFile(RESULT_FILE, `${JSON.stringify(result, null, 2)}\n`);
+    writeSection("scale", renderMarkdown(result));
+  };
   let seeded = 1;
   for (const [index, size] of SIZES.entries()) {
     const now = Date.now();
@@ -427,20 +460,18 @@ async function main(): Promise<void> {
         idle,
         lateness: late,
       });
+      await save(false);
     }
   }
 
   const full = SIZES[SIZES.length - 1] as number;
-  const sizes = await relationSizes(sql, full);
-  let plans: LoggedPlan[] = [];
-  if (!values["no-explain"]) plans = await explainHotPaths(first, admin, database.name);
+  postgresFigures.sizes = await relationSizes(sql, full);
+  await save(false);
+  if (!values["no-explain"]) {
+    postgresFigures.plans = await explainHotPaths(first, admin, database.name);
+    await save(false);
+  }
 
-  const steady: {
-    target: string;
-    reconcileMs: number;
-    bytesPerIdentity: number;
-    deletionTimersPerIdentity: number;
-  }[] = [];
   if (!values["no-steady"]) {
     const every = Math.round(
       first.ctx.rotor.timing.rotationIntervalMs / first.ctx.rotor.timing.deletionGraceMs,
@@ -471,39 +502,12 @@ async function main(): Promise<void> {
       log(
         `${t.name} steady: ${steady.at(-1)?.bytesPerIdentity} B/identity, reconcile ${report.durationMs} ms`,
       );
+      await save(false);
     }
   }
 
-  const result = {
-    bench: "scale",
-    command: `npx tsx bench/scale.ts ${process.argv.slice(2).join(" ")}`.trim(),
-    startedAt: startedAt.toISOString(),
-    finishedAt: new Date().toISOString(),
-    machine: {
-      nproc: cpus().length,
-      cpuModel: cpus()[0]?.model,
-      memoryGiB: round(totalmem() / 2 ** 30, 1),
-      node: process.version,
-      loadavgEnd: loadavg().map((x) => round(x, 2)),
-    },
-    targets: targets.map((t) => ({ name: t.name, describe: t.describe })),
-    params: {
-      sizes: SIZES,
-      shards: SHARDS,
-      idleSeconds: IDLE_S,
-      settleSeconds: SETTLE_S,
-      due: DUE,
-      spreadSeconds: SPREAD_S,
-    },
-    seeds,
-    rows,
-    steady,
-    postgres: { sizes, plans },
-  };
-  await writeFile(RESULT_FILE, `${JSON.stringify(result, null, 2)}\n`);
-  const md = renderMarkdown(result);
-  writeSection("scale", md);
-  console.log(md);
+  await save(true);
+  console.log(renderMarkdown(await current()));
 }
 
 const RESULT_FILE = join(ROOT, "bench", "results", "scale.json");
@@ -598,6 +602,9 @@ async function explainHotPaths(
 type Result = {
   command: string;
   startedAt: string;
+  finishedAt?: string;
+  /** False while the run is still going, or if it stopped before its last phase. */
+  complete?: boolean;
   machine: {
     nproc: number;
     cpuModel: string | undefined;
@@ -720,6 +727,25 @@ function goalsTable(r: Result): string {
   return table(["goal", "target", ...names, "met"], rows);
 }
 
+/**
+ * The measurement lines of runs whose results were never written (bench/results/scale-*.log,
+ * their progress logs kept by hand): reconcile, idle and lateness lines.
+ */
+function logOnlyRuns(): { file: string; lines: string[] }[] {
+  const dir = join(ROOT, "bench", "results");
+  return readdirSync(dir)
+    .filter((f) => /^scale-.*\.log$/.test(f))
+    .sort()
+    .map((f) => ({
+      file: `bench/results/${f}`,
+      lines: readFileSync(join(dir, f), "utf8")
+        .split("\n")
+        .filter((l) =>
+          /sizes |seeded in|reconcile of|Redis commands\/s|lateness p50|stopped|Error/.test(l),
+        ),
+    }));
+}
+
 /** A fixed-width table, as a code block of the Markdown file. */
 const block = (text: string) => `\`\`\`\n${text}\n\`\`\``;
 
@@ -727,6 +753,12 @@ function renderMarkdown(r: Result): string {
   const n = (x: number) => x.toLocaleString("en-US");
   const fullN = Math.max(...r.rows.map((x) => x.identities));
   const out: string[] = ["## Ten million identities: one Redis and a Redis Cluster", ""];
+  if (r.complete === false) {
+    out.push(
+      "**This run stopped before its last phase** (or was still going when this was written): the figures below are what it measured; a goal it did not reach says `not measured`.",
+      "",
+    );
+  }
   out.push(block(goalsTable(r)), "");
   out.push(
     `\`${r.command}\` on ${r.machine.nproc} cores (${r.machine.cpuModel}), ${r.machine.memoryGiB} GiB, Node ${r.machine.node}, ${r.startedAt}. Targets: ${r.targets.map((t) => `**${t.name}**: ${t.describe}`).join("; ")}. Seeded by SQL: ${r.seeds.map((s) => `${n(s.identities)} in ${n(s.ms)} ms`).join(", then ")}. Load average at the end ${r.machine.loadavgEnd.join(" / ")}.`,
@@ -849,6 +881,14 @@ function renderMarkdown(r: Result): string {
       "</details>",
       "",
     );
+  }
+  const logs = logOnlyRuns();
+  if (logs.length > 0) {
+    out.push(
+      "Earlier runs that stopped before writing their results keep their progress log in bench/results; what each measured, as logged:",
+      "",
+    );
+    for (const { file, lines } of logs) out.push(`${file}:`, "", block(lines.join("\n")), "");
   }
   return out.join("\n");
 }
