@@ -2,7 +2,7 @@
  * Single-welcome ingest against the same run's pgbench (issue 14 item 6).
  *
  *   npx tsx bench/ingest.ts [--identities 150000] [--seconds 15] [--connections 64]
- *                           [--processes 1,2,3] [--pgbench-seconds 10]
+ *                           [--processes 1,2,3] [--pgbench-seconds 10] [--report-only]
  *
  * In one run: the machine's reference figures (bench/peers/machine.ts: redis-benchmark, then
  * pgbench single-row UPDATE on the same Postgres), then, for each API_PROCESSES value, one
@@ -51,6 +51,7 @@ const { values } = parseArgs({
     connections: { type: "string" },
     processes: { type: "string" },
     "pgbench-seconds": { type: "string" },
+    "report-only": { type: "boolean", default: false },
   },
 });
 const IDENTITIES = wholeNumber("identities", values.identities, 150_000);
@@ -270,23 +271,60 @@ async function main() {
     rows,
   };
   writeFileSync(join(ROOT, "bench/results/ingest.json"), `${JSON.stringify(result, null, 2)}\n`);
-  const lines = [
-    "## Single-welcome ingest against pgbench",
-    "",
-    `\`${result.command}\`, ${result.when}, on ${machine.nproc} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, Node ${machine.node}. ${result.what}. Goal: one welcome per request at >= 50 % of the same run's pgbench (${tps ?? "?"} tps, single-row UPDATE, \`${limits.pgbench.command}\`); load average ${loadavgStart.join(" ")} at start, ${loadavgEnd.join(" ")} at end.`,
-    "",
-    "| API_PROCESSES | welcomes/s | of pgbench | goal met | p50 ms | p99 ms | API CPU % | load gen CPU % | Postgres commits per welcome | non-2xx | errors | load avg (1 min) start → end |",
-    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ...rows.map((r) => {
-      const ratio = r.ratioToPgbench === null ? "?" : `${Math.round(r.ratioToPgbench * 100)} %`;
-      const met = r.ratioToPgbench === null ? "?" : r.ratioToPgbench >= 0.5 ? "yes" : "no";
-      return `| ${r.processes} | ${r.welcomesPerS} | ${ratio} | ${met} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.apiCpuPercent} | ${r.loadGeneratorCpuPercent} | ${r.commitsPerWelcome} | ${r.non2xx} | ${r.errors} | ${r.loadavgStart[0]} → ${r.loadavgEnd[0]} |`;
-    }),
-    "",
-  ];
+  const lines = section(result);
   writeSection("ingest", lines.join("\n"));
   console.log(`\n${lines.join("\n")}`);
   console.log("\nwritten: bench/results/ingest.json");
 }
 
-void runMain(main);
+type IngestResult = {
+  when: string;
+  command: string;
+  what: string;
+  machine: { nproc: string | number; cpuModel?: string; memoryGiB: number; node: string };
+  loadavgStart: number[];
+  loadavgEnd: number[];
+  limits: { pgbench: { command: string; tps: number | null } };
+  rows: {
+    processes: number;
+    welcomesPerS: number;
+    ratioToPgbench: number | null;
+    latencyMs: { p50: number; p99: number };
+    apiCpuPercent: number;
+    loadGeneratorCpuPercent: number;
+    commitsPerWelcome: number;
+    non2xx: number;
+    errors: number;
+    loadavgStart: number[];
+    loadavgEnd: number[];
+  }[];
+};
+
+/** The section of BENCHMARKS.md for a run's result (--report-only renders it from the JSON). */
+function section(r: IngestResult): string[] {
+  const { machine, limits, rows } = r;
+  return [
+    "## Single-welcome ingest against pgbench",
+    "",
+    `\`${r.command}\`, ${r.when}, on ${machine.nproc} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, Node ${machine.node}. ${r.what}. Goal: one welcome per request at >= 50 % of the same run's pgbench (${limits.pgbench.tps ?? "?"} tps, single-row UPDATE, \`${limits.pgbench.command}\`); load average ${r.loadavgStart.join(" ")} at start, ${r.loadavgEnd.join(" ")} at end.`,
+    "",
+    "| API_PROCESSES | welcomes/s | of pgbench | goal met | p50 ms | p99 ms | API CPU % | load gen CPU % | Postgres commits per welcome | non-2xx | errors | load avg (1 min) start → end |",
+    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ...rows.map((row) => {
+      const ratio = row.ratioToPgbench === null ? "?" : `${Math.round(row.ratioToPgbench * 100)} %`;
+      const met = row.ratioToPgbench === null ? "?" : row.ratioToPgbench >= 0.5 ? "yes" : "no";
+      return `| ${row.processes} | ${row.welcomesPerS} | ${ratio} | ${met} | ${row.latencyMs.p50} | ${row.latencyMs.p99} | ${row.apiCpuPercent} | ${row.loadGeneratorCpuPercent} | ${row.commitsPerWelcome} | ${row.non2xx} | ${row.errors} | ${row.loadavgStart[0]} → ${row.loadavgEnd[0]} |`;
+    }),
+    "",
+  ];
+}
+
+if (values["report-only"]) {
+  const stored = JSON.parse(
+    readFileSync(join(ROOT, "bench/results/ingest.json"), "utf8"),
+  ) as IngestResult;
+  writeSection("ingest", section(stored).join("\n"));
+  console.log(section(stored).join("\n"));
+} else {
+  void runMain(main);
+}
