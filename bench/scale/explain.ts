@@ -55,6 +55,10 @@ function render(node: PlanNode, depth = 0): string {
   return [line, ...(node.Plans ?? []).map((child) => render(child, depth + 1))].join("\n");
 }
 
+/** The driver's own type lookup on a new connection (postgres.js), not a statement of the service. */
+export const isDriverQuery = (query: string): boolean =>
+  query.replace(/\s+/g, " ").startsWith("select b.oid, b.typarray from pg_catalog.pg_type");
+
 /** auto_explain on for new sessions of `database` (every statement, nested ones too). */
 export async function enableAutoExplain(admin: postgres.Sql, database: string): Promise<void> {
   const db = admin(database);
@@ -113,7 +117,7 @@ export async function plansSince(
     }
     const query = (parsed["Query Text"] ?? "").trim();
     // The driver's own type lookup on a new connection is not the service's statement.
-    const driver = query.startsWith("select b.oid, b.typarray from pg_catalog.pg_type");
+    const driver = isDriverQuery(query);
     if (query.includes(skip) || driver || parsed.Plan === undefined) continue;
     const top = parsed.Plan;
     plans.push({
