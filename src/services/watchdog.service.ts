@@ -46,7 +46,8 @@ export interface WatchdogReport {
  * a heal that did not happen must never look done.
  */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
-  let need = await missingMark(rotor);
+  const marks = await missingMark(rotor);
+  let need = marks;
   const before = rotor.clock() - options.overdueGraceMs;
   let probe = await readCensus(rotor, before);
   if (need === undefined && censusMismatch(readings(probe))) {
@@ -60,15 +61,15 @@ export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promi
       };
     }
   }
-  if (need?.shards !== undefined && censusMismatch(readings(probe))) {
+  if (marks?.shards !== undefined && censusMismatch(readings(probe))) {
     // Marks gone in some shards, and counts off: the reconcile covers the shards of both.
     const differ = differingShards(probe.shards);
     need = {
-      reason: `${need.reason}; wakeup census differs: ${describe(probe.census, probe.shards)}`,
+      reason: `${marks.reason}; wakeup census differs: ${describe(probe.census, probe.shards)}`,
       shards:
         differ === undefined
           ? undefined
-          : [...new Set([...need.shards, ...differ])].sort((a, b) => a - b),
+          : [...new Set([...marks.shards, ...differ])].sort((a, b) => a - b),
     };
   }
   const reason = need?.reason;
