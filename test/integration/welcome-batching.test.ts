@@ -52,10 +52,13 @@ describe("concurrent single welcomes", () => {
     for (const id of ids) {
       const mine = bodies.filter((b) => b.identityId === id);
       expect(mine).toHaveLength(twice.includes(id) ? 2 : 1);
-      // Exactly one request moved the deadline; every answer names the same deadline.
-      expect(mine.filter((b) => b.pulledIn)).toHaveLength(1);
-      const deadline = Date.parse(mine[0].nextRotationAt);
-      for (const b of mine) expect(Date.parse(b.nextRotationAt)).toBe(deadline);
+      // At least one request moved the deadline. Two welcomes of one identity in different
+      // groups are ordered by its row lock; the second moves it only if its clock reading (taken
+      // with the lock statement, which may have waited for the first) is earlier: earliest wins,
+      // so the committed deadline is the earliest any answer named, and every answer's promise
+      // (a rotation by the deadline it names) holds.
+      expect(mine.filter((b) => b.pulledIn).length).toBeGreaterThanOrEqual(1);
+      const deadline = Math.min(...mine.map((b) => Date.parse(b.nextRotationAt)));
       expect(deadline).toBeGreaterThanOrEqual(before + 5_000);
       expect(deadline).toBeLessThanOrEqual(after + 5_000);
 
