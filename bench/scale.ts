@@ -53,12 +53,12 @@ import { startTestCluster } from "../test/helpers/redis-cluster.js";
 import {
   adminSql,
   bulkWrite,
-  commandCalls,
   createPrivateDatabase,
   defer,
   infoNumber,
   pgDelta,
   pgStats,
+  redisDelta,
   redisInfo,
   ROOT,
   round,
@@ -214,17 +214,14 @@ async function idleWindow(
   await sleep(IDLE_S * 1000);
   const after = await Promise.all(t.nodes.map((n) => redisInfo(n)));
   const pg1 = await pgStats(admin, dbName);
+  // Per node, less our own INFO (lib.ts redisDelta), summed over the nodes.
   let commands = 0;
   const byCommand: Record<string, number> = {};
   after.forEach((b, i) => {
-    const a = before[i] as Map<string, string>;
-    // Our own INFO: the first snapshot's is counted in the delta (INFO does not count itself).
-    commands +=
-      infoNumber(b, "total_commands_processed") - infoNumber(a, "total_commands_processed") - 1;
-    const ca = commandCalls(a);
-    for (const [cmd, n] of commandCalls(b)) {
-      const d = n - (ca.get(cmd) ?? 0) - (cmd === "info" ? 1 : 0);
-      if (d > 0) byCommand[cmd] = (byCommand[cmd] ?? 0) + d;
+    const delta = redisDelta(before[i] as Map<string, string>, b);
+    commands += delta.commands;
+    for (const [cmd, n] of Object.entries(delta.byCommand)) {
+      byCommand[cmd] = (byCommand[cmd] ?? 0) + n;
     }
   });
   const pg = pgDelta(pg0, pg1);
