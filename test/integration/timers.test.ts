@@ -139,7 +139,9 @@ describe("rotation and deletion wake-ups", () => {
         return publish(request);
       },
     };
-    startWorkers(worker);
+    // The start-up heal locks pages of identities: let it finish, so that the only lock waiters
+    // below are the promote and the welcome, in that order.
+    await startWorkers(worker).startupReconcile;
     await identities.register(ctx.rotor, "dave");
     const soon = await identities.rotateSoon(ctx.rotor, "dave");
     const first = rotated(worker, "dave");
@@ -165,9 +167,9 @@ describe("rotation and deletion wake-ups", () => {
     await holder`begin`;
     await holder`select 1 from identities where id = 'dave' for update`;
     gate.open();
-    await waitForLockWaiters(ctx, 1);
+    await waitForLockWaiters(ctx, { promote: 1, welcome: 0 });
     const welcomed = identities.welcome(ctx.rotor, "dave");
-    await waitForLockWaiters(ctx, 2);
+    await waitForLockWaiters(ctx, { promote: 1, welcome: 1 });
     await holder`commit`;
     holder.release();
     await first;
@@ -226,14 +228,28 @@ function latch() {
   return { promise, open };
 }
 
-/** Waits until `n` backends wait for a row lock in the test database (the welcome is queued). */
-async function waitForLockWaiters(ctx: Context, n: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const [row] = await ctx.database.sql<{ n: number }[]>`
-      select count(*)::int as n from pg_stat_activity
+/**
+ * Waits until exactly these backends wait for a row lock in the test database: the rotation's
+ * promote (one identity locked by id) and the welcome (a batch locked with `= any(...)`).
+ */
+async function waitForLockWaiters(
+  ctx: Context,
+  expected: { promote: number; welcome: number },
+): Promise<void> {
+  let seen: unknown;
+  for (let i = 0; i < 500; i++) {
+    const [row] = await ctx.database.sql<{ promote: number; welcome: number; other: number }[]>`
+      select count(*) filter (where query like '%for update%' and query not like '%any(%')::int as promote,
+             count(*) filter (where query like '%= any(%' and query like '%for update%')::int as welcome,
+             count(*) filter (where query not like '%for update%')::int as other
+      from pg_stat_activity
       where datname = current_database() and wait_event_type = 'Lock'`;
-    if ((row?.n ?? 0) >= n) return;
+    seen = row;
+    if (row?.promote === expected.promote && row.welcome === expected.welcome && row.other === 0)
+      return;
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-  throw new Error("the welcome never queued behind the row lock");
+  throw new Error(
+    `the lock waiters never became ${JSON.stringify(expected)}: ${JSON.stringify(seen)}`,
+  );
 }
