@@ -161,7 +161,7 @@ async function measureSize(n: number): Promise<SizeResult> {
     toMs: now + 30 * DAY,
     templateId,
   });
-  await vacuumAnalyze(ctx.database.sql);
+  await vacuumAnalyze(ctx.config.databaseUrl);
   log(`seeded ${n - 1} identities in ${seedMs} ms`);
 
   // 2. Reconcile creates the wake-ups.

@@ -154,7 +154,7 @@ async function main() {
     toMs: now + 30 * DAY,
     templateId: "tmpl-0",
   });
-  await vacuumAnalyze(ctx.database.sql);
+  await vacuumAnalyze(ctx.config.databaseUrl);
   const armStarted = Date.now();
   await reconcile(ctx.rotor);
   log(`seeded ${IDENTITIES} identities in ${seedMs} ms, armed in ${Date.now() - armStarted} ms`);

@@ -171,7 +171,7 @@ await runMain(async () => {
     templateId,
     seed: 0.1,
   });
-  await vacuumAnalyze(ctx.database.sql);
+  await vacuumAnalyze(ctx.config.databaseUrl);
   log(`seeded ${PENDING} pending identities in ${seedMs} ms`);
 
   // 2. Worker runtime; its start-up reconcile arms the pending wake-ups.

@@ -259,17 +259,23 @@ export async function bulkWrite(
   });
 }
 
-/** VACUUM ANALYZE both tables, so autovacuum does not wake up inside a measurement window. */
-export async function vacuumAnalyze(sql: postgres.Sql): Promise<void> {
-  // The service's connections cap statements at 15 s; at ten million rows a VACUUM takes longer.
-  const conn = await sql.reserve();
+/**
+ * VACUUM ANALYZE both tables, so autovacuum does not wake up inside a measurement window. On a
+ * connection of its own, without the service's 15 s statement timeout (a VACUUM at ten million
+ * rows takes longer), and not a reserved one of the service's pool: postgres.js' reserve() can
+ * stay pending forever when the pool reconnects under it (it did, after a 15-minute bulk write).
+ */
+export async function vacuumAnalyze(databaseUrl: string): Promise<void> {
+  const sql = postgres(databaseUrl, {
+    max: 1,
+    onnotice: () => {},
+    connection: { statement_timeout: 0 },
+  });
   try {
-    await conn`set statement_timeout = 0`;
-    await conn`vacuum analyze identities`;
-    await conn`vacuum analyze key_packages`;
+    await sql`vacuum analyze identities`;
+    await sql`vacuum analyze key_packages`;
   } finally {
-    await conn`reset statement_timeout`.catch(() => {});
-    conn.release();
+    await sql.end({ timeout: 5 });
   }
 }
 

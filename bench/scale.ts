@@ -31,7 +31,10 @@
  *     ROTATION_INTERVAL / DELETION_GRACE (30), and reconcile() removes their deletion wake-ups
  *     (timed); used_memory per identity again.
  * Writes bench/results/scale.json and its section of BENCHMARKS.md (bench/results/scale.md,
- * bench/sections.ts); --report-only renders that section again from scale.json.
+ * bench/sections.ts) after every phase; --report-only renders that section again from scale.json.
+ * A run that stopped in step 6 keeps its database (after SIGKILL: no clean-up ran) and can be
+ * finished by `--steady-on <database>`: step 6 only, on fresh Redis targets, on that database,
+ * added to scale.json (which says so).
  */
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
@@ -72,6 +75,7 @@ import {
   vacuumAnalyze,
   wholeNumber,
 } from "./lib.js";
+import { ADMIN_DATABASE_URL } from "../test/helpers/env.js";
 import {
   disableAutoExplain,
   enableAutoExplain,
@@ -86,7 +90,7 @@ const DAY = 86_400_000;
 
 const USAGE = `kp-rotor bench scale [--identities 10000000] [--compare 1000000] [--targets single,cluster]
       [--shards 3] [--idle-seconds 60] [--settle 12] [--due 300] [--spread 20] [--no-explain] [--no-steady]
-      [--report-only]
+      [--report-only] [--steady-on <database>]
       Ten million identities: reconcile, Redis bytes, idle cost, lateness, Postgres plans.`;
 
 const { values } = parseArgs({
@@ -103,6 +107,7 @@ const { values } = parseArgs({
     "no-explain": { type: "boolean", default: false },
     "no-steady": { type: "boolean", default: false },
     "report-only": { type: "boolean", default: false },
+    "steady-on": { type: "string" },
   },
 });
 if (values.help) {
@@ -413,7 +418,7 @@ async function main(): Promise<void> {
       templateId: "tmpl-0",
     });
     seeded = size;
-    await vacuumAnalyze(sql);
+    await vacuumAnalyze(database.url);
     seeds.push({ identities: count, ms: seedMs });
     log(`seeded in ${seedMs} ms`);
     for (const t of targets) {
@@ -471,37 +476,8 @@ async function main(): Promise<void> {
   }
 
   if (!values["no-steady"]) {
-    const every = Math.round(
-      first.ctx.rotor.timing.rotationIntervalMs / first.ctx.rotor.timing.deletionGraceMs,
-    );
-    log(`steady state: superseded packages kept on 1 identity in ${every}`);
-    await bulkWrite(
-      sql,
-      (tx) => tx`
-        /* bench */ delete from key_packages k
-        where k.delete_at is not null and k.identity_id <> 'tmpl-0'
-          and right(k.identity_id, 8) ~ '^[0-9]+$' and right(k.identity_id, 8)::int % ${every}::int <> 0`,
-    );
-    await vacuumAnalyze(sql);
-    const [kept] = await sql<{ n: string }[]>`
-      /* bench */ select count(distinct identity_id) as n from key_packages where delete_at is not null`;
-    for (const t of targets) {
-      // Memory relative to an empty Redis: FLUSHALL, then the reconcile a heal would run.
-      await flushAll(t);
-      const memory0 = await usedMemory(t.nodes);
-      const report = await reconcile(t.ctx.rotor);
-      const memory1 = await usedMemory(t.nodes);
-      steady.push({
-        target: t.name,
-        reconcileMs: report.durationMs,
-        bytesPerIdentity: Math.round((memory1 - memory0) / report.identities),
-        deletionTimersPerIdentity: round(Number(kept?.n ?? 0) / report.identities, 4),
-      });
-      log(
-        `${t.name} steady: ${steady.at(-1)?.bytesPerIdentity} B/identity, reconcile ${report.durationMs} ms`,
-      );
-      await save(false);
-    }
+    await thinToSteadyState(first);
+    await measureSteadyState(targets, database.url, steady, () => save(false));
   }
 
   await save(true);
@@ -509,6 +485,96 @@ async function main(): Promise<void> {
 }
 
 const RESULT_FILE = join(ROOT, "bench", "results", "scale.json");
+
+/** Superseded key packages deleted for all but one identity in ROTATION_INTERVAL / DELETION_GRACE. */
+async function thinToSteadyState(first: Target): Promise<void> {
+  const { timing } = first.ctx.rotor;
+  const every = Math.round(timing.rotationIntervalMs / timing.deletionGraceMs);
+  log(`steady state: superseded packages kept on 1 identity in ${every}`);
+  await bulkWrite(
+    first.ctx.database.sql,
+    (tx) => tx`
+      /* bench */ delete from key_packages k
+      where k.delete_at is not null and k.identity_id <> 'tmpl-0'
+        and right(k.identity_id, 8) ~ '^[0-9]+$' and right(k.identity_id, 8)::int % ${every}::int <> 0`,
+  );
+}
+
+/** Per target: FLUSHALL, then the reconcile a heal would run; Redis bytes per identity. */
+async function measureSteadyState(
+  targets: readonly Target[],
+  databaseUrl: string,
+  steady: Result["steady"],
+  save: () => Promise<void>,
+): Promise<void> {
+  await vacuumAnalyze(databaseUrl);
+  const sql = (targets[0] as Target).ctx.database.sql;
+  const [kept] = await sql<{ n: string }[]>`
+    /* bench */ select count(distinct identity_id) as n from key_packages where delete_at is not null`;
+  for (const t of targets) {
+    // Memory relative to an empty Redis: FLUSHALL, then the reconcile a heal would run.
+    await flushAll(t);
+    const memory0 = await usedMemory(t.nodes);
+    const report = await reconcile(t.ctx.rotor);
+    const memory1 = await usedMemory(t.nodes);
+    steady.push({
+      target: t.name,
+      reconcileMs: report.durationMs,
+      bytesPerIdentity: Math.round((memory1 - memory0) / report.identities),
+      deletionTimersPerIdentity: round(Number(kept?.n ?? 0) / report.identities, 4),
+    });
+    log(
+      `${t.name} steady: ${steady.at(-1)?.bytesPerIdentity} B/identity, reconcile ${report.durationMs} ms`,
+    );
+    await save();
+  }
+}
+
+/**
+ * Step 6 alone, on the database of a run that stopped there (thinned first if its thinning did
+ * not commit), on fresh Redis targets; added to scale.json.
+ */
+async function resumeSteadyState(dbName: string): Promise<void> {
+  if (!/^[a-z0-9_]+$/.test(dbName)) throw new Error(`--steady-on: a database name, not ${dbName}`);
+  const previous = JSON.parse(await readFile(RESULT_FILE, "utf8")) as Result;
+  if (previous.complete !== false || previous.steady.length > 0) {
+    throw new Error(`${RESULT_FILE} holds a run that did not stop before its steady state`);
+  }
+  const url = new URL(ADMIN_DATABASE_URL);
+  url.pathname = `/${dbName}`;
+  const resumedAt = new Date();
+  const key = randomBytes(32).toString("base64");
+  const targets: Target[] = [];
+  for (const { name } of previous.targets) {
+    targets.push(await startTarget(name as Target["name"], { url: url.toString() }, key));
+  }
+  const [counts] = await (targets[0] as Target).ctx.database.sql<{ superseded: string }[]>`
+    /* bench */ select count(*) as superseded from key_packages where delete_at is not null`;
+  // The thinning's bulk write (one transaction) committed, or nothing of it did: thin it then.
+  const [live] = await (targets[0] as Target).ctx.database.sql<{ n: string }[]>`
+    /* bench */ select count(*) as n from identities where deregistered_at is null`;
+  log(`resuming on ${dbName}: ${counts?.superseded} superseded packages, ${live?.n} identities`);
+  if (Number(counts?.superseded) > Number(live?.n) / 2)
+    await thinToSteadyState(targets[0] as Target);
+  const steady: Result["steady"] = [];
+  const save = async (final: boolean) => {
+    const result: Result = {
+      ...previous,
+      finishedAt: new Date().toISOString(),
+      complete: final,
+      steady,
+      resumed: {
+        command: `npx tsx bench/scale.ts ${process.argv.slice(2).join(" ")}`,
+        startedAt: resumedAt.toISOString(),
+        loadavgEnd: loadavg().map((x) => round(x, 2)),
+      },
+    };
+    await writeFile(RESULT_FILE, `${JSON.stringify(result, null, 2)}\n`);
+    writeSection("scale", renderMarkdown(result));
+  };
+  await measureSteadyState(targets, url.toString(), steady, () => save(false));
+  await save(true);
+}
 
 /** The hot paths once each, through the service's own functions, with auto_explain on. */
 async function explainHotPaths(
@@ -619,6 +685,8 @@ type Result = {
     spreadSeconds: number;
   };
   seeds: { identities: number; ms: number }[];
+  /** Set when step 6 ran apart, by --steady-on, on the database this run left. */
+  resumed?: { command: string; startedAt: string; loadavgEnd: number[] };
   rows: SizeRow[];
   steady: {
     target: string;
@@ -763,6 +831,12 @@ function renderMarkdown(r: Result): string {
     `\`${r.command}\` on ${r.machine.nproc} cores (${r.machine.cpuModel}), ${r.machine.memoryGiB} GiB, Node ${r.machine.node}, ${r.startedAt}. Targets: ${r.targets.map((t) => `**${t.name}**: ${t.describe}`).join("; ")}. Seeded by SQL: ${r.seeds.map((s) => `${n(s.identities)} in ${n(s.ms)} ms`).join(", then ")}. Load average at the end ${r.machine.loadavgEnd.join(" / ")}.`,
     "",
   );
+  if (r.resumed !== undefined) {
+    out.push(
+      `The steady state (step 6) was measured apart, by \`${r.resumed.command}\` from ${r.resumed.startedAt} (load at the end ${r.resumed.loadavgEnd.join(" / ")}), on the database this run left when it stopped there, with fresh Redis targets: the run's VACUUM after thinning waited forever for a connection reserved from the service's pool (postgres.js reserve(), pending across a reconnect); vacuumAnalyze now opens a connection of its own.`,
+      "",
+    );
+  }
   out.push(
     block(
       table(
@@ -901,5 +975,7 @@ await runMain(
         writeSection("scale", md);
         console.log(md);
       }
-    : main,
+    : values["steady-on"] !== undefined
+      ? () => resumeSteadyState(values["steady-on"] as string)
+      : main,
 );

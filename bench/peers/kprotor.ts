@@ -164,7 +164,7 @@ export async function kpRotor(infra: Infra, options: KpRotorOptions): Promise<Pe
         toMs: now + 30 * DAY,
         templateId: "tmpl-0",
       });
-      await vacuumAnalyze(ctx.database.sql);
+      await vacuumAnalyze(ctx.config.databaseUrl);
       infra.log(`kp-rotor: seeded ${p.identities - 1} identities by SQL in ${seedMs} ms`);
       // What the write put in Postgres, per identity (the template included).
       const [written] = await ctx.database.sql<{ identities: string; packages: string }[]>`
@@ -216,7 +216,7 @@ export async function kpRotor(infra: Infra, options: KpRotorOptions): Promise<Pe
           deletionTimersPerIdentity: round(deletionTimers / p.identities, 4),
           reconcileMs: second.durationMs,
         };
-        await vacuumAnalyze(ctx.database.sql);
+        await vacuumAnalyze(ctx.config.databaseUrl);
         infra.log(
           `kp-rotor: steady state (deletion timer on 1 in ${every}): ${steadyState.redisBytesPerIdentity} B/identity`,
         );
