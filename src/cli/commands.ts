@@ -50,8 +50,8 @@ export async function runCommand(
 }
 
 async function migrate(config: Config): Promise<number> {
-  // Two connections: runMigrations holds one for its advisory lock while the migrator uses another.
-  const database = createDatabase(config.databaseUrl, { max: 2 });
+  // One pooled connection for the migrator (runMigrations opens its lock's session itself).
+  const database = createDatabase(config.databaseUrl, { max: 1 });
   try {
     await runMigrations(database);
     console.log("migrations applied");

@@ -12,6 +12,8 @@ export interface Database {
   db: Db;
   /** The raw driver, for health checks and the few statements drizzle cannot express. */
   sql: postgres.Sql;
+  /** The URL the pool connects to (a session of its own, for the migration lock). */
+  url: string;
   /** One round trip (readiness). */
   ping(): Promise<boolean>;
   close(): Promise<void>;
@@ -39,6 +41,7 @@ export function createDatabase(url: string, options: { max?: number } = {}): Dat
   return {
     db,
     sql,
+    url,
     ping: () => sql`select 1`.then(() => true),
     close: () => sql.end({ timeout: 5 }),
   };
@@ -46,16 +49,20 @@ export function createDatabase(url: string, options: { max?: number } = {}): Dat
 
 /**
  * Applies the committed migrations in drizzle/. Several processes may start at once (one per
- * pod), so runs are serialised by a session advisory lock held on a reserved connection while
- * the migrator works on the pool.
+ * pod), so runs are serialised by a session advisory lock, held on a connection of its own while
+ * the migrator works on the pool. Not a connection reserved from the pool: the driver's reserve()
+ * (postgres 3.4.9) can stay pending forever when a pooled connection closes while it waits.
  */
 export async function runMigrations(database: Database): Promise<void> {
-  const reserved = await database.sql.reserve();
+  const lock = postgres(database.url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
   try {
-    await reserved`select pg_advisory_lock(hashtext('kp-rotor:migrate'))`;
-    await migrate(database.db, { migrationsFolder: MIGRATIONS_FOLDER });
+    await lock`select pg_advisory_lock(hashtext('kp-rotor:migrate'))`;
+    try {
+      await migrate(database.db, { migrationsFolder: MIGRATIONS_FOLDER });
+    } finally {
+      await lock`select pg_advisory_unlock(hashtext('kp-rotor:migrate'))`.catch(() => {});
+    }
   } finally {
-    await reserved`select pg_advisory_unlock(hashtext('kp-rotor:migrate'))`.catch(() => {});
-    reserved.release();
+    await lock.end({ timeout: 5 });
   }
 }

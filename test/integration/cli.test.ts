@@ -159,6 +159,32 @@ describe("kp-rotor commands", () => {
     }
   });
 
+  it("four migrate processes started at once on one empty database take turns and all succeed", async () => {
+    const database = await createTestDatabase();
+    try {
+      const runs = await Promise.all(
+        Array.from({ length: 4 }, () => kpRotor(["migrate"], { DATABASE_URL: database.url })),
+      );
+      for (const run of runs) {
+        expect(run.code, run.stderr).toBe(0);
+        expect(run.stdout.trim()).toBe("migrations applied");
+      }
+      const sql = postgres(database.url, { max: 1, onnotice: () => {} });
+      const [applied] = await sql<{ n: number }[]>`
+        select count(*)::int as n from drizzle.__drizzle_migrations`;
+      const sessions = await sql<{ n: number }[]>`
+        select count(*)::int as n from pg_stat_activity
+        where datname = current_database() and pid <> pg_backend_pid()`;
+      await sql.end();
+      const journal = await import("../../drizzle/meta/_journal.json", { with: { type: "json" } });
+      expect(applied?.n).toBe(journal.default.entries.length);
+      // Every lock session ended with its process.
+      expect(sessions[0]?.n).toBe(0);
+    } finally {
+      await database.drop();
+    }
+  });
+
   it("status of an unknown identity exits 1 saying so", async () => {
     const run = await kpRotor(["status", "nobody"]);
     expect(run.code).toBe(1);
