@@ -47,29 +47,28 @@ export interface WatchdogReport {
  */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
   const marks = await missingMark(rotor);
-  let need = marks;
   const before = rotor.clock() - options.overdueGraceMs;
   let probe = await readCensus(rotor, before);
-  if (need === undefined && censusMismatch(readings(probe))) {
+  if (marks === undefined && censusMismatch(readings(probe))) {
     // In-flight arms differ for a moment; a loss (or lasting orphans) is still there later.
     await sleep(options.censusRecheckMs ?? 2_000, options.signal);
     probe = await readCensus(rotor, before);
-    if (censusMismatch(readings(probe))) {
-      need = {
+  }
+  const censusNeed: HealNeed | undefined = censusMismatch(readings(probe))
+    ? {
         reason: `wakeup census differs: ${describe(probe.census, probe.shards)}`,
         shards: differingShards(probe.shards),
-      };
-    }
-  }
-  if (marks?.shards !== undefined && censusMismatch(readings(probe))) {
+      }
+    : undefined;
+  let need = marks ?? censusNeed;
+  if (marks?.shards !== undefined && censusNeed !== undefined) {
     // Marks gone in some shards, and counts off: the reconcile covers the shards of both.
-    const differ = differingShards(probe.shards);
     need = {
-      reason: `${marks.reason}; wakeup census differs: ${describe(probe.census, probe.shards)}`,
+      reason: `${marks.reason}; ${censusNeed.reason}`,
       shards:
-        differ === undefined
+        censusNeed.shards === undefined
           ? undefined
-          : [...new Set([...marks.shards, ...differ])].sort((a, b) => a - b),
+          : [...new Set([...marks.shards, ...censusNeed.shards])].sort((a, b) => a - b),
     };
   }
   const reason = need?.reason;
