@@ -323,8 +323,9 @@ if (values["report-only"]) {
   const stored = JSON.parse(
     readFileSync(join(ROOT, "bench/results/ingest.json"), "utf8"),
   ) as IngestResult;
-  writeSection("ingest", section(stored).join("\n"));
-  console.log(section(stored).join("\n"));
+  const md = section(stored).join("\n");
+  writeSection("ingest", md);
+  console.log(md);
 } else {
   void runMain(main);
 }
