@@ -62,6 +62,16 @@ export interface LockedDeadline extends RotationState {
   fence: number;
 }
 
+/** A live identity's deadlines as reconcile's walk locks them. */
+export interface LiveDeadline {
+  id: string;
+  rotationDeadline: number | null;
+  /** A pending mid-interval check of the published package (the rotation wake-up wakes early). */
+  verifyAt: number | null;
+  now: number;
+  fence: number;
+}
+
 /** A new key package as a rotation hands it to the store; privateKey is already sealed. */
 export interface NewKeyPackage {
   ref: string;
@@ -115,10 +125,7 @@ export interface StoreTx {
   /** Locks many identities in id order; unknown ids are left out. */
   lockDeadlines(ids: readonly string[]): Promise<LockedDeadline[]>;
   /** Locks the next page of live identities after `afterId`, in id order. */
-  lockLiveDeadlines(
-    afterId: string | null,
-    limit: number,
-  ): Promise<{ id: string; rotationDeadline: number | null; now: number; fence: number }[]>;
+  lockLiveDeadlines(afterId: string | null, limit: number): Promise<LiveDeadline[]>;
   /** Earliest delete_at of each of `ids` that has a superseded package. */
   nextDeleteAtsOf(ids: readonly string[]): Promise<Map<string, number>>;
   /** Creates or revives an identity (no key package yet). */

@@ -86,6 +86,21 @@ export function wakeTarget(deadline: number, verifyAt: number | null, now: numbe
   return Math.max(verifyAt, now);
 }
 
+/**
+ * Where the rotation wake-up belongs for the state in Postgres, as the repairs arm it (reconcile,
+ * a re-registration): the deadline, or a pending mid-interval check before it. Not clamped to now:
+ * planArm decides what an overdue time means for the job there (it keeps a retry's backoff).
+ */
+export function plannedRotationWake(deadline: number, verifyAt: number | null): number;
+export function plannedRotationWake(
+  deadline: number | null,
+  verifyAt: number | null,
+): number | null;
+export function plannedRotationWake(deadline: number | null, verifyAt: number | null) {
+  if (deadline === null || verifyAt === null || verifyAt >= deadline) return deadline;
+  return verifyAt;
+}
+
 /** The mid-interval check after a rotation at `now`: half the interval on, if before the deadline. */
 export function verifyAtAfterRotation(
   now: number,

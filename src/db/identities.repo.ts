@@ -1,6 +1,6 @@
 import { and, asc, eq, getTableColumns, gt, isNotNull, isNull, lte, sql } from "drizzle-orm";
 import type { AnyPgColumn } from "drizzle-orm/pg-core";
-import type { LockedDeadline, LockedIdentity, NewIdentity } from "../core/ports.js";
+import type { LiveDeadline, LockedDeadline, LockedIdentity, NewIdentity } from "../core/ports.js";
 import type { Db, Tx } from "./client.js";
 import { identities, type IdentityRow, keyPackages, wakeupCensus } from "./schema.js";
 
@@ -111,11 +111,12 @@ export async function lockLiveDeadlines(
   tx: Tx,
   afterId: string | null,
   limit: number,
-): Promise<{ id: string; rotationDeadline: number | null; now: number; fence: number }[]> {
+): Promise<LiveDeadline[]> {
   const rows = await tx
     .select({
       id: identities.id,
       rotationDeadline: epochMs(identities.rotationDeadline),
+      verifyAt: epochMs(identities.verifyAt),
       now: dbNow,
     })
     .from(identities)

@@ -1,6 +1,6 @@
 import { deletionDeadline } from "../core/deadlines.js";
 import type { Custody } from "../core/ports.js";
-import type { PullInResult } from "../core/transitions.js";
+import { plannedRotationWake, type PullInResult } from "../core/transitions.js";
 import { ed25519PublicKey } from "../keys/signature.js";
 import { completeRotation, prepareRotation } from "./rotation.service.js";
 import { assertIdentityId, ErrorCodes, KpRotorError, notFound } from "../errors.js";
@@ -81,7 +81,8 @@ export async function register(
         );
       }
       // Re-registering repairs the wake-up, so a client retry also heals a lost one.
-      await rotor.timers.arm("rotation", id, existing.rotationDeadline, now, existing.fence);
+      const wake = plannedRotationWake(existing.rotationDeadline, existing.verifyAt);
+      await rotor.timers.arm("rotation", id, wake, now, existing.fence);
       return {
         created: false,
         rotationDeadline: existing.rotationDeadline,

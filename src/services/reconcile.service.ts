@@ -7,6 +7,7 @@ import {
   type WakeupKind as TimerKind,
 } from "../core/ports.js";
 import type { ArmAction } from "../core/deadlines.js";
+import { plannedRotationWake } from "../core/transitions.js";
 import { settleAll } from "../settle.js";
 import type { Rotor } from "./rotor.js";
 
@@ -98,7 +99,10 @@ export async function reconcile(
       const [rotation, deletion] = await settleAll([
         rotor.timers.armMany(
           "rotation",
-          locked.map((i) => ({ identityId: i.id, desired: i.rotationDeadline })),
+          locked.map((i) => ({
+            identityId: i.id,
+            desired: plannedRotationWake(i.rotationDeadline, i.verifyAt),
+          })),
           now,
           fence,
         ),

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { nextArmFence } from "../../src/db/identities.repo.js";
 import { createKeyPackageFactory, KEY_PACKAGE_LIFETIME_MS } from "../../src/keys/key-package.js";
 import { metricsFor } from "../../src/metrics/metrics.js";
+import { reconcile } from "../../src/services/reconcile.service.js";
 import * as identities from "../../src/services/identities.service.js";
 import { safetyReport } from "../../src/services/safety.service.js";
 import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
@@ -85,6 +86,37 @@ describe("checks of the published key package", () => {
     expect((await metrics.scrape()).body).toMatch(
       /kp_rotor_published_checks_total\{when="mid-interval",result="ref-mismatch"\} 1/,
     );
+  });
+
+  it("a reconcile and a re-registration keep the wake-up at the mid-interval check", async () => {
+    const env = await setup({ ROTATION_INTERVAL: "30d", PUBLISH_CHECK_MIDWAY: "true" });
+    const { rotor } = env.ctx;
+    await identities.register(rotor, "cy");
+    const verifyAt = async () => {
+      const [row] = await env.ctx.database.sql`select verify_at from identities where id = 'cy'`;
+      return new Date(row?.verify_at as string).getTime();
+    };
+    const planned = await verifyAt();
+    const deadline = (await identities.status(rotor, "cy")).nextRotationAt?.getTime() ?? 0;
+    expect(deadline - planned).toBeGreaterThan(14 * DAY);
+    const atCheck = { state: "delayed", fireAt: planned };
+    expect((await identities.status(rotor, "cy")).wakeups.rotation).toEqual(atCheck);
+
+    // A full reconcile over a wake-up that is right repairs nothing and moves nothing.
+    const run = await reconcile(rotor);
+    expect(run.repairs.rotation).toEqual({ add: 0, reschedule: 0, replace: 0, remove: 0 });
+    expect((await identities.status(rotor, "cy")).wakeups.rotation).toEqual(atCheck);
+
+    // After the wake-up is lost, reconcile puts it back at the check, not at the deadline.
+    await rotor.timers.arm("rotation", "cy", null, Date.now(), await nextArmFence(rotor.db));
+    expect((await reconcile(rotor)).repairs.rotation).toMatchObject({ add: 1 });
+    expect((await identities.status(rotor, "cy")).wakeups.rotation).toEqual(atCheck);
+
+    // A re-registration (a client's retry) repairs to the same place.
+    await rotor.timers.arm("rotation", "cy", null, Date.now(), await nextArmFence(rotor.db));
+    await identities.register(rotor, "cy");
+    expect((await identities.status(rotor, "cy")).wakeups.rotation).toEqual(atCheck);
+    expect(await verifyAt()).toBe(planned);
   });
 
   it("a package too short-lived for the interval rotates once, then is only recorded", async () => {

@@ -215,7 +215,15 @@ export class MemoryTx {
           return ids.flatMap((id) => {
             const l = this.locked(id);
             return l && !l.deregistered
-              ? [{ id, rotationDeadline: l.rotationDeadline, now: l.now, fence: l.fence }]
+              ? [
+                  {
+                    id,
+                    rotationDeadline: l.rotationDeadline,
+                    verifyAt: l.verifyAt,
+                    now: l.now,
+                    fence: l.fence,
+                  },
+                ]
               : [];
           });
         }),

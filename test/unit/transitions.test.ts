@@ -10,6 +10,7 @@ import {
   rotationSource,
   verifyAtAfterRotation,
   wakeTarget,
+  plannedRotationWake,
 } from "../../src/core/transitions.js";
 
 const NOW = Date.UTC(2025, 0, 15, 12, 0, 0);
@@ -125,6 +126,21 @@ describe("device custody and published checks", () => {
     ["a check after the deadline is moot", NOW + 30 * DAY, NOW + 31 * DAY, NOW + 30 * DAY],
   ] as const)("wakeTarget: %s", (_name, deadline, verifyAt, expected) => {
     expect(wakeTarget(deadline, verifyAt, NOW)).toBe(expected);
+  });
+
+  it.each([
+    ["no deadline, no wake-up", null, NOW + 15 * DAY, null],
+    ["no check planned", NOW + 30 * DAY, null, NOW + 30 * DAY],
+    ["a check before the deadline", NOW + 30 * DAY, NOW + 15 * DAY, NOW + 15 * DAY],
+    [
+      "a check already due keeps its time (planArm judges overdue)",
+      NOW + 30 * DAY,
+      NOW - 1000,
+      NOW - 1000,
+    ],
+    ["a check after the deadline is moot", NOW + 30 * DAY, NOW + 31 * DAY, NOW + 30 * DAY],
+  ] as const)("plannedRotationWake: %s", (_name, deadline, verifyAt, expected) => {
+    expect(plannedRotationWake(deadline, verifyAt)).toBe(expected);
   });
 
   it("plans the check at half the interval, only before the deadline", () => {
