@@ -146,6 +146,18 @@ export type ArmAction =
   | { kind: "remove" };
 
 /**
+ * Whether reconcile's next page should arm expecting the jobs to be missing (Wakeups.armMany's
+ * expectMissing): when at least half of the `wanted` wake-ups (items with a fire time) on a page
+ * it just armed had to be added, as after Redis lost its data. Either answer arms the same; the
+ * wrong one only costs reads.
+ */
+export function mostlyMissing(actions: readonly ArmAction[], wanted: number): boolean {
+  if (wanted === 0) return false;
+  const added = actions.filter((a) => a.kind === "add").length;
+  return added * 2 >= wanted;
+}
+
+/**
  * How to make a wake-up match its deadline (`desired`, or null for "no wake-up wanted").
  * Called only while holding the identity's row lock, so the answer cannot be overtaken by another
  * arm of the same identity.

@@ -262,6 +262,16 @@ export interface ArmItem {
   desired: number | null;
 }
 
+export interface ArmManyOptions {
+  /**
+   * Most of these jobs are probably missing (Redis lost them): skip the view for items with a
+   * wanted time and try each as an add, which is what planArm decides for a missing job; the
+   * arm script refuses an add whose job exists, and only those are viewed and planned. The
+   * result is the same as without it; after a loss it saves the view's reads.
+   */
+  expectMissing?: boolean;
+}
+
 /**
  * The wake-up queues. Every arm is made while the caller holds the identity's row lock
  * (DESIGN.md, "One lock per identity") and passes the arm fence taken after that lock was
@@ -290,6 +300,7 @@ export interface Wakeups {
     items: readonly ArmItem[],
     now: number,
     fence: number,
+    options?: ArmManyOptions,
   ): Promise<ArmAction[]>;
   /**
    * Makes wake-ups fire no later than `fireAt` when their deadlines were just pulled in to it:

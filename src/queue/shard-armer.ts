@@ -1,4 +1,4 @@
-import type { ArmItem } from "../core/ports.js";
+import type { ArmItem, ArmManyOptions } from "../core/ports.js";
 import { type ArmAction, type JobView, planArm } from "../core/deadlines.js";
 import { settleAll } from "../settle.js";
 import { privateJobs } from "./bullmq/index.js";
@@ -23,6 +23,7 @@ export interface ShardArmer {
     items: readonly ArmItem[],
     now: number,
     fence: number,
+    options?: ArmManyOptions,
   ): Promise<ArmAction[]>;
   armEarlier(
     kind: TimerKind,
@@ -138,6 +139,18 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
     items: readonly ArmItem[],
     now: number,
     fence: number,
+    options: ArmManyOptions = {},
+  ): Promise<ArmAction[]> {
+    if (options.expectMissing === true) return armExpectingMissing(kind, items, now, fence);
+    return armViewing(kind, items, now, fence);
+  }
+
+  /** View every job, planArm each, then one arm-script call for the adds and moves. */
+  async function armViewing(
+    kind: TimerKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
   ): Promise<ArmAction[]> {
     const views = await view(
       kind,
@@ -173,6 +186,51 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
         actions[f.index] = await armOne(kind, f.identityId, desired, now, fence);
       }),
     );
+    return actions;
+  }
+
+  /**
+   * armMany when most jobs are probably missing (ArmManyOptions.expectMissing): every item with
+   * a wanted time is sent as an add at once, which is planArm's answer for a missing job; the
+   * script refuses the add of a job that exists (1), and only those items, with the ones that
+   * want no job, are viewed and planned (viewing is the only way to tell a job to remove).
+   */
+  async function armExpectingMissing(
+    kind: TimerKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]> {
+    const actions: ArmAction[] = items.map(() => ({ kind: "none" }));
+    const adds: { op: "a"; identityId: string; fireAt: number; index: number }[] = [];
+    const unwanted: number[] = [];
+    items.forEach((item, index) => {
+      if (item.desired === null) unwanted.push(index);
+      else adds.push({ op: "a", identityId: item.identityId, fireAt: item.desired, index });
+    });
+    const planned = async (indexes: readonly number[]) => {
+      const done = await armViewing(
+        kind,
+        indexes.map((i) => items[i] as ArmItem),
+        now,
+        fence,
+      );
+      indexes.forEach((index, k) => {
+        actions[index] = done[k] as ArmAction;
+      });
+    };
+    // Both halves settle before this returns or throws: the caller's row locks must outlive
+    // every Redis change made for them.
+    await settleAll([
+      planned(unwanted),
+      armScript(kind, adds, now, fence).then((results) => {
+        adds.forEach((a, i) => {
+          if (results[i] === 0) actions[a.index] = { kind: "add", fireAt: a.fireAt };
+        });
+        // 3: a newer arm decided (none); 1: the job exists, so plan it the usual way.
+        return planned(adds.flatMap((a, i) => (results[i] === 1 ? [a.index] : [])));
+      }),
+    ]);
     return actions;
   }
 

@@ -188,11 +188,11 @@ export function createWakeupQueues(
       );
       return action ?? { kind: "none" };
     },
-    armMany: (kind, items, now, fence) =>
+    armMany: (kind, items, now, fence, options) =>
       perShard(
         items,
         (item) => shardOfId(item.identityId),
-        (shard, group) => (armers[shard] as ShardArmer).armMany(kind, group, now, fence),
+        (shard, group) => (armers[shard] as ShardArmer).armMany(kind, group, now, fence, options),
       ),
     armEarlier: (kind, items, now, fence) =>
       perShard(

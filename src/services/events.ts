@@ -42,6 +42,11 @@ export interface ReconcileReport {
   repairs: RepairCounts;
   orphansRemoved: number;
   durationMs: number;
+  /**
+   * Pages per queue armed without a view first (most of their jobs were missing, as after a
+   * loss of Redis data); the rest were viewed, then armed.
+   */
+  pagesWithoutView: Record<WakeupKind, number>;
   /** The queue shards it was scoped to (ReconcileOptions.shards); absent: every shard. */
   shards?: number[];
 }

@@ -59,7 +59,9 @@ async function rotateNow(ctx: Context, id: string): Promise<RotationEvent> {
 describe("deletion guards", () => {
   it("a deletion wake-up that fires early deletes only the packages whose delete_at passed", async () => {
     const { ctx } = await setup({ DELETION_GRACE: "1d" });
-    startWorkers(ctx);
+    // The start-up heal re-arms every wake-up from Postgres: were it still running at step 1 or
+    // 2, it would move the deletion wake-up moved by hand below back to its delete_at.
+    await startWorkers(ctx).startupReconcile;
     await identities.register(ctx.rotor, "alice");
     await rotateNow(ctx, "alice");
     await rotateNow(ctx, "alice");
@@ -139,7 +141,9 @@ describe("deletion guards", () => {
     ctx.rotor.events.on("deletion", (e) => {
       if (e.identityId === "bob" && e.deleted > 0 && ++deletions === 2) secondDeletion.open();
     });
-    startWorkers(ctx, handlers);
+    // The start-up heal locks pages of identities: let it finish, so that the lock waiter
+    // counted below is the rotate-now queued behind the finish, not the heal.
+    await startWorkers(ctx, handlers).startupReconcile;
     await identities.register(ctx.rotor, "bob");
     await rotateNow(ctx, "bob");
     // Generation 1 is deleted 500 ms later; the wake-up then finds nothing left and finishes.

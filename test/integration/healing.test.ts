@@ -25,6 +25,7 @@ import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, startRedisServer, type TestEnv } from "../helpers/env.js";
 import { holdRowLock as holdRow } from "../helpers/latch.js";
 
+const DAY = 86_400_000;
 type RotationEvent = { identityId: string; outcome: string; at: number; deadline?: number };
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -367,6 +368,36 @@ describe("the backstop cannot be saturated (B, C)", () => {
     await Promise.all([first, second, live]);
     const { rotation } = await watchdogProbe(rotor.db, 0);
     expect(rotation).toBe(7);
+  });
+
+  it("after FLUSHALL, pages are armed without a view and end where viewing pages would", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    const ids = Array.from({ length: 12 }, (_, i) => `b${String(i).padStart(2, "0")}`);
+    for (const id of ids) await identities.register(rotor, id);
+    await reconcile(rotor);
+    const wanted = await rotor.timers.view("rotation", ids);
+    expect(wanted.every((v) => v.state === "delayed")).toBe(true);
+    const walk = { pageSize: 2, pagesInFlight: 1 };
+
+    for (const skipViewAfterLoss of [true, false]) {
+      await env.admin.flushall();
+      // Something armed since the loss, in a later page: a blind add of it is refused (the job
+      // exists) and it is planned the usual way, here moved back to its deadline.
+      const now = Date.now();
+      await rotor.timers.arm("rotation", "b07", now + 400 * DAY, now, await nextArmFence(rotor.db));
+      const report = await reconcile(rotor, { ...walk, skipViewAfterLoss });
+      expect(report.repairs.rotation).toEqual({ add: 11, reschedule: 1, replace: 0, remove: 0 });
+      // The first page is viewed (all missing); the five after it are armed blind. No identity
+      // wants a deletion wake-up, so the deletion pages are never blind (nothing to add).
+      expect(report.pagesWithoutView).toEqual({ rotation: skipViewAfterLoss ? 5 : 0, deletion: 0 });
+      expect(await rotor.timers.view("rotation", ids)).toEqual(wanted);
+      expect(await rotor.timers.isReconciled()).toBe(true);
+    }
+    // Nothing missing: every page is viewed, and nothing is repaired.
+    const again = await reconcile(rotor, walk);
+    expect(again.pagesWithoutView).toEqual({ rotation: 0, deletion: 0 });
+    expect(again.repairs.rotation).toEqual({ add: 0, reschedule: 0, replace: 0, remove: 0 });
   });
 
   it("a reconcile after losses in some shards covers those shards alone", async () => {

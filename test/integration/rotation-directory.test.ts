@@ -13,6 +13,7 @@ import { completeRotation, prepareRotation } from "../../src/services/rotation.s
 import { startWorkerRuntime } from "../../src/runtime/worker-process.js";
 import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import { createTestEnv, nextEvent, type TestEnv } from "../helpers/env.js";
+import { holdRowLock } from "../helpers/latch.js";
 
 /**
  * The directory publisher's rotation: store, publish and promote in one transaction under one
@@ -195,8 +196,20 @@ describe("directory rotation in one transaction", () => {
       "rotation",
       (e) => e.identityId === "iris",
     );
+    // The worker's start-up heal repairs this wake-up too (it moves a delayed job to its
+    // deadline): were it to get there before the worker takes the job, nothing would fire. Hold
+    // iris's row until the worker holds the job; a heal leaves an active job to its worker.
+    const held = await holdRowLock(ctx.database.sql, "iris");
     const runtime = startWorkerRuntime(ctx, ALL_HANDLERS);
     cleanups.push(() => runtime.close());
+    cleanups.push(() => held.release());
+    for (let i = 0; ; i++) {
+      const [view] = await ctx.rotor.timers.view("rotation", ["iris"]);
+      if (view?.state === "active") break;
+      if (i >= 1_000) throw new Error("the worker did not take the wake-up within 20 s");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await held.release();
     expect((await recovery).outcome).toBe("not-due");
     const recovered = await identities.status(ctx.rotor, "iris");
     expect(recovered.generation).toBe(2);

@@ -40,6 +40,7 @@ export async function runScenario(
     toFake: ["Date", "setTimeout", "clearTimeout", "setInterval", "clearInterval"],
   });
   const world = new World(s, scenario.faults, trace);
+  world.blindArms = scenario.blindArms === true;
   const failing = new Set<string>();
   const inv = new Invariants(world);
   const names = ["api", "w0", "w1"];
@@ -203,7 +204,13 @@ export async function runScenario(
             inv.fault("publish healed");
           break;
         case "reconcile":
-          launch("reconcile", reconcile(api().rotor, { pageSize: 2 }));
+          launch(
+            "reconcile",
+            reconcile(api().rotor, {
+              pageSize: command.pageSize ?? 2,
+              pagesInFlight: command.pagesInFlight ?? 2,
+            }),
+          );
           break;
         case "faultNext":
           world.faultNext(command.on, command.k, command.kind);

@@ -1,4 +1,10 @@
-import type { ActiveWakeup, ArmItem, Wakeups, WakeupKind } from "../../src/core/ports.js";
+import type {
+  ActiveWakeup,
+  ArmItem,
+  ArmManyOptions,
+  Wakeups,
+  WakeupKind,
+} from "../../src/core/ports.js";
 import { type ArmAction, FINISH_PARK_MS, type JobView, planArm } from "../../src/core/deadlines.js";
 import type { Job, Proc, World } from "./world.js";
 
@@ -125,7 +131,25 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
     throw new Error(`the ${kind} wake-up of ${id} kept changing state`);
   }
 
-  async function armMany(kind: WakeupKind, items: readonly ArmItem[], now: number, fence: number) {
+  async function armMany(
+    kind: WakeupKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+    options: ArmManyOptions = {},
+  ): Promise<ArmAction[]> {
+    if (options.expectMissing === true || world.blindArms) {
+      return armExpectingMissing(kind, items, now, fence);
+    }
+    return armViewing(kind, items, now, fence);
+  }
+
+  async function armViewing(
+    kind: WakeupKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]> {
     const views = await view(
       kind,
       items.map((i) => i.identityId),
@@ -160,6 +184,44 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
         actions[f.index] = await armOne(kind, f.identityId, desired, now, fence);
       }),
     );
+    for (const s of settled) if (s.status === "rejected") throw s.reason;
+    return actions;
+  }
+
+  /** As the production adapter: adds sent blind, then the refused and unwanted ones planned. */
+  async function armExpectingMissing(
+    kind: WakeupKind,
+    items: readonly ArmItem[],
+    now: number,
+    fence: number,
+  ): Promise<ArmAction[]> {
+    const actions: ArmAction[] = items.map(() => ({ kind: "none" }));
+    const adds: (Op & { index: number })[] = [];
+    const unwanted: number[] = [];
+    items.forEach((item, index) => {
+      if (item.desired === null) unwanted.push(index);
+      else adds.push({ op: "a", identityId: item.identityId, fireAt: item.desired, index });
+    });
+    const planned = async (indexes: readonly number[]) => {
+      const done = await armViewing(
+        kind,
+        indexes.map((i) => items[i] as ArmItem),
+        now,
+        fence,
+      );
+      indexes.forEach((index, k) => {
+        actions[index] = done[k] as ArmAction;
+      });
+    };
+    const settled = await Promise.allSettled([
+      planned(unwanted),
+      script(kind, adds, fence).then((results) => {
+        adds.forEach((a, i) => {
+          if (results[i] === 0) actions[a.index] = { kind: "add", fireAt: a.fireAt };
+        });
+        return planned(adds.flatMap((a, i) => (results[i] === 1 ? [a.index] : [])));
+      }),
+    ]);
     for (const s of settled) if (s.status === "rejected") throw s.reason;
     return actions;
   }

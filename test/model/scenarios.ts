@@ -39,7 +39,8 @@ export type Command =
   | { c: "restart" }
   | { c: "publishFails"; id: string; forever: boolean }
   | { c: "publishHeals"; id: string }
-  | { c: "reconcile" }
+  /** A walk of pageSize identities per page (default 2), pagesInFlight at once (default 2). */
+  | { c: "reconcile"; pageSize?: 1 | 2; pagesInFlight?: 1 | 2 }
   | { c: "run"; steps: number }
   | { c: "faultNext"; on: string; k: number; kind: FaultKind };
 
@@ -48,6 +49,12 @@ export interface Scenario {
   skews: number[];
   commands: Command[];
   faults: Fault[];
+  /**
+   * Every armMany takes the blind path (adds first, ArmManyOptions.expectMissing) whatever the
+   * hint: the port's contract is that the hint changes only the cost, so the invariants must
+   * hold either way. Regressions leave it out (false).
+   */
+  blindArms?: boolean;
 }
 
 const id = fc.constantFrom(...IDS);
@@ -97,7 +104,14 @@ export const commandArb: fc.Arbitrary<Command> = fc.oneof(
     weight: 1,
   },
   { arbitrary: fc.record({ c: fc.constant("publishHeals" as const), id }), weight: 1 },
-  { arbitrary: fc.constant({ c: "reconcile" as const }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      c: fc.constant("reconcile" as const),
+      pageSize: fc.constantFrom(1 as const, 2 as const),
+      pagesInFlight: fc.constantFrom(1 as const, 2 as const),
+    }),
+    weight: 1,
+  },
   { arbitrary: runArb, weight: 4 },
   {
     // A fault on one of the next calls of a kind: a reconcile failing part-way, a lost commit...
@@ -259,4 +273,5 @@ export const scenarioArb = (maxCommands: number, mix: Mix = "general"): fc.Arbit
             : commands,
       ),
     faults: fc.array(faultArb, { maxLength: 8 }),
+    blindArms: fc.boolean(),
   });

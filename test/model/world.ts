@@ -118,6 +118,8 @@ export class World {
   /** Set for the quiet phase: no more injected faults. */
   faultsOff = false;
   readonly t0 = Date.now();
+  /** Every armMany arms blind (Scenario.blindArms). */
+  blindArms = false;
   onFault: (kind: string) => void = () => {};
   onCrash: (proc: Proc) => void = () => {};
   private readonly deaths = new Map<string, number>();

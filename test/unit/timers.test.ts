@@ -9,6 +9,7 @@ import {
   decideRotation,
   deletionDeadline,
   type JobView,
+  mostlyMissing,
   planArm,
   pullIn,
   type RotationState,
@@ -271,6 +272,21 @@ const resched = (fireAt: number): ArmAction => ({ kind: "reschedule", fireAt });
 const replace = (fireAt: number): ArmAction => ({ kind: "replace", fireAt });
 const FUTURE = NOW + 30 * DAY;
 const OVERDUE = NOW - 10 * SEC;
+
+describe("mostlyMissing", () => {
+  const add = { kind: "add", fireAt: 1 } as const;
+  const none = { kind: "none" } as const;
+  const move = { kind: "reschedule", fireAt: 1 } as const;
+  it.each([
+    ["nothing wanted", [none, none], 0, false],
+    ["every wanted job added", [add, add, none], 2, true],
+    ["half added", [add, move], 2, true],
+    ["fewer than half added", [add, move, none], 3, false],
+    ["none added", [move, none], 2, false],
+  ] as const)("%s", (_name, actions, wanted, expected) => {
+    expect(mostlyMissing(actions, wanted)).toBe(expected);
+  });
+});
 
 describe("planArm", () => {
   it.each<[string, number | null, JobView, ArmAction]>([
