@@ -7,7 +7,11 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import postgres from "postgres";
+import type { Context } from "../src/context.js";
 import { identityIdOf } from "../src/queue/wakeup-queues.js";
+import { ALL_HANDLERS } from "../src/runtime/handlers.js";
+import { startWorkerRuntime } from "../src/runtime/worker-process.js";
+import { pullInMany, register } from "../src/services/identities.service.js";
 import { ADMIN_DATABASE_URL, createTestDatabase, freePort } from "../test/helpers/env.js";
 
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -179,6 +183,27 @@ export function adminSql(): postgres.Sql {
 
 // ---------------------------------------------------------------------------------------------
 // Seeding.
+
+/**
+ * Registers `id` and rotates it once through a worker, so that its copies (seedIdentities) have a
+ * current and a superseded key package: two wake-ups each, the worst case.
+ */
+export async function registerRotatedTemplate(ctx: Context, id: string): Promise<void> {
+  const { rotor } = ctx;
+  await register(rotor, id);
+  const runtime = startWorkerRuntime(ctx, ALL_HANDLERS);
+  await runtime.startupReconcile;
+  let rotated = false;
+  const on = (e: { identityId: string; outcome: string }) => {
+    if (e.identityId === id && e.outcome === "rotated") rotated = true;
+  };
+  rotor.events.on("rotation", on);
+  await pullInMany(rotor, [id], 0);
+  for (let i = 0; i < 300 && !rotated; i++) await sleep(100);
+  rotor.events.off("rotation", on);
+  await runtime.close();
+  if (!rotated) throw new Error(`the template ${id} did not rotate`);
+}
 
 export interface SeedOptions {
   /** Ids are `${prefix}00000001` … (prefix of letters, digits, '-', '.'). */

@@ -63,6 +63,7 @@ import {
   pgStats,
   redisDelta,
   redisInfo,
+  registerRotatedTemplate,
   ROOT,
   round,
   runMain,
@@ -354,22 +355,7 @@ async function main(): Promise<void> {
   const sql = first.ctx.database.sql;
 
   // The template: registered, then rotated once, so its copies have a superseded package too.
-  {
-    const { rotor } = first.ctx;
-    await register(rotor, "tmpl-0");
-    const runtime = startWorkerRuntime(first.ctx, ALL_HANDLERS);
-    await runtime.startupReconcile;
-    let rotated = false;
-    const on = (e: { identityId: string; outcome: string }) => {
-      if (e.identityId === "tmpl-0" && e.outcome === "rotated") rotated = true;
-    };
-    rotor.events.on("rotation", on);
-    await pullInMany(rotor, ["tmpl-0"], 0);
-    for (let i = 0; i < 300 && !rotated; i++) await sleep(100);
-    rotor.events.off("rotation", on);
-    await runtime.close();
-    if (!rotated) throw new Error("the template did not rotate");
-  }
+  await registerRotatedTemplate(first.ctx, "tmpl-0");
 
   const rows: SizeRow[] = [];
   const seeds: { identities: number; ms: number }[] = [];

@@ -4,6 +4,7 @@
  * (bench/peers.ts appends every stored section, in the order below):
  * - ingest: `npx tsx bench/ingest.ts` (single-welcome ingest against pgbench, API_PROCESSES);
  * - scale: `npx tsx bench/scale.ts` (ten million identities, one Redis and a cluster);
+ * - reconcile-loss: `npx tsx bench/reconcile-loss.ts` (reconcile after FLUSHALL, view skipped);
  * - simulation: `npm run simulate` (a year of a fleet).
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -13,6 +14,7 @@ import { ROOT } from "./lib.js";
 const SECTIONS = {
   ingest: "npx tsx bench/ingest.ts",
   scale: "npx tsx bench/scale.ts",
+  "reconcile-loss": "npx tsx bench/reconcile-loss.ts",
   simulation: "npm run simulate",
 } as const;
 export type SectionName = keyof typeof SECTIONS;

@@ -44,7 +44,8 @@ export interface ReconcileOptions {
   /**
    * false: every page views its jobs before arming them. By default a page whose predecessor
    * found most of its jobs missing arms without viewing first (Wakeups.armMany's
-   * expectMissing), which after a loss of Redis data saves about a third of Redis' work.
+   * expectMissing): after a loss of Redis data that is about 30 % fewer Redis commands and
+   * 15 % less of Redis' CPU (bench/reconcile-loss.ts).
    */
   skipViewAfterLoss?: boolean;
 }
