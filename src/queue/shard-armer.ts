@@ -192,8 +192,9 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
   /**
    * armMany when most jobs are probably missing (ArmManyOptions.expectMissing): every item with
    * a wanted time is sent as an add at once, which is planArm's answer for a missing job; the
-   * script refuses the add of a job that exists (1), and only those items, with the ones that
-   * want no job, are viewed and planned (viewing is the only way to tell a job to remove).
+   * script refuses the add of a job that exists (1, or 3 when a newer arm wrote it), and only
+   * those items, with the ones that want no job, are viewed and planned (viewing is the only
+   * way to tell a job to remove).
    */
   async function armExpectingMissing(
     kind: TimerKind,
@@ -227,8 +228,9 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
         adds.forEach((a, i) => {
           if (results[i] === 0) actions[a.index] = { kind: "add", fireAt: a.fireAt };
         });
-        // 3: a newer arm decided (none); 1: the job exists, so plan it the usual way.
-        return planned(adds.flatMap((a, i) => (results[i] === 1 ? [a.index] : [])));
+        // 1: the job exists; 3: its last write is newer than this fence. Both are planned the
+        // usual way: a finished job is replaced whatever its fence, as the viewing path does.
+        return planned(adds.flatMap((a, i) => (results[i] === 0 ? [] : [a.index])));
       }),
     ]);
     return actions;

@@ -356,6 +356,79 @@ describe("the arm script against BullMQ", () => {
   });
 });
 
+describe("armMany expecting missing jobs (a reconcile after a loss)", () => {
+  it("ends in the same state, with the same actions, as armMany with a view, in every job state", async () => {
+    const now = Date.now();
+    const t = now + HOUR;
+    // Built the same way on two queue prefixes; armed with a view on one, blind on the other.
+    const build = async () => {
+      const { prefix, timers } = setup();
+      const arm = (id: string, at: number, f = fence()) =>
+        timers.armMany("rotation", [{ identityId: id, desired: at }], now, f);
+      await arm("at-time", t);
+      await arm("later", t + HOUR);
+      await arm("unwanted", t);
+      await arm("retrying", now + 30_000); // a retry within the backoff, deadline overdue
+      await arm("newer-fence", t + HOUR, fence() + 1_000_000); // written by a newer arm
+      await arm("done", now - 1_000);
+      await arm("done-newer-fence", now - 1_000, fence() + 1_000_000);
+      await arm("active", now - 1_000);
+      // "done" and "done-newer-fence" run to completion; "active" is taken and never finishes.
+      const finished = latch();
+      let count = 0;
+      const w = worker(prefix, async (job) => {
+        if (job.id === jobIdFor("active")) await new Promise(() => {});
+        if (++count === 2) finished.open();
+      });
+      await finished.promise;
+      await w.close(true);
+      // A job BullMQ added with no delay waits for a worker.
+      await timers.queues.rotation.add("rotation", {}, { jobId: jobIdFor("waiting") });
+      return timers;
+    };
+    const items = [
+      { identityId: "missing", desired: t },
+      { identityId: "missing-overdue", desired: now - 10 * 60_000 },
+      { identityId: "missing-unwanted", desired: null },
+      { identityId: "at-time", desired: t },
+      { identityId: "later", desired: t },
+      { identityId: "unwanted", desired: null },
+      { identityId: "retrying", desired: now - 5 * 60_000 },
+      { identityId: "newer-fence", desired: t },
+      { identityId: "done", desired: t },
+      { identityId: "done-newer-fence", desired: t },
+      { identityId: "active", desired: t },
+      { identityId: "waiting", desired: t },
+      { identityId: "missing", desired: t }, // one id twice in a page
+    ];
+    const ids = [...new Set(items.map((i) => i.identityId))];
+    const viewing = await build();
+    const blind = await build();
+    expect(await blind.view("rotation", ids)).toEqual(await viewing.view("rotation", ids));
+    const f = fence();
+    const viewed = await viewing.armMany("rotation", items, now, f);
+    const blindActions = await blind.armMany("rotation", items, now, f, { expectMissing: true });
+    expect(blindActions).toEqual(viewed);
+    const after = await viewing.view("rotation", ids);
+    expect(await blind.view("rotation", ids)).toEqual(after);
+    // What each state came to (the same on both): added, moved, removed, replaced, or kept.
+    expect(Object.fromEntries(ids.map((id, i) => [id, after[i]]))).toEqual({
+      missing: { state: "delayed", fireAt: t },
+      "missing-overdue": { state: "delayed", fireAt: now - 10 * 60_000 },
+      "missing-unwanted": { state: "missing" },
+      "at-time": { state: "delayed", fireAt: t },
+      later: { state: "delayed", fireAt: t },
+      unwanted: { state: "missing" },
+      retrying: { state: "delayed", fireAt: now + 30_000 },
+      "newer-fence": { state: "delayed", fireAt: t + HOUR },
+      done: { state: "delayed", fireAt: t },
+      "done-newer-fence": { state: "delayed", fireAt: t },
+      active: { state: "active" },
+      waiting: { state: "waiting" },
+    });
+  });
+});
+
 describe("the arm fence", () => {
   it("a write with an older fence, landing after a newer one (timed out, resent), changes nothing", async () => {
     const { redis, timers, queue } = setup();

@@ -89,7 +89,9 @@ describe("checks of the published key package", () => {
   });
 
   it("a reconcile and a re-registration keep the wake-up at the mid-interval check", async () => {
-    const env = await setup({ ROTATION_INTERVAL: "30d", PUBLISH_CHECK_MIDWAY: "true" });
+    // No worker: its start-up heal would re-arm the wake-up this test takes away.
+    const env = await createTestEnv({ ROTATION_INTERVAL: "30d", PUBLISH_CHECK_MIDWAY: "true" });
+    cleanups.push(() => env.cleanup());
     const { rotor } = env.ctx;
     await identities.register(rotor, "cy");
     const verifyAt = async () => {

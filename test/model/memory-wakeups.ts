@@ -219,7 +219,7 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
         adds.forEach((a, i) => {
           if (results[i] === 0) actions[a.index] = { kind: "add", fireAt: a.fireAt };
         });
-        return planned(adds.flatMap((a, i) => (results[i] === 1 ? [a.index] : [])));
+        return planned(adds.flatMap((a, i) => (results[i] === 0 ? [] : [a.index])));
       }),
     ]);
     for (const s of settled) if (s.status === "rejected") throw s.reason;

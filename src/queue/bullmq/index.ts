@@ -1,5 +1,6 @@
 import type { Queue } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
+import { settleAll } from "../../settle.js";
 import { ARM_LUA, VIEW_LUA } from "./scripts.js";
 
 /**
@@ -123,7 +124,9 @@ export function privateJobs(redis: RedisConnection): PrivateJobs {
           ),
         );
       }
-      return (await Promise.all(calls)).flat();
+      // Every chunk settles before this returns or throws: a chunk still queued in Redis when
+      // the caller's transaction ends would land after its row locks are gone.
+      return (await settleAll(calls)).flat();
     },
   };
 }
