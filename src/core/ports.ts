@@ -231,6 +231,12 @@ export interface Store {
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   recordRotationFailure(id: string, now: number, error: string): Promise<void>;
   countLive(): Promise<number>;
+  /**
+   * The last of the next `count` live identities after `afterId`, in id order, read without
+   * locks (undefined when fewer follow): where reconcile's walk goes on past a page it could
+   * not lock.
+   */
+  liveIdAfter(afterId: string | null, count: number): Promise<string | undefined>;
   liveAmong(ids: readonly string[]): Promise<Set<string>>;
   /** Live identities with a deadline <= before, by (deadline, id), after the cursor. */
   overdueIdentities(

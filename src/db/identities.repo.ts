@@ -278,6 +278,30 @@ export async function countLive(db: Db): Promise<number> {
   return row?.n ?? 0;
 }
 
+/** Store.liveIdAfter: keyset, no OFFSET (the primary key's index, `count` entries read). */
+export async function liveIdAfter(
+  db: Db,
+  afterId: string | null,
+  count: number,
+): Promise<string | undefined> {
+  const page = db
+    .select({ id: identities.id })
+    .from(identities)
+    .where(
+      and(
+        isNull(identities.deregisteredAt),
+        afterId === null ? undefined : gt(identities.id, afterId),
+      ),
+    )
+    .orderBy(asc(identities.id))
+    .limit(count)
+    .as("page");
+  const [row] = await db
+    .select({ last: sql<string | null>`max(${page.id})`, n: sql<number>`count(*)::int` })
+    .from(page);
+  return row && row.n === count && row.last !== null ? row.last : undefined;
+}
+
 /** Which of `ids` are live identities. */
 export async function liveAmong(db: Db, ids: readonly string[]): Promise<Set<string>> {
   if (ids.length === 0) return new Set();

@@ -17,6 +17,7 @@ export function createPostgresStore(db: Db): Store & ShardedCensus {
     transaction: (fn) => db.transaction((tx) => fn(bindTx(tx))),
     recordRotationFailure: (id, now, error) => repo.recordRotationFailure(db, id, now, error),
     countLive: () => repo.countLive(db),
+    liveIdAfter: (afterId, count) => repo.liveIdAfter(db, afterId, count),
     liveAmong: (ids) => repo.liveAmong(db, ids),
     overdueIdentities: (before, limit, after) => repo.overdueIdentities(db, before, limit, after),
     overdueDeletions: (before, limit, after) => repo.overdueDeletions(db, before, limit, after),

@@ -56,6 +56,8 @@ export class ReconcileIncomplete extends Error {
 }
 
 export const RECONCILE_PAGE_SIZE = 5_000;
+/** Failed pages in a row that stop a walk: the store or Redis is down, not one identity. */
+const MAX_FAILED_PAGES_IN_A_ROW = 3;
 
 const emptyCounts = (): RepairCounts => ({
   rotation: { add: 0, reschedule: 0, replace: 0, remove: 0 },
@@ -97,7 +99,22 @@ export async function reconcile(
     expectMissing[kind] = adaptive && mostlyMissing(actions, wanted);
     count(kind, actions);
   };
-  const overdue = await armOverdue(rotor, rotor.clock(), pageSize);
+  // A page that fails is remembered and the walk goes on past it, so that one identity whose row
+  // stays locked or whose job cannot be armed holds back no other; the run then throws at the
+  // end and writes no mark, and is retried. Several failures in a row (Postgres or Redis down)
+  // stop the walk at once.
+  let failure: unknown;
+  let failedPages = 0;
+  let failedInARow = 0;
+  const failed = (err: unknown) => {
+    failure ??= err;
+    failedPages++;
+    failedInARow++;
+  };
+  const overdue = await armOverdue(rotor, rotor.clock(), pageSize).catch((err: unknown) => {
+    failed(err);
+    return [];
+  });
   count(
     "rotation",
     overdue.map((o) => o.action),
@@ -139,34 +156,48 @@ export async function reconcile(
 
   let done = 0;
   const running = new Set<Promise<void>>();
-  let failure: unknown;
+  let stopped: ReconcileIncomplete | undefined;
   let next: Promise<string | null | undefined> = Promise.resolve(null);
   for (;;) {
     const after = await next;
-    if (after === undefined || failure !== undefined) break;
+    if (after === undefined || failedInARow >= MAX_FAILED_PAGES_IN_A_ROW) break;
     if (signal?.aborted) {
-      failure = new ReconcileIncomplete("reconcile stopped: the process is shutting down");
+      stopped = new ReconcileIncomplete("reconcile stopped: the process is shutting down");
       break;
     }
     let handOff!: (next: string | undefined) => void;
+    let handedOff = false;
     next = new Promise((resolve) => {
-      handOff = resolve;
+      handOff = (cursor) => {
+        handedOff = true;
+        resolve(cursor);
+      };
     });
     const page: Promise<void> = runPage(after, handOff)
       .then((n) => {
+        failedInARow = 0;
         done += n;
         if (n > 0) options.onProgress?.(done, Math.max(total, done));
       })
-      .catch((err: unknown) => {
-        failure ??= err;
-        handOff(undefined);
+      .catch(async (err: unknown) => {
+        failed(err);
+        if (handedOff) return;
+        // Its rows were never locked, so its cursor is unknown: read past them without locks.
+        handOff(await rotor.store.liveIdAfter(after, pageSize).catch(() => undefined));
       })
       .finally(() => running.delete(page));
     running.add(page);
     if (running.size >= inFlight) await Promise.race(running);
   }
   await Promise.all(running);
-  if (failure !== undefined) throw failure;
+  if (stopped !== undefined) throw stopped;
+  if (failure !== undefined) {
+    rotor.log.warn(
+      { component: "reconcile", failedPages, identities: done },
+      "reconcile walked on past pages that failed; it wrote no mark and will run again",
+    );
+    throw failure;
+  }
   const orphansRemoved = await removeOrphans(rotor, pageSize, shards);
   if (!(await rotor.timers.completeReconcile(runId, shards))) {
     throw new ReconcileIncomplete(

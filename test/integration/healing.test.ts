@@ -7,6 +7,7 @@
  *  E. a full loss heals with nobody running reconcile.
  */
 import { nextArmFence } from "../../src/db/identities.repo.js";
+import { jobIdFor } from "../../src/queue/jobs.js";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { afterEach, describe, expect, it } from "vitest";
@@ -84,6 +85,77 @@ describe("a reconcile either completes or is retried (A)", () => {
     expect(report.reason).toBe("Redis has no reconcile mark");
     expect(await rotationViews(env.ctx, ids)).toEqual(["delayed", "delayed", "delayed"]);
     expect(await rotor.timers.isReconciled()).toBe(true);
+  });
+
+  it("a walk goes on past pages that fail, writes no mark, and stops at three failures in a row", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    const ids = ["x1", "x2", "x3", "x4", "x5", "x6", "x7"];
+    for (const id of ids) await identities.register(rotor, id);
+    const walk = { pageSize: 1, pagesInFlight: 1 };
+    // A job key of the wrong type makes every arm of that identity fail (WRONGTYPE).
+    const jobKey = (id: string) => rotor.timers.queues.rotation.toKey(jobIdFor(id));
+    const poison = (id: string) => env.admin.set(jobKey(id), "not a job");
+    const states = async () =>
+      Object.fromEntries(
+        (await rotor.timers.view("rotation", ["x1", "x3", "x5", "x6", "x7"])).map((v, i) => [
+          ["x1", "x3", "x5", "x6", "x7"][i],
+          v.state,
+        ]),
+      );
+
+    await env.admin.flushall();
+    await poison("x2");
+    await expect(reconcile(rotor, walk)).rejects.toThrow(/WRONGTYPE/);
+    // Every other identity was armed; the run is not taken as done.
+    expect(await states()).toEqual({
+      x1: "delayed",
+      x3: "delayed",
+      x5: "delayed",
+      x6: "delayed",
+      x7: "delayed",
+    });
+    expect(await rotor.timers.isReconciled()).toBe(false);
+
+    // Three failures in a row (x2, x3, x4) stop the walk: x5 and after are left for the retry.
+    await env.admin.flushall();
+    for (const id of ["x2", "x3", "x4"]) await poison(id);
+    await expect(reconcile(rotor, walk)).rejects.toThrow(/WRONGTYPE/);
+    expect(await states()).toEqual({
+      x1: "delayed",
+      x3: "missing",
+      x5: "missing",
+      x6: "missing",
+      x7: "missing",
+    });
+    expect(await rotor.timers.isReconciled()).toBe(false);
+
+    // Once the keys are fixed, the next run arms everything and marks.
+    await env.admin.del(...["x2", "x3", "x4"].map(jobKey));
+    await reconcile(rotor, walk);
+    expect(await rotationViews(env.ctx, ids)).toEqual(ids.map(() => "delayed"));
+    expect(await rotor.timers.isReconciled()).toBe(true);
+  });
+
+  it("a page whose rows stay locked past lock_timeout is walked past, read without locks", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    const ids = ["y1", "y2", "y3", "y4"];
+    for (const id of ids) await identities.register(rotor, id);
+    await env.admin.flushall();
+    const lock = await holdRowLock(env.config.databaseUrl, "y2");
+    try {
+      await expect(reconcile(rotor, { pageSize: 1, pagesInFlight: 1 })).rejects.toThrow();
+      expect(await rotationViews(env.ctx, ids)).toEqual([
+        "delayed",
+        "missing",
+        "delayed",
+        "delayed",
+      ]);
+      expect(await rotor.timers.isReconciled()).toBe(false);
+    } finally {
+      await lock.release();
+    }
   });
 
   it("Redis losing its data during a run: the run throws and writes no mark", async () => {

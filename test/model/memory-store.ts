@@ -36,6 +36,15 @@ export function createMemoryStore(world: World, proc: Proc): Store {
     // Only the status endpoint reads the failure count; nothing to model but the step.
     recordRotationFailure: () => world.step(proc, "recordRotationFailure", () => {}),
     countLive: () => world.step(proc, "countLive", () => liveRows(world).length),
+    liveIdAfter: (afterId, count) =>
+      world.step(proc, "liveIdAfter", () => {
+        const ids = liveRows(world)
+          .map((r) => r.id)
+          .filter((id) => afterId === null || cmp(id, afterId) > 0)
+          .sort(cmp)
+          .slice(0, count);
+        return ids.length === count ? ids[ids.length - 1] : undefined;
+      }),
     liveAmong: (ids) =>
       world.step(proc, "liveAmong", () => new Set(ids.filter((id) => isLive(read(id).row)))),
     overdueIdentities: (before, limit, after) =>
