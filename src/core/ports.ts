@@ -237,6 +237,11 @@ export interface Store {
    * not lock.
    */
   liveIdAfter(afterId: string | null, count: number): Promise<string | undefined>;
+  /**
+   * Moves arm_seq past `high` when it is behind it (Postgres restored from a backup while Redis
+   * kept its jobs); returns the value it was at when it moved, undefined when it did not.
+   */
+  advanceArmFence(high: number): Promise<number | undefined>;
   liveAmong(ids: readonly string[]): Promise<Set<string>>;
   /** Live identities with a deadline <= before, by (deadline, id), after the cursor. */
   overdueIdentities(
@@ -332,6 +337,8 @@ export interface Wakeups {
   completeReconcile(runId: string, shards?: readonly number[]): Promise<boolean>;
   /** Whether Redis holds the mark of a completed reconcile (it vanishes if Redis loses data). */
   isReconciled(): Promise<boolean>;
+  /** The highest arm fence any arm carried into Redis (0 when none is recorded). */
+  fenceHighWater(): Promise<number>;
   /** Wake-up jobs in a state that will fire (delayed, waiting, active): O(1) in the jobs. */
   countWakeups(kind: WakeupKind): Promise<number>;
   /** Takes (or renews) a lease so that one process at a time reconciles. */

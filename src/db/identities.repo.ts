@@ -56,6 +56,19 @@ export async function nextArmFence(db: Db | Tx): Promise<number> {
 }
 
 /**
+ * Store.advanceArmFence. The jump leaves room for fences drawn between the read and the setval
+ * (one statement), so the sequence never moves backwards.
+ */
+export async function advanceArmFence(db: Db, high: number): Promise<number | undefined> {
+  const rows = await db.execute<{ was: number }>(
+    sql`select last_value::float8 as was, setval('arm_seq', ${high}::bigint + 1000000) from arm_seq
+        where last_value < ${high}::bigint`,
+  );
+  const was = rows[0]?.was;
+  return was === undefined ? undefined : Number(was);
+}
+
+/**
  * Like lockIdentity, but first leaves a tombstone where there is no row, so that a wake-up of an
  * unknown identity has a lock to decide under (a concurrent registration then waits for it).
  */

@@ -18,6 +18,7 @@ export function createPostgresStore(db: Db): Store & ShardedCensus {
     recordRotationFailure: (id, now, error) => repo.recordRotationFailure(db, id, now, error),
     countLive: () => repo.countLive(db),
     liveIdAfter: (afterId, count) => repo.liveIdAfter(db, afterId, count),
+    advanceArmFence: (high) => repo.advanceArmFence(db, high),
     liveAmong: (ids) => repo.liveAmong(db, ids),
     overdueIdentities: (before, limit, after) => repo.overdueIdentities(db, before, limit, after),
     overdueDeletions: (before, limit, after) => repo.overdueDeletions(db, before, limit, after),

@@ -153,6 +153,11 @@ export function createMetrics(
     help: "Wake-ups of identities that are not live, removed by reconcile",
     registers,
   });
+  const armFenceAdvanced = new Counter({
+    name: "kp_rotor_arm_fence_advanced_total",
+    help: "Times arm_seq was found behind the fences in Redis (Postgres restored from a backup) and moved past them",
+    registers,
+  });
   const reconcileFailures = new Counter({
     name: "kp_rotor_reconcile_failures_total",
     help: "Reconciles that did not complete (no mark written; retried with backoff until one does)",
@@ -347,6 +352,8 @@ export function createMetrics(
   rotor.events.on("reconcile", onReconcile);
   const onReconcileFailed = () => reconcileFailures.inc();
   rotor.events.on("reconcile-failed", onReconcileFailed);
+  const onArmFenceAdvanced = () => armFenceAdvanced.inc();
+  rotor.events.on("arm-fence-advanced", onArmFenceAdvanced);
 
   return {
     registry,
@@ -370,6 +377,7 @@ export function createMetrics(
       rotor.events.off("wake-failed", onWakeFailed);
       rotor.events.off("reconcile", onReconcile);
       rotor.events.off("reconcile-failed", onReconcileFailed);
+      rotor.events.off("arm-fence-advanced", onArmFenceAdvanced);
     },
   };
 }

@@ -33,7 +33,11 @@ export interface ShardArmer {
   ): Promise<ArmAction[]>;
 }
 
-export function createShardArmer(redis: RedisConnection, queues: ShardQueues): ShardArmer {
+export function createShardArmer(
+  redis: RedisConnection,
+  queues: ShardQueues,
+  fenceHighKey: string,
+): ShardArmer {
   const jobs = privateJobs(redis);
 
   async function view(kind: TimerKind, identityIds: readonly string[]): Promise<JobView[]> {
@@ -89,7 +93,7 @@ export function createShardArmer(redis: RedisConnection, queues: ShardQueues): S
       jobId: jobIdFor(identityId),
       fireAt,
     }));
-    return jobs.arm(queues[kind], jobOps, now, JOB_NAMES[kind], fence);
+    return jobs.arm(queues[kind], jobOps, now, JOB_NAMES[kind], fence, fenceHighKey);
   }
 
   async function apply(

@@ -90,7 +90,10 @@ export function createWakeupQueues(
   const shardQueues = shardNumbers.map((i) =>
     openShardQueues(redis, shardPrefix(layout, i), onError),
   );
-  const armers = shardQueues.map((queues) => createShardArmer(redis, queues));
+  const fenceHighKey = (shard: number) => `${shardPrefix(layout, shard)}:kp-rotor:fence-high`;
+  const armers = shardQueues.map((queues, shard) =>
+    createShardArmer(redis, queues, fenceHighKey(shard)),
+  );
   const shardOfId = (identityId: string) => shardOf(identityId, layout.shards);
   const armerOf = (identityId: string) => armers[shardOfId(identityId)] as ShardArmer;
   const queues = shardQueues[0] as ShardQueues;
@@ -230,6 +233,10 @@ export function createWakeupQueues(
         ),
       );
       return done.every((d) => d === 1);
+    },
+    async fenceHighWater() {
+      const highs = await Promise.all(shardNumbers.map((i) => redis.get(fenceHighKey(i))));
+      return Math.max(0, ...highs.map((h) => Number(h ?? 0)));
     },
     async isReconciled() {
       return (await unreconciledShards()).length === 0;

@@ -16,6 +16,8 @@ export interface RotorEventMap {
   ];
   deletion: [{ identityId: string; deleted: number; at: number }];
   reconcile: [ReconcileReport];
+  /** arm_seq was behind the fences recorded in Redis and was moved past them. */
+  "arm-fence-advanced": [{ from: number; redisFence: number }];
   /** A reconcile that did not complete (it wrote no mark and will be retried). */
   "reconcile-failed": [{ reason: string; error: string }];
   /** A device's upload became its current key package. */

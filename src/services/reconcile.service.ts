@@ -81,6 +81,7 @@ export async function reconcile(
     shards === undefined || shardOf === undefined
       ? () => true
       : (id: string) => shards.includes(shardOf(id));
+  await catchUpArmFence(rotor);
   await rotor.timers.beginReconcile(runId, shards);
   const total = await rotor.store.countLive();
   const repairs = emptyCounts();
@@ -216,6 +217,24 @@ export async function reconcile(
   rotor.log.info({ component: "reconcile", ...report }, "reconcile finished");
   rotor.events.emit("reconcile", report);
   return report;
+}
+
+/**
+ * Moves Postgres' arm_seq past the highest fence Redis has seen, if it is behind it. That happens
+ * only when Postgres was restored from a backup while Redis kept its jobs; every arm would then be
+ * refused by the fence (DESIGN.md, "Fenced arms") and a welcome or a repair would change nothing.
+ * Run before every reconcile and every watchdog run; one GET per shard and one statement.
+ */
+export async function catchUpArmFence(rotor: Rotor): Promise<void> {
+  const high = await rotor.timers.fenceHighWater();
+  if (high === 0) return;
+  const was = await rotor.store.advanceArmFence(high);
+  if (was === undefined) return;
+  rotor.log.error(
+    { component: "reconcile", armSeq: was, redisFence: high },
+    "arm_seq was behind the fences in Redis (Postgres restored from a backup?); moved it past them",
+  );
+  rotor.events.emit("arm-fence-advanced", { from: was, redisFence: high });
 }
 
 /**

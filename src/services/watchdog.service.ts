@@ -1,7 +1,12 @@
 import { WAKEUP_KINDS as TIMER_KINDS } from "../core/ports.js";
 import { backoffMs, censusMismatch, type CensusReading } from "../core/deadlines.js";
 import type { ShardedCensus } from "../db/store.js";
-import { armOverdue, armOverdueDeletions, reconcile } from "./reconcile.service.js";
+import {
+  armOverdue,
+  armOverdueDeletions,
+  catchUpArmFence,
+  reconcile,
+} from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -46,6 +51,7 @@ export interface WatchdogReport {
  * a heal that did not happen must never look done.
  */
 export async function runWatchdog(rotor: Rotor, options: WatchdogOptions): Promise<WatchdogReport> {
+  await catchUpArmFence(rotor);
   const marks = await missingMark(rotor);
   const before = rotor.clock() - options.overdueGraceMs;
   let probe = await readCensus(rotor, before);

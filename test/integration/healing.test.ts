@@ -158,6 +158,41 @@ describe("a reconcile either completes or is retried (A)", () => {
     }
   });
 
+  it("after Postgres is restored from a backup (arm_seq behind Redis' fences), the watchdog moves arm_seq past them", async () => {
+    const env = await setup();
+    const { rotor } = env.ctx;
+    await identities.register(rotor, "z1");
+    await reconcile(rotor);
+    const [armed] = await rotor.timers.view("rotation", ["z1"]);
+    expect(armed?.state).toBe("delayed");
+    const high = await rotor.timers.fenceHighWater();
+    expect(high).toBeGreaterThan(0);
+    // The restore: arm_seq goes back to where the backup was; Redis kept its jobs.
+    await env.ctx.database.sql`select setval('arm_seq', 1)`;
+    // Blind until caught up: a welcome pulls the deadline in, in Postgres, but its arm is
+    // refused by the fence, so the wake-up stays 30 days out.
+    await identities.pullInMany(rotor, ["z1"], 5_000);
+    expect(await rotor.timers.view("rotation", ["z1"])).toEqual([armed]);
+
+    const advanced: { from: number; redisFence: number }[] = [];
+    rotor.events.on("arm-fence-advanced", (e) => advanced.push(e));
+    // Its own step: nothing is missing, so this run reconciles nothing.
+    const run = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
+    expect(run.reconciled).toBe(false);
+    expect(advanced).toEqual([{ from: expect.any(Number), redisFence: high }]);
+    expect(advanced[0]?.from).toBeLessThan(high);
+    expect(await nextArmFence(rotor.db)).toBeGreaterThan(high);
+    // Arms go through again: a repair moves the wake-up to the deadline the welcome set (a second
+    // welcome would not: the deadline is already that early; so would the overdue scan, later).
+    const repaired = await reconcile(rotor);
+    expect(repaired.repairs.rotation.reschedule).toBe(1);
+    const [moved] = await rotor.timers.view("rotation", ["z1"]);
+    expect(moved?.state === "delayed" && moved.fireAt - Date.now()).toBeLessThan(6_000);
+    // Nothing is behind any more: the next run moves nothing.
+    await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
+    expect(advanced).toHaveLength(1);
+  });
+
   it("Redis losing its data during a run: the run throws and writes no mark", async () => {
     const env = await setup();
     const { rotor } = env.ctx;

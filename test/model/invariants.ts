@@ -156,21 +156,22 @@ export class Invariants {
       if (failing.has(ack.id) || this.world.lives(ack.id) !== ack.lives) continue;
       if (identities.get(ack.id)?.deregisteredAt !== null) continue;
       // Honoured by a rotation whose package was stored after the request; for a device, also
-      // by asking it after the request (whether it answers is the device's business).
+      // by asking it after the request (whether it answers is the device's business). A device
+      // awaited already (its deadline long past) has until the backoff after the request: it is
+      // asked again by then, or its upload in the meantime is the rotation.
+      const due = this.devices.has(ack.id) ? Math.max(ack.deadline, ack.at) + 60_000 : ack.deadline;
       const honoured =
         this.world.rotations.some(
-          (r) => r.id === ack.id && r.createdSeq > ack.reqSeq && r.at <= this.bound(ack.deadline),
+          (r) => r.id === ack.id && r.createdSeq > ack.reqSeq && r.at <= this.bound(due),
         ) ||
-        // A device awaited already (its deadline long past) is asked again within the backoff.
         (this.devices.has(ack.id) &&
           this.world.notifications.some(
             (n) =>
               n.type === "rotate" &&
               n.identityId === ack.id &&
               n.seq > ack.reqSeq &&
-              n.at <= this.bound(Math.max(ack.deadline, ack.at) + 60_000),
+              n.at <= this.bound(due),
           ));
-      const due = this.devices.has(ack.id) ? Math.max(ack.deadline, ack.at) + 60_000 : ack.deadline;
       if (!honoured && now > this.bound(due)) {
         this.violation(
           `ack ${ack.id} ${ack.reqSeq}`,

@@ -36,6 +36,7 @@ export function createMemoryStore(world: World, proc: Proc): Store {
     // Only the status endpoint reads the failure count; nothing to model but the step.
     recordRotationFailure: () => world.step(proc, "recordRotationFailure", () => {}),
     countLive: () => world.step(proc, "countLive", () => liveRows(world).length),
+    advanceArmFence: (high) => world.step(proc, "advanceArmFence", () => world.advanceFence(high)),
     liveIdAfter: (afterId, count) =>
       world.step(proc, "liveIdAfter", () => {
         const ids = liveRows(world)

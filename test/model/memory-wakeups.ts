@@ -46,8 +46,9 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
       ? Promise.resolve([] as number[])
       : call(
           `arm-script(${kind} #${fence} ${ops.map((o) => `${o.op}:${o.identityId}@${o.fireAt}`).join(",")})`,
-          () =>
-            ops.map(({ op, identityId, fireAt }) => {
+          () => {
+            world.redis.fenceHigh = Math.max(world.redis.fenceHigh, fence);
+            return ops.map(({ op, identityId, fireAt }) => {
               const job = q(kind).get(identityId);
               // The fence: a write older than the job's last script write changes nothing.
               if (job?.kseq !== undefined && job.kseq > fence) return 3;
@@ -71,7 +72,8 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
               job.fireAt = fireAt;
               job.kseq = fence;
               return 0;
-            }),
+            });
+          },
           true,
         );
 
@@ -229,6 +231,7 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
   return {
     view,
     armMany,
+    fenceHighWater: () => call("fenceHighWater", () => world.redis.fenceHigh),
     async arm(kind, identityId, desired, now, fence) {
       const [action] = await armMany(kind, [{ identityId, desired }], now, fence);
       return action ?? { kind: "none" };

@@ -4,7 +4,9 @@ import type { Scenario } from "./scenarios.js";
  * Issue 10's defects A to E as model scenarios: the counterexamples the model test found (A, B,
  * D, E: shrunk by fast-check) or that were written from the issue's repro (C), each replayed
  * under many interleavings; each fails when its fix is reverted in src (see the note on issue
- * 10). F is a case the model's own invariant got wrong (World.applyCommit, deadline instances).
+ * 10). F and G are cases the model's own invariant got wrong: F in World.applyCommit (deadline
+ * instances), G in Invariants (a device awaited long, welcomed, and uploading at once: its upload
+ * is the rotation that honours the welcome).
  */
 
 const webhooks = ["webhook", "webhook", "webhook"] as Scenario["publishers"];
@@ -115,6 +117,22 @@ export const REGRESSIONS: Record<string, Scenario> = {
       { c: "run", steps: 4 },
       { c: "run", steps: 18 },
       { c: "welcome", ids: ["a"] },
+      { c: "advance", ms: 1_000 },
+    ],
+    faults: [],
+  },
+  "G: a device awaited long, welcomed and uploading at once, is honoured by its upload": {
+    publishers: webhooks,
+    skews: [0, 5_000, 0],
+    commands: [
+      { c: "registerDevice", id: "p" },
+      { c: "registerDevice", id: "q" },
+      { c: "register", id: "a" },
+      { c: "advance", ms: 30_000 },
+      { c: "advance", ms: 900_000 },
+      { c: "welcome", ids: ["p"] },
+      { c: "upload", id: "p" },
+      { c: "advance", ms: 400_000 },
       { c: "advance", ms: 1_000 },
     ],
     faults: [],

@@ -51,6 +51,8 @@ export interface RedisState {
   /** The reconcile runs in progress (each removed by its own completeReconcile). */
   runIds: Set<string>;
   leases: Map<string, { owner: string; until: number }>;
+  /** The highest arm fence any arm script carried (the fence high-water key). */
+  fenceHigh: number;
 }
 
 export const emptyRedis = (): RedisState => ({
@@ -58,6 +60,7 @@ export const emptyRedis = (): RedisState => ({
   mark: false,
   runIds: new Set(),
   leases: new Map(),
+  fenceHigh: 0,
 });
 
 export const copyRedis = (r: RedisState): RedisState => ({
@@ -68,6 +71,7 @@ export const copyRedis = (r: RedisState): RedisState => ({
   mark: r.mark,
   runIds: new Set(r.runIds),
   leases: new Map(r.leases),
+  fenceHigh: r.fenceHigh,
 });
 
 export interface RotationRecord {
@@ -147,6 +151,13 @@ export class World {
   private fences = 0;
   /** Postgres' arm_seq: a fresh value for a lock holder, after its locks were granted. */
   nextFence = () => ++this.fences;
+  /** Store.advanceArmFence: arm_seq moved past `high` when behind it. */
+  advanceFence = (high: number): number | undefined => {
+    if (this.fences >= high) return undefined;
+    const was = this.fences;
+    this.fences = high + 1_000_000;
+    return was;
+  };
   nextToken = () => ++this.token;
 
   /**

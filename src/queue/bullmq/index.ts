@@ -49,6 +49,7 @@ type RedisWithScripts = RedisConnection & {
   kpRotorArm(
     delayedKey: string,
     markerKey: string,
+    fenceHighKey: string,
     prefix: string,
     now: string,
     name: string,
@@ -74,6 +75,8 @@ export interface PrivateJobs {
     now: number,
     jobName: string,
     fence: number,
+    /** The shard's fence high-water key (in the queue's slot). */
+    fenceHighKey: string,
   ): Promise<number[]>;
 }
 
@@ -83,7 +86,7 @@ export function privateJobs(redis: RedisConnection): PrivateJobs {
   const scripted = redis as RedisWithScripts;
   if (typeof scripted.kpRotorView !== "function") {
     redis.defineCommand("kpRotorView", { numberOfKeys: 1, lua: VIEW_LUA });
-    redis.defineCommand("kpRotorArm", { numberOfKeys: 2, lua: ARM_LUA });
+    redis.defineCommand("kpRotorArm", { numberOfKeys: 3, lua: ARM_LUA });
   }
   return {
     async peek(queue, jobIds) {
@@ -104,7 +107,7 @@ export function privateJobs(redis: RedisConnection): PrivateJobs {
       const score = await redis.zscore(queue.toKey("delayed"), jobId);
       return score === null ? null : fireAtOf(score);
     },
-    async arm(queue, ops, now, jobName, fence) {
+    async arm(queue, ops, now, jobName, fence, fenceHighKey) {
       const calls: Promise<number[]>[] = [];
       for (let i = 0; i < ops.length; i += ARM_CHUNK) {
         const args: string[] = [];
@@ -115,6 +118,7 @@ export function privateJobs(redis: RedisConnection): PrivateJobs {
           scripted.kpRotorArm(
             queue.toKey("delayed"),
             queue.toKey("marker"),
+            fenceHighKey,
             jobKeyPrefix(queue),
             String(Math.round(now)),
             jobName,

@@ -40,7 +40,8 @@ return out
 `;
 
 /**
- * Arm: KEYS[1] the delayed set, KEYS[2] the marker; ARGV[1] the job key prefix, ARGV[2] now
+ * Arm: KEYS[1] the delayed set, KEYS[2] the marker, KEYS[3] the shard's fence high-water mark
+ * (the highest ARGV[5] any call has carried); ARGV[1] the job key prefix, ARGV[2] now
  * (epoch ms, the job's creation timestamp), ARGV[3] the job name, ARGV[4] the opts JSON, ARGV[5]
  * the arm fence (a number from Postgres' arm_seq, taken under the identities' row locks), then
  * one triple per item: the op, the job id, the fire time (epoch ms). Ops: "r" (reschedule a
@@ -65,6 +66,7 @@ export const ARM_LUA = `
 local rcall = redis.call
 local delayedKey = KEYS[1]
 local markerKey = KEYS[2]
+local fenceHighKey = KEYS[3]
 local prefix = ARGV[1]
 local now = ARGV[2]
 local nowMs = tonumber(now)
@@ -141,5 +143,8 @@ if touched then
   local head = rcall("ZRANGE", delayedKey, 0, 0, "WITHSCORES")
   if head[2] then rcall("ZADD", markerKey, tonumber(head[2]) / 4096, "1") end
 end
+-- The highest fence this shard has seen: should Postgres' arm_seq ever fall behind it (a restore
+-- from a backup), every arm would be refused; reconcile and the watchdog move arm_seq past it.
+if fence > (tonumber(rcall("GET", fenceHighKey)) or 0) then rcall("SET", fenceHighKey, ARGV[5]) end
 return results
 `;
