@@ -57,7 +57,11 @@ export async function removeMisplaced(
       }
       if (!stillUsed && report.stuck.length === stuckBefore) {
         for (const queue of Object.values(queues)) await queue.obliterate({ force: true });
-        await redis.del(`${prefix}:kp-rotor:reconciled`, `${prefix}:kp-rotor:reconcile-runs`);
+        await redis.del(
+          `${prefix}:kp-rotor:reconciled`,
+          `${prefix}:kp-rotor:reconcile-runs`,
+          `${prefix}:kp-rotor:fence-high`,
+        );
         report.queuesDeleted += 2;
       }
     } finally {
