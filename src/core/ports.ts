@@ -339,6 +339,13 @@ export interface Wakeups {
   isReconciled(): Promise<boolean>;
   /** The highest arm fence any arm carried into Redis (0 when none is recorded). */
   fenceHighWater(): Promise<number>;
+  /**
+   * Arms this process sent that the fence refused, so far. An arm made under its row lock with
+   * a fence drawn after the lock is never refused unless arm_seq went backwards (Postgres restored
+   * from a backup) or an older write of this process landed late; callers that must not count a
+   * refused arm as done compare it before and after.
+   */
+  refusedArms(): number;
   /** Wake-up jobs in a state that will fire (delayed, waiting, active): O(1) in the jobs. */
   countWakeups(kind: WakeupKind): Promise<number>;
   /** Takes (or renews) a lease so that one process at a time reconciles. */

@@ -56,16 +56,20 @@ export async function nextArmFence(db: Db | Tx): Promise<number> {
 }
 
 /**
- * Store.advanceArmFence. The jump leaves room for fences drawn between the read and the setval
- * (one statement), so the sequence never moves backwards.
+ * Store.advanceArmFence. Advancers take turns (a transaction-scoped advisory lock), so one never
+ * sets the sequence back below another's jump; the jump leaves room for the fences other sessions
+ * draw between the read and the setval (one statement), so nextval never repeats a value.
  */
 export async function advanceArmFence(db: Db, high: number): Promise<number | undefined> {
-  const rows = await db.execute<{ was: number }>(
-    sql`select last_value::float8 as was, setval('arm_seq', ${high}::bigint + 1000000) from arm_seq
-        where last_value < ${high}::bigint`,
-  );
-  const was = rows[0]?.was;
-  return was === undefined ? undefined : Number(was);
+  return db.transaction(async (tx) => {
+    await tx.execute(sql`select pg_advisory_xact_lock(hashtext('kp_rotor_arm_seq_advance'))`);
+    const rows = await tx.execute<{ was: number }>(
+      sql`select last_value::float8 as was, setval('arm_seq', ${high}::bigint + 1000000)
+          from arm_seq where last_value < ${high}::bigint`,
+    );
+    const was = rows[0]?.was;
+    return was === undefined ? undefined : Number(was);
+  });
 }
 
 /**

@@ -37,6 +37,8 @@ export function createShardArmer(
   redis: RedisConnection,
   queues: ShardQueues,
   fenceHighKey: string,
+  /** Told how many items of each arm-script call the fence refused (code 3). */
+  onRefused: (count: number) => void = () => {},
 ): ShardArmer {
   const jobs = privateJobs(redis);
 
@@ -93,7 +95,10 @@ export function createShardArmer(
       jobId: jobIdFor(identityId),
       fireAt,
     }));
-    return jobs.arm(queues[kind], jobOps, now, JOB_NAMES[kind], fence, fenceHighKey);
+    const results = await jobs.arm(queues[kind], jobOps, now, JOB_NAMES[kind], fence, fenceHighKey);
+    const refused = results.filter((r) => r === 3).length;
+    if (refused > 0) onRefused(refused);
+    return results;
   }
 
   async function apply(

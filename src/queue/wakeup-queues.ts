@@ -91,8 +91,11 @@ export function createWakeupQueues(
     openShardQueues(redis, shardPrefix(layout, i), onError),
   );
   const fenceHighKey = (shard: number) => `${shardPrefix(layout, shard)}:kp-rotor:fence-high`;
+  let refused = 0;
   const armers = shardQueues.map((queues, shard) =>
-    createShardArmer(redis, queues, fenceHighKey(shard)),
+    createShardArmer(redis, queues, fenceHighKey(shard), (n) => {
+      refused += n;
+    }),
   );
   const shardOfId = (identityId: string) => shardOf(identityId, layout.shards);
   const armerOf = (identityId: string) => armers[shardOfId(identityId)] as ShardArmer;
@@ -236,8 +239,10 @@ export function createWakeupQueues(
     },
     async fenceHighWater() {
       const highs = await Promise.all(shardNumbers.map((i) => redis.get(fenceHighKey(i))));
-      return Math.max(0, ...highs.map((h) => Number(h ?? 0)));
+      // A value that is not a number (written by hand) is ignored, not allowed to stop healing.
+      return Math.max(0, ...highs.map((h) => Number(h ?? 0)).filter(Number.isFinite));
     },
+    refusedArms: () => refused,
     async isReconciled() {
       return (await unreconciledShards()).length === 0;
     },

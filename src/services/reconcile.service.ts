@@ -9,6 +9,7 @@ import {
 import { type ArmAction, mostlyMissing } from "../core/deadlines.js";
 import { plannedRotationWake } from "../core/transitions.js";
 import { settleAll } from "../settle.js";
+import { catchUpArmFence } from "./arm-fence.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -82,6 +83,9 @@ export async function reconcile(
       ? () => true
       : (id: string) => shards.includes(shardOf(id));
   await catchUpArmFence(rotor);
+  // A refused arm is counted as "none" by the armer; any refusal during the run means arm_seq was
+  // behind (the catch-up above had no high-water mark to go by): then this run is not done.
+  const refusedBefore = rotor.timers.refusedArms();
   await rotor.timers.beginReconcile(runId, shards);
   const total = await rotor.store.countLive();
   const repairs = emptyCounts();
@@ -192,14 +196,20 @@ export async function reconcile(
   }
   await Promise.all(running);
   if (stopped !== undefined) throw stopped;
-  if (failure !== undefined) {
+  if (failedPages > 0) {
     rotor.log.warn(
       { component: "reconcile", failedPages, identities: done },
       "reconcile walked on past pages that failed; it wrote no mark and will run again",
     );
-    throw failure;
+    throw failure ?? new Error("a reconcile page failed");
   }
   const orphansRemoved = await removeOrphans(rotor, pageSize, shards);
+  if (rotor.timers.refusedArms() > refusedBefore) {
+    await catchUpArmFence(rotor);
+    throw new ReconcileIncomplete(
+      "the arm fence refused arms during this reconcile (arm_seq behind Redis: Postgres restored from a backup?); it must run again",
+    );
+  }
   if (!(await rotor.timers.completeReconcile(runId, shards))) {
     throw new ReconcileIncomplete(
       "Redis lost data while reconcile ran (its run record vanished); it must run again",
@@ -217,24 +227,6 @@ export async function reconcile(
   rotor.log.info({ component: "reconcile", ...report }, "reconcile finished");
   rotor.events.emit("reconcile", report);
   return report;
-}
-
-/**
- * Moves Postgres' arm_seq past the highest fence Redis has seen, if it is behind it. That happens
- * only when Postgres was restored from a backup while Redis kept its jobs; every arm would then be
- * refused by the fence (DESIGN.md, "Fenced arms") and a welcome or a repair would change nothing.
- * Run before every reconcile and every watchdog run; one GET per shard and one statement.
- */
-export async function catchUpArmFence(rotor: Rotor): Promise<void> {
-  const high = await rotor.timers.fenceHighWater();
-  if (high === 0) return;
-  const was = await rotor.store.advanceArmFence(high);
-  if (was === undefined) return;
-  rotor.log.error(
-    { component: "reconcile", armSeq: was, redisFence: high },
-    "arm_seq was behind the fences in Redis (Postgres restored from a backup?); moved it past them",
-  );
-  rotor.events.emit("arm-fence-advanced", { from: was, redisFence: high });
 }
 
 /**

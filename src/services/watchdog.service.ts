@@ -1,12 +1,8 @@
 import { WAKEUP_KINDS as TIMER_KINDS } from "../core/ports.js";
 import { backoffMs, censusMismatch, type CensusReading } from "../core/deadlines.js";
 import type { ShardedCensus } from "../db/store.js";
-import {
-  armOverdue,
-  armOverdueDeletions,
-  catchUpArmFence,
-  reconcile,
-} from "./reconcile.service.js";
+import { catchUpArmFence } from "./arm-fence.service.js";
+import { armOverdue, armOverdueDeletions, reconcile } from "./reconcile.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**

@@ -158,39 +158,79 @@ describe("a reconcile either completes or is retried (A)", () => {
     }
   });
 
-  it("after Postgres is restored from a backup (arm_seq behind Redis' fences), the watchdog moves arm_seq past them", async () => {
-    const env = await setup();
-    const { rotor } = env.ctx;
-    await identities.register(rotor, "z1");
-    await reconcile(rotor);
-    const [armed] = await rotor.timers.view("rotation", ["z1"]);
-    expect(armed?.state).toBe("delayed");
-    const high = await rotor.timers.fenceHighWater();
-    expect(high).toBeGreaterThan(0);
-    // The restore: arm_seq goes back to where the backup was; Redis kept its jobs.
-    await env.ctx.database.sql`select setval('arm_seq', 1)`;
-    // Blind until caught up: a welcome pulls the deadline in, in Postgres, but its arm is
-    // refused by the fence, so the wake-up stays 30 days out.
-    await identities.pullInMany(rotor, ["z1"], 5_000);
-    expect(await rotor.timers.view("rotation", ["z1"])).toEqual([armed]);
+  describe("after Postgres is restored from a backup (arm_seq behind the fences in Redis)", () => {
+    async function restored(ids: string[]) {
+      const env = await setup();
+      const { rotor } = env.ctx;
+      for (const id of ids) await identities.register(rotor, id);
+      await reconcile(rotor);
+      const high = await rotor.timers.fenceHighWater();
+      expect(high).toBeGreaterThan(0);
+      const advanced: { from: number; redisFence: number }[] = [];
+      rotor.events.on("arm-fence-advanced", (e) => advanced.push(e));
+      // The restore: arm_seq goes back to where the backup was; Redis kept its jobs.
+      await env.ctx.database.sql`select setval('arm_seq', 1)`;
+      const deadline = async (id: string) =>
+        (await identities.status(rotor, id)).nextRotationAt?.getTime() ?? 0;
+      return { env, rotor, high, advanced, deadline };
+    }
 
-    const advanced: { from: number; redisFence: number }[] = [];
-    rotor.events.on("arm-fence-advanced", (e) => advanced.push(e));
-    // Its own step: nothing is missing, so this run reconciles nothing.
-    const run = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
-    expect(run.reconciled).toBe(false);
-    expect(advanced).toEqual([{ from: expect.any(Number), redisFence: high }]);
-    expect(advanced[0]?.from).toBeLessThan(high);
-    expect(await nextArmFence(rotor.db)).toBeGreaterThan(high);
-    // Arms go through again: a repair moves the wake-up to the deadline the welcome set (a second
-    // welcome would not: the deadline is already that early; so would the overdue scan, later).
-    const repaired = await reconcile(rotor);
-    expect(repaired.repairs.rotation.reschedule).toBe(1);
-    const [moved] = await rotor.timers.view("rotation", ["z1"]);
-    expect(moved?.state === "delayed" && moved.fireAt - Date.now()).toBeLessThan(6_000);
-    // Nothing is behind any more: the next run moves nothing.
-    await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
-    expect(advanced).toHaveLength(1);
+    it("the watchdog moves arm_seq past them, reconciling nothing", async () => {
+      const { rotor, high, advanced } = await restored(["z1"]);
+      const run = await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
+      expect(run.reconciled).toBe(false);
+      expect(advanced).toEqual([{ from: 1, redisFence: high }]);
+      expect(await nextArmFence(rotor.db)).toBeGreaterThan(high);
+      // Nothing is behind any more: the next run moves nothing.
+      await runWatchdog(rotor, { overdueGraceMs: 60_000, owner: "w" });
+      expect(advanced).toHaveLength(1);
+    });
+
+    it("a reconcile (a worker's start-up heal) moves it first, so its repairs go through", async () => {
+      const { env, rotor, high, advanced, deadline } = await restored(["z3"]);
+      await env.ctx.database.sql`
+        update identities set rotation_deadline = now() + interval '1 hour' where id = 'z3'`;
+      const report = await reconcile(rotor);
+      expect(advanced).toEqual([{ from: 1, redisFence: high }]);
+      expect(report.repairs.rotation.reschedule).toBe(1);
+      expect(await rotor.timers.view("rotation", ["z3"])).toEqual([
+        { state: "delayed", fireAt: await deadline("z3") },
+      ]);
+    });
+
+    it("a welcome whose arm is refused is not acknowledged and changes nothing; its retry arms", async () => {
+      const { rotor, advanced, deadline } = await restored(["z1"]);
+      const before = await deadline("z1");
+      const [armed] = await rotor.timers.view("rotation", ["z1"]);
+      await expect(identities.pullInMany(rotor, ["z1"], 5_000)).rejects.toMatchObject({
+        code: "DEPENDENCY_UNAVAILABLE",
+      });
+      expect(await deadline("z1")).toBe(before);
+      expect(await rotor.timers.view("rotation", ["z1"])).toEqual([armed]);
+      // The refusal moved arm_seq on: the client's retry goes through.
+      expect(advanced).toHaveLength(1);
+      await identities.pullInMany(rotor, ["z1"], 5_000);
+      const [moved] = await rotor.timers.view("rotation", ["z1"]);
+      expect(moved?.state === "delayed" && moved.fireAt).toBe(await deadline("z1"));
+      expect((await deadline("z1")) - Date.now()).toBeLessThan(6_000);
+    });
+
+    it("with the high-water mark lost too, a reconcile whose repairs are refused is not done", async () => {
+      const { env, rotor, advanced, deadline } = await restored(["z2"]);
+      await env.admin.del(`${env.config.queuePrefix}:kp-rotor:fence-high`);
+      expect(await rotor.timers.fenceHighWater()).toBe(0);
+      // A repair to make: the deadline moved in Postgres behind Redis' back.
+      await env.ctx.database.sql`
+        update identities set rotation_deadline = now() + interval '1 hour' where id = 'z2'`;
+      await expect(reconcile(rotor)).rejects.toBeInstanceOf(ReconcileIncomplete);
+      // The refusal recorded the refusing fence, and the run moved arm_seq past it: the retry heals.
+      expect(advanced).toHaveLength(1);
+      const report = await reconcile(rotor);
+      expect(report.repairs.rotation.reschedule).toBe(1);
+      expect(await rotor.timers.view("rotation", ["z2"])).toEqual([
+        { state: "delayed", fireAt: await deadline("z2") },
+      ]);
+    });
   });
 
   it("Redis losing its data during a run: the run throws and writes no mark", async () => {

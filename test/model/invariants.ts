@@ -160,9 +160,10 @@ export class Invariants {
       // awaited already (its deadline long past) has until the backoff after the request: it is
       // asked again by then, or its upload in the meantime is the rotation.
       const due = this.devices.has(ack.id) ? Math.max(ack.deadline, ack.at) + 60_000 : ack.deadline;
+      const rotationDue = ack.deadline <= ack.at ? due : ack.deadline;
       const honoured =
         this.world.rotations.some(
-          (r) => r.id === ack.id && r.createdSeq > ack.reqSeq && r.at <= this.bound(due),
+          (r) => r.id === ack.id && r.createdSeq > ack.reqSeq && r.at <= this.bound(rotationDue),
         ) ||
         (this.devices.has(ack.id) &&
           this.world.notifications.some(

@@ -41,6 +41,7 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
   const view = (kind: WakeupKind, ids: readonly string[]) =>
     ids.length === 0 ? Promise.resolve([]) : call("view", () => ids.map((id) => viewOne(kind, id)));
 
+  let refused = 0;
   const script = (kind: WakeupKind, ops: readonly Op[], fence: number) =>
     ops.length === 0
       ? Promise.resolve([] as number[])
@@ -51,7 +52,10 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
             return ops.map(({ op, identityId, fireAt }) => {
               const job = q(kind).get(identityId);
               // The fence: a write older than the job's last script write changes nothing.
-              if (job?.kseq !== undefined && job.kseq > fence) return 3;
+              if (job?.kseq !== undefined && job.kseq > fence) {
+                world.redis.fenceHigh = Math.max(world.redis.fenceHigh, job.kseq);
+                return 3;
+              }
               if (op === "a") {
                 if (job) return 1;
                 q(kind).set(identityId, {
@@ -75,7 +79,11 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
             });
           },
           true,
-        );
+        ).then((results) => {
+          // Counted when the reply reaches the caller, as the production adapter does.
+          refused += results.filter((r) => r === 3).length;
+          return results;
+        });
 
   const remove = (kind: WakeupKind, id: string) =>
     call(
@@ -232,6 +240,7 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
     view,
     armMany,
     fenceHighWater: () => call("fenceHighWater", () => world.redis.fenceHigh),
+    refusedArms: () => refused,
     async arm(kind, identityId, desired, now, fence) {
       const [action] = await armMany(kind, [{ identityId, desired }], now, fence);
       return action ?? { kind: "none" };

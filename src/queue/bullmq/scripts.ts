@@ -91,6 +91,19 @@ local function scoreFor(fireAt)
   return score
 end
 
+-- The highest fence this shard has seen, recorded before any write (a script that fails midway
+-- keeps what it wrote) and raised by any kseq that refuses an arm: should Postgres' arm_seq fall
+-- behind it (a restore from a backup), every arm would be refused; reconcile and the watchdog
+-- move arm_seq past it.
+local highest = tonumber(rcall("GET", fenceHighKey))
+local function sawFence(value)
+  if highest == nil or value > highest then
+    highest = value
+    rcall("SET", fenceHighKey, string.format("%.0f", value))
+  end
+end
+sawFence(fence)
+
 local results = {}
 local touched = false
 for i = 6, #ARGV, 3 do
@@ -101,6 +114,7 @@ for i = 6, #ARGV, 3 do
   local result = 1
   local armed = tonumber(rcall("HGET", jobKey, "kseq"))
   if armed ~= nil and armed > fence then
+    sawFence(armed)
     result = 3
   else
     -- A delayed job's hash has a timestamp; none means no hash (a stray member, replaced below).
@@ -143,8 +157,5 @@ if touched then
   local head = rcall("ZRANGE", delayedKey, 0, 0, "WITHSCORES")
   if head[2] then rcall("ZADD", markerKey, tonumber(head[2]) / 4096, "1") end
 end
--- The highest fence this shard has seen: should Postgres' arm_seq ever fall behind it (a restore
--- from a backup), every arm would be refused; reconcile and the watchdog move arm_seq past it.
-if fence > (tonumber(rcall("GET", fenceHighKey)) or 0) then rcall("SET", fenceHighKey, ARGV[5]) end
 return results
 `;
