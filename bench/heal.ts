@@ -15,7 +15,6 @@
  * Heal time is measured from the loss, polled every 100 ms. Prints each run and the medians.
  * A partial-loss run with the default WATCHDOG_INTERVAL takes up to 10 minutes.
  */
-import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { loadConfig } from "../src/config.js";
@@ -25,6 +24,7 @@ import { register } from "../src/services/identities.service.js";
 import { reconcile } from "../src/services/reconcile.service.js";
 import { randomName } from "../test/helpers/env.js";
 import {
+  benchEnv,
   createPrivateDatabase,
   defer,
   runCleanups,
@@ -60,15 +60,7 @@ async function main(): Promise<void> {
   const redisServer = await startPrivateRedis();
   const db = await createPrivateDatabase();
   const prefix = randomName("kph");
-  const env = {
-    DATABASE_URL: db.url,
-    REDIS_URL: redisServer.url,
-    QUEUE_PREFIX: prefix,
-    LOG_LEVEL: "silent",
-    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
-    METRICS_PORT: "0",
-    ...OVERRIDES,
-  };
+  const env = benchEnv(db, redisServer, prefix, OVERRIDES);
   const config = loadConfig(env);
   const ctx = await createContext(config, createLogger("silent"), { migrate: true });
   defer("context", () => ctx.close());
@@ -103,7 +95,10 @@ async function main(): Promise<void> {
   for (let i = 0; i < RUNS; i++) {
     const since = Date.now();
     await redis.flushall();
-    const ms = await healedWithin(since, async () => (await redis.exists(mark)) === 1 && allArmed());
+    const ms = await healedWithin(
+      since,
+      async () => (await redis.exists(mark)) === 1 && allArmed(),
+    );
     full.push(ms);
     rows.push(["full loss (FLUSHALL)", i + 1, N, ms]);
     console.error(`full loss run ${i + 1}: ${ms} ms`);

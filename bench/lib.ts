@@ -4,6 +4,7 @@
  * worker child processes, and Redis/Postgres counters.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import postgres from "postgres";
@@ -183,6 +184,27 @@ export function adminSql(): postgres.Sql {
 
 // ---------------------------------------------------------------------------------------------
 // Seeding.
+
+/**
+ * The settings every benchmark's service gets: its private Postgres and Redis, its own queue
+ * prefix, no logs, a throw-away key-encryption key, no metrics port; `extra` adds or overrides.
+ */
+export function benchEnv(
+  database: { url: string },
+  redis: { url: string },
+  queuePrefix: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    DATABASE_URL: database.url,
+    REDIS_URL: redis.url,
+    QUEUE_PREFIX: queuePrefix,
+    LOG_LEVEL: "silent",
+    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
+    METRICS_PORT: "0",
+    ...extra,
+  };
+}
 
 /**
  * Registers `id` and rotates it once through a worker, so that its copies (seedIdentities) have a

@@ -13,7 +13,6 @@
  * Writes bench/results/reconcile-loss.json and its section of BENCHMARKS.md (--report-only:
  * renders the section again from the stored result).
  */
-import { randomBytes } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
@@ -25,6 +24,7 @@ import { createLogger } from "../src/logger.js";
 import { reconcile } from "../src/services/reconcile.service.js";
 import { randomName } from "../test/helpers/env.js";
 import {
+  benchEnv,
   createPrivateDatabase,
   defer,
   type Info,
@@ -114,16 +114,12 @@ async function main(): Promise<void> {
   const loadStart = loadavg()[0] ?? 0;
   const redisServer = await startPrivateRedis();
   const db = await createPrivateDatabase();
-  const config = loadConfig({
-    DATABASE_URL: db.url,
-    REDIS_URL: redisServer.url,
-    QUEUE_PREFIX: randomName("kpl"),
-    LOG_LEVEL: "silent",
-    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
-    METRICS_PORT: "0",
-    ROTATION_INTERVAL: "30d",
-    DELETION_GRACE: "30d",
-  });
+  const config = loadConfig(
+    benchEnv(db, redisServer, randomName("kpl"), {
+      ROTATION_INTERVAL: "30d",
+      DELETION_GRACE: "30d",
+    }),
+  );
   const ctx = await createContext(config, createLogger("silent"), { migrate: true });
   defer("context", () => ctx.close());
   const redis = new Redis(redisServer.url);

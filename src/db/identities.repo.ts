@@ -124,6 +124,10 @@ const quoteArrayItem = (id: string) => `"${id.replaceAll("\\", "\\\\").replaceAl
  * Locks the next page of live identities after `afterId` and reads only their rotation
  * deadlines, as epoch ms (reconcile's walk: no key material fetched, no Date per row).
  */
+/** Live identities after `afterId` in id order (reconcile's walk, keyset-paginated). */
+const liveAfter = (afterId: string | null) =>
+  and(isNull(identities.deregisteredAt), afterId === null ? undefined : gt(identities.id, afterId));
+
 export async function lockLiveDeadlines(
   tx: Tx,
   afterId: string | null,
@@ -137,12 +141,7 @@ export async function lockLiveDeadlines(
       now: dbNow,
     })
     .from(identities)
-    .where(
-      and(
-        isNull(identities.deregisteredAt),
-        afterId === null ? undefined : gt(identities.id, afterId),
-      ),
-    )
+    .where(liveAfter(afterId))
     .orderBy(asc(identities.id))
     .limit(limit)
     .for("update");
@@ -304,12 +303,7 @@ export async function liveIdAfter(
   const page = db
     .select({ id: identities.id })
     .from(identities)
-    .where(
-      and(
-        isNull(identities.deregisteredAt),
-        afterId === null ? undefined : gt(identities.id, afterId),
-      ),
-    )
+    .where(liveAfter(afterId))
     .orderBy(asc(identities.id))
     .limit(count)
     .as("page");
