@@ -128,6 +128,10 @@ export interface StoreTx {
   lockLiveDeadlines(afterId: string | null, limit: number): Promise<LiveDeadline[]>;
   /** Earliest delete_at of each of `ids` that has a superseded package. */
   nextDeleteAtsOf(ids: readonly string[]): Promise<Map<string, number>>;
+  /** Store.advanceArmFence on this transaction's connection (the caller holds row locks). */
+  advanceArmFence(high: number): Promise<number | undefined>;
+  /** A fresh arm fence, drawn now (after this transaction's locks). */
+  nextArmFence(): Promise<number>;
   /** Creates or revives an identity (no key package yet). */
   insertIdentity(input: NewIdentity): Promise<void>;
   setRotationDeadlines(ids: readonly string[], deadline: number): Promise<void>;

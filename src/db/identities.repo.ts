@@ -56,20 +56,20 @@ export async function nextArmFence(db: Db | Tx): Promise<number> {
 }
 
 /**
- * Store.advanceArmFence. Advancers take turns (a transaction-scoped advisory lock), so one never
- * sets the sequence back below another's jump; the jump leaves room for the fences other sessions
- * draw between the read and the setval (one statement), so nextval never repeats a value.
+ * Store.advanceArmFence, in a transaction of its own or the caller's. Advancers take turns (a
+ * transaction-scoped advisory lock, taken after any row locks the caller holds, and held by no one
+ * who then waits for a row), so one never sets the sequence back below another's jump; the jump
+ * leaves room for the fences other sessions draw between the read and the setval (one statement),
+ * so nextval never repeats a value.
  */
-export async function advanceArmFence(db: Db, high: number): Promise<number | undefined> {
-  return db.transaction(async (tx) => {
-    await tx.execute(sql`select pg_advisory_xact_lock(hashtext('kp_rotor_arm_seq_advance'))`);
-    const rows = await tx.execute<{ was: number }>(
-      sql`select last_value::float8 as was, setval('arm_seq', ${high}::bigint + 1000000)
-          from arm_seq where last_value < ${high}::bigint`,
-    );
-    const was = rows[0]?.was;
-    return was === undefined ? undefined : Number(was);
-  });
+export async function advanceArmFence(tx: Tx, high: number): Promise<number | undefined> {
+  await tx.execute(sql`select pg_advisory_xact_lock(hashtext('kp_rotor_arm_seq_advance'))`);
+  const rows = await tx.execute<{ was: number }>(
+    sql`select last_value::float8 as was, setval('arm_seq', ${high}::bigint + 1000000)
+        from arm_seq where last_value < ${high}::bigint`,
+  );
+  const was = rows[0]?.was;
+  return was === undefined ? undefined : Number(was);
 }
 
 /**
@@ -120,14 +120,14 @@ const toTextArray = (ids: readonly string[]) =>
   sql`${`{${ids.map(quoteArrayItem).join(",")}}`}::text[]`;
 const quoteArrayItem = (id: string) => `"${id.replaceAll("\\", "\\\\").replaceAll('"', '\\"')}"`;
 
-/**
- * Locks the next page of live identities after `afterId` and reads only their rotation
- * deadlines, as epoch ms (reconcile's walk: no key material fetched, no Date per row).
- */
 /** Live identities after `afterId` in id order (reconcile's walk, keyset-paginated). */
 const liveAfter = (afterId: string | null) =>
   and(isNull(identities.deregisteredAt), afterId === null ? undefined : gt(identities.id, afterId));
 
+/**
+ * Locks the next page of live identities after `afterId` and reads only their rotation
+ * deadlines (and a pending check), as epoch ms (reconcile's walk: no key material, no Date per row).
+ */
 export async function lockLiveDeadlines(
   tx: Tx,
   afterId: string | null,

@@ -18,7 +18,7 @@ export function createPostgresStore(db: Db): Store & ShardedCensus {
     recordRotationFailure: (id, now, error) => repo.recordRotationFailure(db, id, now, error),
     countLive: () => repo.countLive(db),
     liveIdAfter: (afterId, count) => repo.liveIdAfter(db, afterId, count),
-    advanceArmFence: (high) => repo.advanceArmFence(db, high),
+    advanceArmFence: (high) => db.transaction((tx) => repo.advanceArmFence(tx, high)),
     liveAmong: (ids) => repo.liveAmong(db, ids),
     overdueIdentities: (before, limit, after) => repo.overdueIdentities(db, before, limit, after),
     overdueDeletions: (before, limit, after) => repo.overdueDeletions(db, before, limit, after),
@@ -42,6 +42,8 @@ function bindTx(tx: Tx): StoreTx {
     lockDeadlines: (ids) => repo.lockDeadlines(tx, ids),
     lockLiveDeadlines: (afterId, limit) => repo.lockLiveDeadlines(tx, afterId, limit),
     nextDeleteAtsOf: (ids) => repo.nextDeleteAtsOf(tx, ids),
+    advanceArmFence: (high) => repo.advanceArmFence(tx, high),
+    nextArmFence: () => repo.nextArmFence(tx),
     insertIdentity: (input) => repo.insertIdentity(tx, input),
     setRotationDeadlines: (ids, deadline) => repo.setRotationDeadlines(tx, ids, deadline),
     recordWelcomesDuringPublish: (ids, deadline) =>

@@ -239,8 +239,8 @@ export function createWakeupQueues(
     },
     async fenceHighWater() {
       const highs = await Promise.all(shardNumbers.map((i) => redis.get(fenceHighKey(i))));
-      // A value that is not a number (written by hand) is ignored, not allowed to stop healing.
-      return Math.max(0, ...highs.map((h) => Number(h ?? 0)).filter(Number.isFinite));
+      // A value that is no fence (written by hand) is ignored, not allowed to stop healing.
+      return Math.max(0, ...highs.map((h) => Number(h ?? 0)).filter(Number.isSafeInteger));
     },
     refusedArms: () => refused,
     async isReconciled() {

@@ -1,8 +1,8 @@
 import { CAP_WINDOW_MS, earliestAllowedRotation } from "../core/rotation-cap.js";
 import type { StoreTx } from "../core/ports.js";
 import { type PullInResult, planPullIns } from "../core/transitions.js";
-import { assertIdentityId, ErrorCodes, KpRotorError } from "../errors.js";
-import { catchUpArmFence } from "./arm-fence.service.js";
+import { assertIdentityId } from "../errors.js";
+import { armUnrefused } from "./arm-fence.service.js";
 import { settleAll } from "../settle.js";
 import { createPullInBatcher, type PullInBatcher } from "./pull-in-batcher.js";
 import type { Rotor } from "./rotor.js";
@@ -25,7 +25,6 @@ export async function pullInMany(
 ): Promise<{ results: PullInResult[]; notFound: string[] }> {
   for (const id of ids) assertIdentityId(id);
   const unique = [...new Set(ids)];
-  const refusedBefore = rotor.timers.refusedArms();
   return rotor.store.transaction(async (tx) => {
     const locked = await tx.lockDeadlines(unique);
     // Postgres' clock (one read for the whole batch) sets the deadline: DESIGN.md, "Time".
@@ -45,25 +44,18 @@ export async function pullInMany(
       tx.setRotationDeadlines(changed, deadline),
       ...capped.map((c) => tx.setRotationDeadlines([c.identityId], c.deadline)),
       tx.recordWelcomesDuringPublish(duringPublish, deadline),
-      rotor.timers.armEarlier(
-        "rotation",
-        [
-          ...changed.map((identityId) => ({ identityId, fireAt: deadline })),
-          ...capped.map((c) => ({ identityId: c.identityId, fireAt: c.deadline })),
-        ],
-        now,
-        locked[0]?.fence ?? 0,
+      armUnrefused(rotor, tx, locked[0]?.fence ?? 0, (fence) =>
+        rotor.timers.armEarlier(
+          "rotation",
+          [
+            ...changed.map((identityId) => ({ identityId, fireAt: deadline })),
+            ...capped.map((c) => ({ identityId: c.identityId, fireAt: c.deadline })),
+          ],
+          now,
+          fence,
+        ),
       ),
     ]);
-    // An arm the fence refused was not made, though it reads as "none": acknowledge nothing
-    // (the rollback keeps the old deadline, so a retry pulls it in and arms again).
-    if (rotor.timers.refusedArms() > refusedBefore) {
-      await catchUpArmFence(rotor);
-      throw new KpRotorError(
-        ErrorCodes.unavailable,
-        "a wake-up could not be armed (arm_seq was behind Redis' fences and has been moved past them); nothing was changed, retry",
-      );
-    }
     const found = new Set(results.map((r) => r.identityId));
     return { results, notFound: unique.filter((id) => !found.has(id)) };
   });

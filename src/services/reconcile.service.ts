@@ -9,7 +9,7 @@ import {
 import { type ArmAction, mostlyMissing } from "../core/deadlines.js";
 import { plannedRotationWake } from "../core/transitions.js";
 import { settleAll } from "../settle.js";
-import { catchUpArmFence } from "./arm-fence.service.js";
+import { armUnrefused, catchUpArmFence } from "./arm-fence.service.js";
 import type { Rotor } from "./rotor.js";
 
 /**
@@ -83,9 +83,6 @@ export async function reconcile(
       ? () => true
       : (id: string) => shards.includes(shardOf(id));
   await catchUpArmFence(rotor);
-  // A refused arm is counted as "none" by the armer; any refusal during the run means arm_seq was
-  // behind (the catch-up above had no high-water mark to go by): then this run is not done.
-  const refusedBefore = rotor.timers.refusedArms();
   await rotor.timers.beginReconcile(runId, shards);
   const total = await rotor.store.countLive();
   const repairs = emptyCounts();
@@ -137,25 +134,24 @@ export async function reconcile(
       const fence = locked[0]?.fence ?? 0;
       // Both queues at once; the deletion deadlines are read (under the same locks) while the
       // rotation wake-ups are being armed. Everything settles before the transaction ends.
-      await settleAll([
-        armPage(
-          "rotation",
-          locked.map((i) => ({
-            identityId: i.id,
-            desired: plannedRotationWake(i.rotationDeadline, i.verifyAt),
-          })),
-          now,
-          fence,
-        ),
-        tx.nextDeleteAtsOf(ids).then((deleteAts) =>
-          armPage(
-            "deletion",
-            ids.map((id) => ({ identityId: id, desired: deleteAts.get(id) ?? null })),
-            now,
-            fence,
+      const rotationItems = locked.map((i) => ({
+        identityId: i.id,
+        desired: plannedRotationWake(i.rotationDeadline, i.verifyAt),
+      }));
+      const deleteAts = tx.nextDeleteAtsOf(ids);
+      await armUnrefused(rotor, tx, fence, (f) =>
+        settleAll([
+          armPage("rotation", rotationItems, now, f),
+          deleteAts.then((at) =>
+            armPage(
+              "deletion",
+              ids.map((id) => ({ identityId: id, desired: at.get(id) ?? null })),
+              now,
+              f,
+            ),
           ),
-        ),
-      ]);
+        ]),
+      );
       return page.length;
     });
 
@@ -204,12 +200,6 @@ export async function reconcile(
     throw failure ?? new Error("a reconcile page failed");
   }
   const orphansRemoved = await removeOrphans(rotor, pageSize, shards);
-  if (rotor.timers.refusedArms() > refusedBefore) {
-    await catchUpArmFence(rotor);
-    throw new ReconcileIncomplete(
-      "the arm fence refused arms during this reconcile (arm_seq behind Redis: Postgres restored from a backup?); it must run again",
-    );
-  }
   if (!(await rotor.timers.completeReconcile(runId, shards))) {
     throw new ReconcileIncomplete(
       "Redis lost data while reconcile ran (its run record vanished); it must run again",
@@ -313,7 +303,15 @@ async function repairPages<Row>(
       const rows = await tx.lockDeadlines(ids);
       const now = rows[0]?.now ?? rotor.clock();
       const items = await scan.desired(tx, ids, new Map(rows.map((r) => [r.id, r])));
-      const actions = await rotor.timers.armMany(kind, items, now, rows[0]?.fence ?? 0);
+      // What each item came to over the attempts (a repeat after a refusal plans "none" for the
+      // items the first attempt armed).
+      const actions: ArmAction[] = items.map(() => ({ kind: "none" }));
+      await armUnrefused(rotor, tx, rows[0]?.fence ?? 0, async (fence) => {
+        const done = await rotor.timers.armMany(kind, items, now, fence);
+        done.forEach((action, i) => {
+          if (action.kind !== "none") actions[i] = action;
+        });
+      });
       items.forEach((item, i) => {
         const action = actions[i] ?? { kind: "none" };
         if (action.kind !== "none") repaired++;

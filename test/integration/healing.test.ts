@@ -198,34 +198,37 @@ describe("a reconcile either completes or is retried (A)", () => {
       ]);
     });
 
-    it("a welcome whose arm is refused is not acknowledged and changes nothing; its retry arms", async () => {
+    it("a welcome whose arm is refused moves arm_seq on and arms again, under the same locks", async () => {
       const { rotor, advanced, deadline } = await restored(["z1"]);
-      const before = await deadline("z1");
-      const [armed] = await rotor.timers.view("rotation", ["z1"]);
-      await expect(identities.pullInMany(rotor, ["z1"], 5_000)).rejects.toMatchObject({
-        code: "DEPENDENCY_UNAVAILABLE",
-      });
-      expect(await deadline("z1")).toBe(before);
-      expect(await rotor.timers.view("rotation", ["z1"])).toEqual([armed]);
-      // The refusal moved arm_seq on: the client's retry goes through.
-      expect(advanced).toHaveLength(1);
+      const refusedBefore = rotor.timers.refusedArms();
       await identities.pullInMany(rotor, ["z1"], 5_000);
+      // Its first arm was refused; the retry within the transaction went through.
+      expect(rotor.timers.refusedArms()).toBe(refusedBefore + 1);
+      expect(advanced).toHaveLength(1);
       const [moved] = await rotor.timers.view("rotation", ["z1"]);
       expect(moved?.state === "delayed" && moved.fireAt).toBe(await deadline("z1"));
       expect((await deadline("z1")) - Date.now()).toBeLessThan(6_000);
     });
 
-    it("with the high-water mark lost too, a reconcile whose repairs are refused is not done", async () => {
+    it("ten welcome batches refused at once all arm (no batch waits for a pool connection)", async () => {
+      const ids = Array.from({ length: 10 }, (_, i) => `w${i}`);
+      const { rotor, deadline } = await restored(ids);
+      const results = await Promise.all(ids.map((id) => identities.pullInMany(rotor, [id], 5_000)));
+      expect(results.map((r) => r.results[0]?.changed)).toEqual(ids.map(() => true));
+      const views = await rotor.timers.view("rotation", ids);
+      const deadlines = await Promise.all(ids.map(deadline));
+      expect(views).toEqual(deadlines.map((fireAt) => ({ state: "delayed", fireAt })));
+    });
+
+    it("with the high-water mark lost too, the refusal itself raises it and a reconcile repairs", async () => {
       const { env, rotor, advanced, deadline } = await restored(["z2"]);
       await env.admin.del(`${env.config.queuePrefix}:kp-rotor:fence-high`);
       expect(await rotor.timers.fenceHighWater()).toBe(0);
       // A repair to make: the deadline moved in Postgres behind Redis' back.
       await env.ctx.database.sql`
         update identities set rotation_deadline = now() + interval '1 hour' where id = 'z2'`;
-      await expect(reconcile(rotor)).rejects.toBeInstanceOf(ReconcileIncomplete);
-      // The refusal recorded the refusing fence, and the run moved arm_seq past it: the retry heals.
-      expect(advanced).toHaveLength(1);
       const report = await reconcile(rotor);
+      expect(advanced).toHaveLength(1);
       expect(report.repairs.rotation.reschedule).toBe(1);
       expect(await rotor.timers.view("rotation", ["z2"])).toEqual([
         { state: "delayed", fireAt: await deadline("z2") },

@@ -227,6 +227,9 @@ export class MemoryTx {
               : [];
           });
         }),
+      advanceArmFence: (high) =>
+        this.step("advanceArmFence", () => this.world.advanceFence(high)),
+      nextArmFence: () => this.step("nextArmFence", () => this.world.nextFence()),
       nextDeleteAtsOf: (ids) =>
         this.step("nextDeleteAtsOf", () => {
           const out = new Map<string, number>();

@@ -96,6 +96,10 @@ end
 -- behind it (a restore from a backup), every arm would be refused; reconcile and the watchdog
 -- move arm_seq past it.
 local highest = tonumber(rcall("GET", fenceHighKey))
+-- A value written by hand that is no fence (nan, inf) would never be raised again: replace it.
+if highest ~= nil and (highest ~= highest or highest == math.huge or highest == -math.huge) then
+  highest = nil
+end
 local function sawFence(value)
   if highest == nil or value > highest then
     highest = value
