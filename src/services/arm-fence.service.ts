@@ -10,10 +10,8 @@ import type { Rotor } from "./rotor.js";
  */
 
 /** Before every reconcile and watchdog run: moves arm_seq on if it is behind. */
-export async function catchUpArmFence(rotor: Rotor): Promise<boolean> {
-  const high = await rotor.timers.fenceHighWater();
-  if (high === 0) return false;
-  return advanced(rotor, high, await rotor.store.advanceArmFence(high));
+export function catchUpArmFence(rotor: Rotor): Promise<void> {
+  return catchUp(rotor, (high) => rotor.store.advanceArmFence(high));
 }
 
 /** Attempts of one arm under one set of row locks, each with a fresh fence after a catch-up. */
@@ -43,18 +41,23 @@ export async function armUnrefused(
         "a wake-up could not be armed: the arm fence refused it (arm_seq behind Redis' fences); nothing was changed, retry",
       );
     }
-    const high = await rotor.timers.fenceHighWater();
-    if (high > 0) advanced(rotor, high, await tx.advanceArmFence(high));
+    await catchUp(rotor, (high) => tx.advanceArmFence(high));
     fence = await tx.nextArmFence();
   }
 }
 
-function advanced(rotor: Rotor, high: number, was: number | undefined): boolean {
-  if (was === undefined) return false;
+/** Reads Redis' mark and, if arm_seq is behind it, moves it on with `advance`; says so loudly. */
+async function catchUp(
+  rotor: Rotor,
+  advance: (high: number) => Promise<number | undefined>,
+): Promise<void> {
+  const high = await rotor.timers.fenceHighWater();
+  if (high === 0) return;
+  const was = await advance(high);
+  if (was === undefined) return;
   rotor.log.error(
     { component: "arm-fence", armSeq: was, redisFence: high },
     "arm_seq was behind the fences in Redis (Postgres restored from a backup?); moved it past them",
   );
   rotor.events.emit("arm-fence-advanced", { from: was, redisFence: high });
-  return true;
 }
