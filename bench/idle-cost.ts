@@ -17,7 +17,6 @@
  * --compare runs the whole thing at a smaller size first, to show whether the idle cost grows
  * with N.
  */
-import { randomBytes } from "node:crypto";
 import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
@@ -28,6 +27,7 @@ import { register } from "../src/services/identities.service.js";
 import { reconcile } from "../src/services/reconcile.service.js";
 import { randomName } from "../test/helpers/env.js";
 import {
+  benchEnv,
   adminSql,
   createPrivateDatabase,
   defer,
@@ -132,18 +132,7 @@ async function measureSize(n: number): Promise<SizeResult> {
   const admin = adminSql();
   const prefix = randomName("kpb");
   log(`private database ${db.name}, redis-server on port ${redisServer.port}`);
-  const env = {
-    DATABASE_URL: db.url,
-    REDIS_URL: redisServer.url,
-    QUEUE_PREFIX: prefix,
-    LOG_LEVEL: "silent",
-    // Newer versions seal key material (a throw-away key here) and serve metrics on a port
-    // (none here, so that several workers and other test runs do not collide); older versions
-    // ignore both.
-    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
-    METRICS_PORT: "0",
-    WATCHDOG_INTERVAL: "10m",
-  };
+  const env = benchEnv(db, redisServer, prefix, { WATCHDOG_INTERVAL: "10m" });
   const config = loadConfig(env);
   const ctx = await createContext(config, createLogger("silent"), { migrate: true });
   const closeCtx = defer("context", () => ctx.close());

@@ -34,7 +34,6 @@
  * --spread 1). N / S must stay well below that, or the figure measures the backlog, not the
  * timer: the default 2000 / 20 s = 100/s is at that ceiling there; --spread 40 (50/s) is not.
  */
-import { randomBytes } from "node:crypto";
 import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { type Job, Queue, Worker } from "bullmq";
@@ -48,6 +47,7 @@ import { startWorkerRuntime } from "../src/runtime/worker-process.js";
 import { randomName } from "../test/helpers/env.js";
 import { ALL_HANDLERS } from "../src/runtime/handlers.js";
 import {
+  benchEnv,
   createPrivateDatabase,
   defer,
   jobIdentityId,
@@ -110,20 +110,11 @@ await runMain(async () => {
   const hz = ((await measure.config("GET", "hz")) as string[])[1];
   const dynamicHz = ((await measure.config("GET", "dynamic-hz")) as string[])[1];
 
-  const env = {
-    DATABASE_URL: db.url,
-    REDIS_URL: redisServer.url,
-    QUEUE_PREFIX: randomName("kpl"),
-    LOG_LEVEL: "silent",
-    // Newer versions seal key material (a throw-away key here) and serve metrics on a port
-    // (none here, so that several workers and other test runs do not collide); older versions
-    // ignore both.
-    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
-    METRICS_PORT: "0",
+  const env = benchEnv(db, redisServer, randomName("kpl"), {
     ROTATION_INTERVAL: "30d",
     WATCHDOG_INTERVAL: "10m",
     WORKER_CONCURRENCY: String(CONCURRENCY),
-  };
+  });
   const config = loadConfig(env);
   const ctx = await createContext(config, createLogger("silent"), { migrate: true });
   const closeCtx = defer("context", () => ctx.close());

@@ -187,7 +187,9 @@ export function adminSql(): postgres.Sql {
 
 /**
  * The settings every benchmark's service gets: its private Postgres and Redis, its own queue
- * prefix, no logs, a throw-away key-encryption key, no metrics port; `extra` adds or overrides.
+ * prefix, no logs, a throw-away key-encryption key, no metrics port (so that several workers and
+ * test runs do not collide); `extra` adds or overrides. Older versions of the service, which some
+ * benchmarks run against, ignore the key and the port.
  */
 export function benchEnv(
   database: { url: string },

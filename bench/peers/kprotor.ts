@@ -24,6 +24,7 @@ import { startWorkerRuntime, type WorkerRuntime } from "../../src/runtime/worker
 import { randomName } from "../../test/helpers/env.js";
 import { ALL_HANDLERS } from "../../src/runtime/handlers.js";
 import {
+  benchEnv,
   bulkWrite,
   defer,
   jobIdentityId,
@@ -77,17 +78,11 @@ export async function kpRotor(infra: Infra, options: KpRotorOptions): Promise<Pe
   const { concurrency } = options;
   const redis = await infra.newRedis();
   const database = await infra.newDatabase();
-  const env = {
-    DATABASE_URL: database.url,
-    REDIS_URL: redis.url,
-    QUEUE_PREFIX: randomName("kpp"),
-    LOG_LEVEL: "silent",
-    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
-    METRICS_PORT: "0",
+  const env = benchEnv(database, redis, randomName("kpp"), {
     ROTATION_INTERVAL: "30d",
     WATCHDOG_INTERVAL: "10m",
     WORKER_CONCURRENCY: String(concurrency),
-  };
+  });
   const config = loadConfig(env);
   const ctx: Context = await createContext(config, createLogger("silent"), { migrate: true });
   const closeContext = defer("kp-rotor context", () => ctx.close());
