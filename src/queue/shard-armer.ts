@@ -1,5 +1,6 @@
 import type { ArmItem, ArmManyOptions } from "../core/ports.js";
 import { type ArmAction, type JobView, planArm } from "../core/deadlines.js";
+import { armExpectingMissing } from "../core/arm-expecting-missing.js";
 import { settleAll } from "../settle.js";
 import { privateJobs } from "./bullmq/index.js";
 import type { RedisConnection } from "./connection.js";
@@ -150,8 +151,17 @@ export function createShardArmer(
     fence: number,
     options: ArmManyOptions = {},
   ): Promise<ArmAction[]> {
-    if (options.expectMissing === true) return armExpectingMissing(kind, items, now, fence);
-    return armViewing(kind, items, now, fence);
+    if (options.expectMissing !== true) return armViewing(kind, items, now, fence);
+    return armExpectingMissing(items, {
+      addAll: (adds) =>
+        armScript(
+          kind,
+          adds.map((a) => ({ op: "a" as const, ...a })),
+          now,
+          fence,
+        ),
+      armViewing: (rest) => armViewing(kind, rest, now, fence),
+    });
   }
 
   /** View every job, planArm each, then one arm-script call for the adds and moves. */
@@ -195,53 +205,6 @@ export function createShardArmer(
         actions[f.index] = await armOne(kind, f.identityId, desired, now, fence);
       }),
     );
-    return actions;
-  }
-
-  /**
-   * armMany when most jobs are probably missing (ArmManyOptions.expectMissing): every item with
-   * a wanted time is sent as an add at once, which is planArm's answer for a missing job; the
-   * script refuses the add of a job that exists (1, or 3 when a newer arm wrote it), and only
-   * those items, with the ones that want no job, are viewed and planned (viewing is the only
-   * way to tell a job to remove).
-   */
-  async function armExpectingMissing(
-    kind: TimerKind,
-    items: readonly ArmItem[],
-    now: number,
-    fence: number,
-  ): Promise<ArmAction[]> {
-    const actions: ArmAction[] = items.map(() => ({ kind: "none" }));
-    const adds: { op: "a"; identityId: string; fireAt: number; index: number }[] = [];
-    const unwanted: number[] = [];
-    items.forEach((item, index) => {
-      if (item.desired === null) unwanted.push(index);
-      else adds.push({ op: "a", identityId: item.identityId, fireAt: item.desired, index });
-    });
-    const planned = async (indexes: readonly number[]) => {
-      const done = await armViewing(
-        kind,
-        indexes.map((i) => items[i] as ArmItem),
-        now,
-        fence,
-      );
-      indexes.forEach((index, k) => {
-        actions[index] = done[k] as ArmAction;
-      });
-    };
-    // Both halves settle before this returns or throws: the caller's row locks must outlive
-    // every Redis change made for them.
-    await settleAll([
-      planned(unwanted),
-      armScript(kind, adds, now, fence).then((results) => {
-        adds.forEach((a, i) => {
-          if (results[i] === 0) actions[a.index] = { kind: "add", fireAt: a.fireAt };
-        });
-        // 1: the job exists; 3: its last write is newer than this fence. Both are planned the
-        // usual way: a finished job is replaced whatever its fence, as the viewing path does.
-        return planned(adds.flatMap((a, i) => (results[i] === 0 ? [] : [a.index])));
-      }),
-    ]);
     return actions;
   }
 

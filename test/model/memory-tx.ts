@@ -227,8 +227,7 @@ export class MemoryTx {
               : [];
           });
         }),
-      advanceArmFence: (high) =>
-        this.step("advanceArmFence", () => this.world.advanceFence(high)),
+      advanceArmFence: (high) => this.step("advanceArmFence", () => this.world.advanceFence(high)),
       nextArmFence: () => this.step("nextArmFence", () => this.world.nextFence()),
       nextDeleteAtsOf: (ids) =>
         this.step("nextDeleteAtsOf", () => {

@@ -6,6 +6,7 @@ import type {
   WakeupKind,
 } from "../../src/core/ports.js";
 import { type ArmAction, FINISH_PARK_MS, type JobView, planArm } from "../../src/core/deadlines.js";
+import { armExpectingMissing } from "../../src/core/arm-expecting-missing.js";
 import type { Job, Proc, World } from "./world.js";
 
 /**
@@ -148,10 +149,19 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
     fence: number,
     options: ArmManyOptions = {},
   ): Promise<ArmAction[]> {
-    if (options.expectMissing === true || world.blindArms) {
-      return armExpectingMissing(kind, items, now, fence);
+    if (options.expectMissing !== true && !world.blindArms) {
+      return armViewing(kind, items, now, fence);
     }
-    return armViewing(kind, items, now, fence);
+    // The production adapter's own algorithm, over this port's script and view.
+    return armExpectingMissing(items, {
+      addAll: (adds) =>
+        script(
+          kind,
+          adds.map((a) => ({ op: "a" as const, ...a })),
+          fence,
+        ),
+      armViewing: (rest) => armViewing(kind, rest, now, fence),
+    });
   }
 
   async function armViewing(
@@ -194,44 +204,6 @@ export function createMemoryWakeups(world: World, proc: Proc): Wakeups {
         actions[f.index] = await armOne(kind, f.identityId, desired, now, fence);
       }),
     );
-    for (const s of settled) if (s.status === "rejected") throw s.reason;
-    return actions;
-  }
-
-  /** As the production adapter: adds sent blind, then the refused and unwanted ones planned. */
-  async function armExpectingMissing(
-    kind: WakeupKind,
-    items: readonly ArmItem[],
-    now: number,
-    fence: number,
-  ): Promise<ArmAction[]> {
-    const actions: ArmAction[] = items.map(() => ({ kind: "none" }));
-    const adds: (Op & { index: number })[] = [];
-    const unwanted: number[] = [];
-    items.forEach((item, index) => {
-      if (item.desired === null) unwanted.push(index);
-      else adds.push({ op: "a", identityId: item.identityId, fireAt: item.desired, index });
-    });
-    const planned = async (indexes: readonly number[]) => {
-      const done = await armViewing(
-        kind,
-        indexes.map((i) => items[i] as ArmItem),
-        now,
-        fence,
-      );
-      indexes.forEach((index, k) => {
-        actions[index] = done[k] as ArmAction;
-      });
-    };
-    const settled = await Promise.allSettled([
-      planned(unwanted),
-      script(kind, adds, fence).then((results) => {
-        adds.forEach((a, i) => {
-          if (results[i] === 0) actions[a.index] = { kind: "add", fireAt: a.fireAt };
-        });
-        return planned(adds.flatMap((a, i) => (results[i] === 0 ? [] : [a.index])));
-      }),
-    ]);
     for (const s of settled) if (s.status === "rejected") throw s.reason;
     return actions;
   }
