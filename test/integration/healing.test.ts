@@ -96,12 +96,10 @@ describe("a reconcile either completes or is retried (A)", () => {
     // A job key of the wrong type makes every arm of that identity fail (WRONGTYPE).
     const jobKey = (id: string) => rotor.timers.queues.rotation.toKey(jobIdFor(id));
     const poison = (id: string) => env.admin.set(jobKey(id), "not a job");
+    const watched = ["x1", "x3", "x5", "x6", "x7"];
     const states = async () =>
       Object.fromEntries(
-        (await rotor.timers.view("rotation", ["x1", "x3", "x5", "x6", "x7"])).map((v, i) => [
-          ["x1", "x3", "x5", "x6", "x7"][i],
-          v.state,
-        ]),
+        (await rotor.timers.view("rotation", watched)).map((v, i) => [watched[i], v.state]),
       );
 
     await env.admin.flushall();
